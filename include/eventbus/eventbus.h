@@ -1,0 +1,408 @@
+/*
+ * eventbus — a concurrent in-process event bus for C programs.
+ *
+ * Publishers hand events to a bounded lock-free intake ring; a pool of worker
+ * threads dispatches each event to every subscription whose pattern matches
+ * its topic, and runs the handlers concurrently with one another.
+ *
+ * Guarantees
+ *  - Delivery: every event accepted by a publish call (EB_OK) is delivered to
+ *    every subscription that matched it when it was dispatched, unless that
+ *    subscription chose to drop on overflow (counted) or was unsubscribed
+ *    first. A failing handler is retried with exponential backoff and jitter
+ *    up to its max_attempts, then dead-lettered. eb_bus_destroy delivers
+ *    everything accepted before it returns.
+ *  - Ordering: events are dispatched one at a time in intake-ring order and
+ *    stamped with a bus-wide sequence number. Every lane sees events in that
+ *    order, so all SERIAL observers see the same relative order, and events
+ *    published by one thread arrive in the order that thread published them.
+ *    SERIAL: one delivery at a time, in order. KEYED: in order per key,
+ *    concurrent across keys. CONCURRENT: no order, as parallel as the pool.
+ *    A lane retrying a delivery holds back the later events of that lane.
+ *  - Progress: a full lane mailbox pauses dispatch (backpressure) until the
+ *    lane drains; a full intake ring blocks publishers, or returns EB_EAGAIN /
+ *    EB_ETIMEDOUT when they asked not to wait. A handler that waits (nested
+ *    publish-and-wait, ticket wait, unsubscribe) keeps its worker running
+ *    other work; a wait that could only finish after the caller's own lane
+ *    runs returns EB_EDEADLK instead of hanging. An idle bus uses no CPU.
+ *  - Threads: every function is thread-safe unless its comment says
+ *    otherwise. Handlers run on the bus's worker threads and may publish,
+ *    subscribe and unsubscribe; they must not destroy their own bus.
+ *
+ * Conventions: every fallible call returns EB_OK (0) or a negative EB_E*
+ * code and leaves its out-parameters untouched on failure. Option structs
+ * are filled with their _init() function; zero fields mean "default" unless
+ * the field says otherwise; NULL options mean all defaults. Copyright and
+ * license: see the LICENSE file of the distribution.
+ */
+#ifndef EVENTBUS_EVENTBUS_H
+#define EVENTBUS_EVENTBUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(EB_STATIC)
+#define EB_API
+#elif defined(__GNUC__)
+#define EB_API __attribute__((visibility("default")))
+#else
+#define EB_API
+#endif
+
+#define EB_VERSION_MAJOR 0
+#define EB_VERSION_MINOR 1
+#define EB_VERSION_PATCH 0
+
+/* Returns the library version as "MAJOR.MINOR.PATCH" (static storage). */
+EB_API const char *eb_version(void);
+
+/* ---------------------------------------------------------------------- */
+/* Errors                                                                  */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * X(name, value, message). Every code a function of this library returns is
+ * in this table; eb_strerror and eb_err_name are generated from it.
+ */
+#define EB_ERRNO_MAP(X)                                                                            \
+    X(EB_OK, 0, "success")                                                                         \
+    X(EB_EINVAL, -1, "invalid argument")                                                           \
+    X(EB_ENOMEM, -2, "out of memory")                                                              \
+    X(EB_EAGAIN, -3, "intake ring full and the caller asked not to wait")                          \
+    X(EB_ETIMEDOUT, -4, "timed out")                                                               \
+    X(EB_ECLOSED, -5, "bus is shutting down")                                                      \
+    X(EB_EDEADLK, -6, "wait would deadlock: it needs the caller's own lane")                       \
+    X(EB_ENOENT, -7, "no such entry")                                                              \
+    X(EB_EIO, -8, "input/output error")                                                            \
+    X(EB_ECORRUPT, -9, "data is corrupt or not ours")                                              \
+    X(EB_ECANCELED, -10, "subscription was cancelled before delivery")                             \
+    X(EB_EOVERFLOW, -11, "dropped: subscription mailbox was full")                                 \
+    X(EB_EEXIST, -12, "already exists")                                                            \
+    X(EB_ENOTSUP, -13, "not supported")                                                            \
+    X(EB_EBUSY, -14, "resource busy")                                                              \
+    X(EB_EHANDLER, -15, "handler failed")
+
+enum eb_errno {
+#define EB__ERR_ENUM(name, value, msg) name = value,
+    EB_ERRNO_MAP(EB__ERR_ENUM)
+#undef EB__ERR_ENUM
+};
+
+/* Message for a code; never NULL, for any int ("unknown error"). */
+EB_API const char *eb_strerror(int code);
+/* Symbolic name of a code ("EB_EINVAL"); never NULL ("EB_UNKNOWN"). */
+EB_API const char *eb_err_name(int code);
+
+/* ---------------------------------------------------------------------- */
+/* Handles                                                                 */
+/* ---------------------------------------------------------------------- */
+
+typedef struct eb_bus eb_bus;
+typedef struct eb_event eb_event;
+typedef struct eb_subscription eb_subscription;
+typedef struct eb_ticket eb_ticket;
+
+/* Longest topic or pattern, in bytes, not counting the terminating NUL. */
+#define EB_TOPIC_MAX 255
+
+/* ---------------------------------------------------------------------- */
+/* Bus                                                                     */
+/* ---------------------------------------------------------------------- */
+
+typedef enum eb_log_level { EB_LOG_DEBUG = 0, EB_LOG_INFO, EB_LOG_WARN, EB_LOG_ERROR } eb_log_level;
+
+/* Log sink. Called from any thread of the bus, never under a lock of ours. */
+typedef void (*eb_log_fn)(eb_log_level level, const char *msg, void *ctx);
+
+/* What a dead-lettered delivery was. Valid during the callback only. */
+typedef struct eb_deadletter_info {
+    const char *subscription; /* the subscription's name, or its pattern */
+    const char *topic;        /* the original topic */
+    int error;                /* the handler's last return value (< 0) */
+    unsigned attempts;        /* how many times the handler was called */
+    uint64_t seq;             /* the original event's sequence number */
+} eb_deadletter_info;
+
+/*
+ * Called on a worker thread for each delivery that failed its last attempt,
+ * with the original event, before the $deadletter.<topic> event is published.
+ * Must not block for long; may publish.
+ */
+typedef void (*eb_deadletter_fn)(const eb_event *ev, const eb_deadletter_info *info, void *ctx);
+
+typedef struct eb_bus_config {
+    unsigned workers;         /* 0: one per online CPU; at most 256 */
+    unsigned intake_capacity; /* events; 0: 4096; rounded up to a power of two;
+                                 at most 1<<24 */
+    eb_log_fn log;            /* NULL: no logging */
+    void *log_ctx;
+    eb_log_level log_level;         /* lowest level passed to log; default WARN */
+    eb_deadletter_fn on_deadletter; /* NULL: none */
+    void *deadletter_ctx;
+    unsigned mailbox_capacity; /* default per-lane mailbox, events; 0: 256;
+                                  rounded up to a power of two; at most 1<<20 */
+} eb_bus_config;
+
+/* Fills cfg with the defaults. Thread-safe: yes. */
+EB_API void eb_bus_config_init(eb_bus_config *cfg);
+
+/*
+ * Creates a bus and starts its workers. cfg NULL: defaults. On EB_OK *out owns
+ * the bus; release it with eb_bus_destroy.
+ * Errors: EB_EINVAL (out NULL, a field out of range), EB_ENOMEM, EB_EIO
+ * (threads could not be started).
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out);
+
+/*
+ * Shuts the bus down gracefully: new publishes fail with EB_ECLOSED, every
+ * event already accepted is dispatched and delivered (retries included),
+ * workers are joined and everything is freed, including subscriptions that
+ * were not unsubscribed (their handles become invalid). Tickets still held
+ * must be released before. NULL is a no-op.
+ * Thread-safe: with other calls on other buses only; no call on this bus may
+ * run concurrently or follow. May be called from a handler: no (not one of
+ * this bus).
+ */
+EB_API void eb_bus_destroy(eb_bus *bus);
+
+typedef struct eb_bus_stats {
+    uint64_t published;     /* events accepted by publish calls */
+    uint64_t dispatched;    /* events taken off the intake ring and routed */
+    uint64_t delivered;     /* handler calls that returned 0 */
+    uint64_t failed;        /* deliveries that failed their last attempt */
+    uint64_t retried;       /* handler calls that failed and were retried */
+    uint64_t dead_lettered; /* deliveries dead-lettered */
+    uint64_t dropped;       /* deliveries dropped by an overflow policy */
+    uint64_t unrouted;      /* events that matched no subscription */
+    uint32_t intake_depth;  /* events waiting on the intake ring now */
+    uint32_t intake_capacity;
+    uint32_t workers;
+    uint32_t subscriptions; /* live subscriptions */
+    uint64_t max_lag;       /* largest per-subscription lag (see below) */
+} eb_bus_stats;
+
+/*
+ * Snapshot of the bus counters. Counters are read without stopping the bus,
+ * so they are each exact but not a single atomic snapshot.
+ * Errors: EB_EINVAL (bus or out NULL). Thread-safe: yes. From a handler: yes.
+ */
+EB_API int eb_bus_stats_get(eb_bus *bus, eb_bus_stats *out);
+
+/* ---------------------------------------------------------------------- */
+/* Subscribing                                                             */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * A handler returns 0 on success or a negative code on failure (failures are
+ * retried, then dead-lettered). It runs on a worker thread; the event is
+ * valid until it returns (eb_event_retain to keep it longer).
+ */
+typedef int (*eb_handler_fn)(const eb_event *ev, void *ctx);
+
+typedef enum eb_delivery {
+    EB_DELIVERY_SERIAL = 0, /* one at a time, in order (default) */
+    EB_DELIVERY_KEYED,      /* in order per event key, concurrent across keys */
+    EB_DELIVERY_CONCURRENT  /* no ordering, as parallel as the pool */
+} eb_delivery;
+
+typedef enum eb_overflow {
+    EB_OVERFLOW_BLOCK = 0,   /* a full mailbox pauses dispatch (default) */
+    EB_OVERFLOW_DROP_OLDEST, /* drop the oldest queued event, counted */
+    EB_OVERFLOW_DROP_NEWEST  /* drop the incoming event, counted */
+} eb_overflow;
+
+typedef struct eb_subscribe_options {
+    eb_delivery delivery;
+    unsigned lanes;              /* KEYED: 0 = 16; CONCURRENT: 0 = workers; at
+                                    most 1024; SERIAL: must be 0 or 1 */
+    unsigned max_attempts;       /* 0 = 3; 1 = no retry; at most 1000 */
+    uint64_t backoff_initial_ns; /* 0 = 1 ms; delay before the 2nd attempt */
+    uint64_t backoff_max_ns;     /* 0 = 1 s; cap of the doubling delay */
+    unsigned mailbox_capacity;   /* per lane; 0 = the bus default; at most 1<<20 */
+    eb_overflow overflow;
+    const char *name; /* NULL: the pattern; copied; at most 255 bytes */
+} eb_subscribe_options;
+
+/* Fills opts with the defaults. Thread-safe: yes. */
+EB_API void eb_subscribe_options_init(eb_subscribe_options *opts);
+
+/*
+ * Subscribes fn to every topic matching pattern (AMQP 0-9-1 topic rules, as
+ * RabbitMQ implements them: words separated by '.', '*' matches exactly one
+ * word, '#' zero or more words; the empty topic has zero words). Topics whose
+ * first word begins with '$' are reserved for the bus ($deadletter.<topic>):
+ * a pattern matches them only if its own first word is spelled out literally.
+ * Events published after this call returns are routed to the subscription.
+ * On EB_OK, if out is not NULL, *out is the handle for eb_unsubscribe; the
+ * bus frees the subscription at unsubscribe or destroy.
+ * Errors: EB_EINVAL (bus, pattern or fn NULL, pattern longer than 255 bytes,
+ * an option out of range), EB_ECLOSED (bus shutting down), EB_ENOMEM.
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void *ctx,
+                        const eb_subscribe_options *opts, eb_subscription **out);
+
+/*
+ * Removes a subscription. Returns once the handler is not running and will
+ * not be called again; deliveries still queued for it complete as
+ * EB_ECANCELED (their waiters are told). From inside that subscription's own
+ * handler it returns at once and no further call starts after the handler
+ * returns. The handle is invalid afterwards.
+ * Errors: EB_EINVAL (sub NULL or already being unsubscribed).
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_unsubscribe(eb_subscription *sub);
+
+typedef struct eb_subscription_stats {
+    uint64_t delivered; /* handler calls that returned 0 */
+    uint64_t failed;    /* deliveries that failed their last attempt */
+    uint64_t retried;   /* failed calls that were retried */
+    uint64_t dropped;   /* deliveries dropped by the overflow policy */
+    uint64_t lag;       /* deliveries routed to it and not yet finished */
+} eb_subscription_stats;
+
+/*
+ * Counters of one subscription. Errors: EB_EINVAL (NULL argument).
+ * Thread-safe: yes, while the subscription is live. From a handler: yes.
+ */
+EB_API int eb_subscription_stats_get(eb_subscription *sub, eb_subscription_stats *out);
+
+/* ---------------------------------------------------------------------- */
+/* Publishing                                                              */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * Zero-copy payload destructor (SQLite's idiom): called exactly once, on any
+ * thread, when the last reference to the event is gone. Ownership of the
+ * payload passes to the bus only when the publish returns EB_OK.
+ */
+typedef void (*eb_free_fn)(void *payload);
+
+typedef struct eb_publish_options {
+    const void *key;               /* ordering key for KEYED lanes; may be NULL */
+    size_t key_len;                /* at most 255 */
+    int64_t timeout_ns;            /* how long to wait for ring space and, for the
+                                      waiting calls, completion: <0 forever (the _init
+                                      default), 0 do not wait */
+    unsigned flags;                /* no flags are defined yet: must be 0 */
+    eb_free_fn payload_free;       /* non-NULL: zero-copy, the bus owns payload */
+    const uint8_t *correlation_id; /* 16 bytes, or NULL: inherited from the
+                                      event being handled, else none */
+    const uint8_t *causation_id;   /* 16 bytes, or NULL: the id of the event
+                                      being handled, else none */
+} eb_publish_options;
+
+/* Fills opts with the defaults (timeout_ns = -1). Thread-safe: yes. */
+EB_API void eb_publish_options_init(eb_publish_options *opts);
+
+typedef struct eb_publish_result {
+    uint32_t matched;   /* subscriptions the event was routed to */
+    uint32_t delivered; /* handlers that returned 0 */
+    uint32_t failed;    /* deliveries that failed after their last attempt,
+                           were dropped or cancelled */
+    int first_error;    /* first failure's code, EB_OK if none */
+} eb_publish_result;
+
+/*
+ * Fire and forget: returns once the bus accepted the event (it is on the
+ * intake ring). The payload is copied unless opts->payload_free is set.
+ * Errors: EB_EINVAL (see the last paragraph of this header's notes),
+ * EB_ECLOSED, EB_EAGAIN (ring full, timeout_ns == 0), EB_ETIMEDOUT (ring
+ * still full after timeout_ns), EB_EDEADLK (called from a handler whose own
+ * lane holds up dispatch), EB_ENOMEM. On failure nothing was published.
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_publish(eb_bus *bus, const char *topic, const void *payload, size_t len,
+                      const eb_publish_options *opts);
+
+/*
+ * Wait for all: publishes, then returns once every matching delivery has
+ * finished, with the outcome in *result (may be NULL). The wait is bounded
+ * by opts->timeout_ns as a whole.
+ * Errors: those of eb_publish (nothing published); EB_ETIMEDOUT or
+ * EB_EDEADLK after the event was published (it will still be delivered;
+ * *result is then untouched).
+ * Thread-safe: yes. May be called from a handler: yes (the worker keeps
+ * running other work while it waits).
+ */
+EB_API int eb_publish_wait(eb_bus *bus, const char *topic, const void *payload, size_t len,
+                           const eb_publish_options *opts, eb_publish_result *result);
+
+/*
+ * Async: publishes and returns a ticket to wait on later. On EB_OK *ticket
+ * must be released with eb_ticket_release. Errors: those of eb_publish, and
+ * EB_EINVAL for a NULL ticket pointer. Thread-safe: yes. From a handler: yes.
+ */
+EB_API int eb_publish_async(eb_bus *bus, const char *topic, const void *payload, size_t len,
+                            const eb_publish_options *opts, eb_ticket **ticket);
+
+/*
+ * Waits until every delivery of the ticket's event finished (timeout_ns: <0
+ * forever, 0 poll) and fills *result (may be NULL). May be called again.
+ * Errors: EB_EINVAL (NULL ticket), EB_ETIMEDOUT, EB_EDEADLK (called from a
+ * handler whose own lane holds a delivery of this event).
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_result *result);
+
+/* Releases a ticket; NULL is a no-op. Thread-safe: yes; once per ticket. */
+EB_API void eb_ticket_release(eb_ticket *ticket);
+
+/* ---------------------------------------------------------------------- */
+/* Events                                                                  */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * Accessors. An event is immutable once published. It is valid during the
+ * handler; eb_event_retain keeps it valid until the matching release. All
+ * accessors are thread-safe and may be called from any thread while the
+ * event is valid.
+ */
+EB_API const char *eb_event_topic(const eb_event *ev);
+/* Payload bytes; *len (if not NULL) gets the length. Never NULL (an empty
+   payload points at an empty string). */
+EB_API const void *eb_event_payload(const eb_event *ev, size_t *len);
+/* Ordering key, or NULL if none (then *len is 0). */
+EB_API const void *eb_event_key(const eb_event *ev, size_t *len);
+/* Bus-wide dispatch order, from 1. */
+EB_API uint64_t eb_event_seq(const eb_event *ev);
+/* Time-ordered 128-bit id in the UUIDv7 layout, assigned at dispatch. */
+EB_API void eb_event_id(const eb_event *ev, uint8_t id[16]);
+/* Correlation and causation ids; false (and id zeroed) if the event has none. */
+EB_API bool eb_event_correlation_id(const eb_event *ev, uint8_t id[16]);
+EB_API bool eb_event_causation_id(const eb_event *ev, uint8_t id[16]);
+/* Unix time in nanoseconds at which the event was dispatched. */
+EB_API int64_t eb_event_timestamp(const eb_event *ev);
+/* 1 on the first delivery to the calling handler, 2 on the first retry...;
+   1 when called outside that handler. */
+EB_API unsigned eb_event_attempt(const eb_event *ev);
+/* For an event on a $deadletter.<topic> topic: fills *info and returns true.
+   info->subscription and info->topic live as long as the event. */
+EB_API bool eb_event_deadletter_info(const eb_event *ev, eb_deadletter_info *info);
+/* Takes a reference; returns ev. */
+EB_API const eb_event *eb_event_retain(const eb_event *ev);
+/* Drops a reference taken with eb_event_retain; NULL is a no-op. */
+EB_API void eb_event_release(const eb_event *ev);
+
+/*
+ * Bad input: a NULL bus, topic, pattern or handler; a topic or pattern
+ * longer than EB_TOPIC_MAX bytes; a payload pointer of NULL with a non-zero
+ * length; a key longer than 255 bytes or NULL with a non-zero length; unknown
+ * flags; options with out-of-range values — all are refused with EB_EINVAL
+ * and change nothing. A publish on a bus that is shutting down returns
+ * EB_ECLOSED. EB_EAGAIN means the intake ring was full and the caller asked
+ * not to wait.
+ */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EVENTBUS_EVENTBUS_H */

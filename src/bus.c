@@ -1,0 +1,1445 @@
+/*
+ * bus — intake, dispatch, workers, publishing, waiting and lifecycle.
+ *
+ * Threads
+ *  - Publishers (any thread) build an event from their thread cache and push
+ *    its pointer on the intake ring (ck_ring MPMC producer side). No lock, no
+ *    malloc, no system call unless a worker is parked (then one futex wake).
+ *  - Workers loop: (1) fire due backoff timers, (2) take the dispatch token
+ *    if it is free and there is intake (flat combining: whoever holds it
+ *    drains up to DISPATCH_BATCH events in ring order, routes them and pushes
+ *    one delivery per matching subscription into a lane mailbox), (3) take a
+ *    lane from the run queue and run up to LANE_BATCH of its deliveries,
+ *    (4) spin briefly, then park on work_ec.
+ *  - The token holder is the only consumer of the intake ring and the only
+ *    producer of every mailbox, so it uses ck_ring's single-consumer dequeue
+ *    and single-producer enqueue; the token's acquire/release hands these
+ *    roles from one worker to the next. It also owns the routing table, and
+ *    applies subscribe/unsubscribe operations from the control queue between
+ *    events, so routing needs no locks and no epoch reclamation.
+ *  - A waiting caller on a worker thread (publish-and-wait, ticket wait,
+ *    unsubscribe, publish on a full ring) keeps running steps (2)-(3) while it
+ *    waits, recording the lanes it is running so that a wait that needs one
+ *    of them returns EB_EDEADLK.
+ *
+ * Ordering: one token holder at a time pops the intake ring in order and
+ * stamps the sequence, so every mailbox receives events in sequence order.
+ *
+ * Shutdown: `closing` is set; publishers that entered before it (inflight)
+ * finish their push; workers keep going until, under the token, no lane is
+ * scheduled and the intake, side list and control queue are empty. Then
+ * `stop` is set and the workers exit.
+ */
+#include "bus.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#define DISPATCH_BATCH 128 /* events routed per token hold */
+#define LANE_BATCH 64      /* deliveries run per lane turn */
+#define IDLE_SPINS 256     /* loops before a worker parks */
+#define WAIT_SPINS 2000    /* loops before an outside waiter sleeps */
+#define MAX_WORKERS 256
+#define MAX_LANES 1024
+#define MAX_ATTEMPTS 1000
+#define MAX_MAILBOX (1u << 20)
+#define MAX_INTAKE (1u << 24)
+#define DL_PREFIX "$deadletter."
+
+static __thread eb__worker *tls_worker;
+
+static void runq_push(eb_bus *b, eb__lane *l);
+static bool help_once(eb_bus *b, eb__worker *w);
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static eb__worker *self_worker(const eb_bus *b)
+{
+    eb__worker *w = tls_worker;
+    return w != NULL && w->bus == b ? w : NULL;
+}
+
+static void logf_(eb_bus *b, eb_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void logf_(eb_bus *b, eb_log_level lvl, const char *fmt, ...)
+{
+    if (b->cfg.log == NULL || lvl < b->cfg.log_level)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    b->cfg.log(lvl, msg, b->cfg.log_ctx);
+}
+
+static void wake_pool(eb_bus *b)
+{
+    eb__ec_inc(&b->work_ec);
+}
+
+/* Called after making work visible with a store: the seq_cst fence orders
+   that store before the load of `idle`, pairing with park()'s increment of
+   idle before its re-check for work (Dekker), so no wake-up is lost. */
+static void wake_if_idle(eb_bus *b)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
+        wake_pool(b);
+}
+
+static bool token_take(eb_bus *b)
+{
+    /* Acquire: see everything the previous holder wrote (routing table,
+       pending event, ring consumer/producer indices). */
+    if (atomic_load_explicit(&b->token, memory_order_relaxed))
+        return false;
+    return !atomic_exchange_explicit(&b->token, true, memory_order_acquire);
+}
+
+static void token_drop(eb_bus *b)
+{
+    atomic_store_explicit(&b->token, false, memory_order_release);
+}
+
+static bool in_stack(const eb__worker *w, const eb__lane *l)
+{
+    for (unsigned i = 0; i < w->depth; i++)
+        if (w->stack[i] == l)
+            return true;
+    return false;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static struct timespec mono_ts(int64_t deadline)
+{
+    return eb__ts_from_ns(deadline);
+}
+
+/* ---- subscriptions: references ---------------------------------------- */
+
+static void sub_ref(struct eb_subscription *s)
+{
+    /* Relaxed: the caller holds a reference or the token, which keeps s. */
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+static void sub_unref(eb_bus *b, struct eb_subscription *s)
+{
+    /* acq_rel: the thread freeing s must see every other holder's writes. */
+    unsigned left = atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) - 1;
+    if (left == 0) {
+        eb__sub_free(s);
+        eb__ec_inc(&b->ctl_ec);
+    } else if (left == 1 && atomic_load_explicit(&s->cancelled, memory_order_relaxed)) {
+        /* An unsubscribe may wait for exactly this. */
+        eb__ec_inc(&b->ctl_ec);
+    }
+}
+
+/* ---- run queue -------------------------------------------------------- */
+
+static void runq_push(eb_bus *b, eb__lane *l)
+{
+    pthread_mutex_lock(&b->rq_lock);
+    l->rq_next = NULL;
+    if (b->rq_tail != NULL)
+        b->rq_tail->rq_next = l;
+    else
+        b->rq_head = l;
+    b->rq_tail = l;
+    pthread_mutex_unlock(&b->rq_lock);
+    /* seq_cst RMW: orders the queue before the load of idle (Dekker with
+       park). */
+    atomic_fetch_add_explicit(&b->rq_len, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
+        wake_pool(b);
+}
+
+static eb__lane *runq_pop(eb_bus *b)
+{
+    if (atomic_load_explicit(&b->rq_len, memory_order_relaxed) == 0)
+        return NULL;
+    pthread_mutex_lock(&b->rq_lock);
+    eb__lane *l = b->rq_head;
+    if (l != NULL) {
+        b->rq_head = l->rq_next;
+        if (b->rq_head == NULL)
+            b->rq_tail = NULL;
+        atomic_fetch_sub_explicit(&b->rq_len, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&b->rq_lock);
+    return l;
+}
+
+/* IDLE -> SCHEDULED; see lane.h. The exchange is seq_cst: it follows the
+   mailbox push, and the runner's store of 0 precedes its re-check of the
+   mailbox, so either the runner sees the new item or we see state 0. */
+static void lane_schedule(eb_bus *b, eb__lane *l)
+{
+    if (atomic_exchange_explicit(&l->state, 1, memory_order_seq_cst) == 0) {
+        sub_ref(l->sub);
+        atomic_fetch_add_explicit(&b->busy_lanes, 1, memory_order_seq_cst);
+        runq_push(b, l);
+    }
+}
+
+/* SCHEDULED -> IDLE, or back on the run queue when more work waits. */
+static void lane_release(eb_bus *b, eb__lane *l)
+{
+    if (l->cur != NULL || !eb__lane_mbox_empty(l)) {
+        runq_push(b, l);
+        return;
+    }
+    atomic_store_explicit(&l->state, 0, memory_order_seq_cst);
+    if (!eb__lane_mbox_empty(l) &&
+        atomic_exchange_explicit(&l->state, 1, memory_order_seq_cst) == 0) {
+        runq_push(b, l);
+        return;
+    }
+    struct eb_subscription *s = l->sub;
+    atomic_fetch_sub_explicit(&b->busy_lanes, 1, memory_order_seq_cst);
+    sub_unref(b, s);
+}
+
+/* ---- completion -------------------------------------------------------- */
+
+static void track_finish(eb_bus *b, eb_event *ev, int rc, bool count)
+{
+    if (!(ev->flags & EB__EV_TRACKED))
+        return;
+    if (eb__event_finish(ev, rc, count) &&
+        atomic_load_explicit(&ev->waiter_worker, memory_order_seq_cst))
+        wake_pool(b);
+}
+
+/* A delivery that ends without running (dropped or cancelled). */
+static void delivery_abort(eb_bus *b, eb_event *ev, int rc)
+{
+    track_finish(b, ev, rc, true);
+    eb__event_unref(ev, &b->depot);
+}
+
+static void lane_finish(eb_bus *b, eb__lane *l, int rc)
+{
+    eb_event *ev = l->cur;
+    l->cur = NULL;
+    l->attempt = 1;
+    atomic_store_explicit(&l->done, atomic_load_explicit(&l->done, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    track_finish(b, ev, rc, true);
+    eb__event_unref(ev, &b->depot);
+}
+
+/* ---- intake ----------------------------------------------------------- */
+
+/* Puts an internal event (dead letter) where the dispatcher will find it,
+   without ever blocking: the ring if it has room, else the side list. */
+static int enqueue_internal(eb_bus *b, eb_event *ev)
+{
+    if (eb__ring_push_mp(&b->intake, ev)) {
+        wake_if_idle(b);
+        return EB_OK;
+    }
+    pthread_mutex_lock(&b->side_lock);
+    if (b->side_n == b->side_cap) {
+        size_t cap = b->side_cap ? b->side_cap * 2 : 64;
+        eb_event **v = realloc(b->side, cap * sizeof(*v));
+        if (v == NULL) {
+            pthread_mutex_unlock(&b->side_lock);
+            return EB_ENOMEM;
+        }
+        b->side = v;
+        b->side_cap = cap;
+    }
+    b->side[b->side_n++] = ev;
+    atomic_fetch_add_explicit(&b->side_count, 1, memory_order_seq_cst);
+    pthread_mutex_unlock(&b->side_lock);
+    wake_if_idle(b);
+    return EB_OK;
+}
+
+/* ---- dispatch --------------------------------------------------------- */
+
+enum { PUSH_OK, PUSH_FULL };
+
+static eb__lane *pick_lane(struct eb_subscription *s, const eb_event *ev)
+{
+    switch (s->delivery) {
+    case EB_DELIVERY_KEYED:
+        return &s->lanes[ev->key ? eb__key_lane(ev->key, ev->key_len, s->nlanes) : 0];
+    case EB_DELIVERY_CONCURRENT: {
+        /* Round robin, skipping full lanes so one slow delivery does not
+           stall dispatch while another lane has room. */
+        unsigned start = s->rr++ % s->nlanes;
+        for (unsigned i = 0; i < s->nlanes; i++) {
+            eb__lane *l = &s->lanes[(start + i) % s->nlanes];
+            if (eb__ring_size(&l->mbox) < eb__ring_capacity(&l->mbox))
+                return l;
+        }
+        return &s->lanes[start];
+    }
+    default:
+        return &s->lanes[0];
+    }
+}
+
+/* Pushes one delivery of ev (whose reference for it is already taken). */
+static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s)
+{
+    eb__lane *l = pick_lane(s, ev);
+    while (!eb__ring_push_sp(&l->mbox, ev)) {
+        if (s->overflow == EB_OVERFLOW_DROP_NEWEST) {
+            atomic_fetch_add_explicit(&b->dropped, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->dropped, 1, memory_order_relaxed);
+            delivery_abort(b, ev, EB_EOVERFLOW);
+            return PUSH_OK;
+        }
+        if (s->overflow == EB_OVERFLOW_DROP_OLDEST) {
+            void *old;
+            /* Races with the runner's multi-consumer pop; whoever wins the
+               CAS owns the item. If the runner won, the push now fits. */
+            if (eb__ring_pop_mc(&l->mbox, &old)) {
+                atomic_fetch_add_explicit(&b->dropped, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&s->dropped, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&l->evicted, 1, memory_order_relaxed);
+                delivery_abort(b, old, EB_EOVERFLOW);
+            }
+            continue;
+        }
+        /* Block: tell the runner we wait, then look again (Dekker with the
+           runner's pop followed by its fence and load of the flag). */
+        atomic_store_explicit(&b->stall_relief, false, memory_order_relaxed);
+        atomic_store_explicit(&b->stall_lane, l, memory_order_seq_cst);
+        atomic_store_explicit(&l->dispatcher_waiting, true, memory_order_seq_cst);
+        if (!eb__ring_push_sp(&l->mbox, ev))
+            return PUSH_FULL;
+        atomic_store_explicit(&l->dispatcher_waiting, false, memory_order_relaxed);
+        atomic_store_explicit(&b->stall_lane, NULL, memory_order_relaxed);
+        break;
+    }
+    atomic_store_explicit(&l->pushed, atomic_load_explicit(&l->pushed, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (ev->flags & EB__EV_TRACKED) {
+        /* Pairs with worker_wait's store of wait_ticket then scan of its
+           lanes' mailboxes: one of us sees the other. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&l->wait_ticket, memory_order_relaxed) == ev) {
+            atomic_store_explicit(&ev->deadlock, true, memory_order_seq_cst);
+            wake_pool(b);
+        }
+    }
+    lane_schedule(b, l);
+    return PUSH_OK;
+}
+
+static void pending_clear(eb_bus *b)
+{
+    eb__match *m = b->pend_m;
+    atomic_store_explicit(&b->stall_lane, NULL, memory_order_relaxed);
+    if (m != NULL) {
+        for (unsigned j = 0; j < m->n; j++)
+            sub_unref(b, m->subs[j]);
+        eb__match_unpin(m);
+    }
+    b->pend_ev = NULL;
+    b->pend_m = NULL;
+    b->pend_i = 0;
+}
+
+/* Pushes ev's deliveries from index i on. Returns false when it stalled (the
+   event is then pending and holds the token holder's attention). */
+static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
+{
+    for (; i < m->n; i++) {
+        struct eb_subscription *s = m->subs[i];
+        if (atomic_load_explicit(&s->cancelled, memory_order_relaxed)) {
+            delivery_abort(b, ev, EB_ECANCELED);
+            continue;
+        }
+        if (push_one(b, ev, s) == PUSH_FULL) {
+            if (b->pend_ev == NULL) {
+                /* Keep the match set and its subscriptions alive while the
+                   event waits; routing changes may drop them meanwhile. */
+                eb__match_pin(m);
+                for (unsigned j = 0; j < m->n; j++)
+                    sub_ref(m->subs[j]);
+                b->pend_ev = ev;
+                b->pend_m = m;
+            }
+            b->pend_i = i;
+            return false;
+        }
+    }
+    if (b->pend_ev == ev)
+        pending_clear(b);
+    track_finish(b, ev, EB_OK, false); /* the guard */
+    eb__event_unref(ev, &b->depot);    /* the intake's reference */
+    return true;
+}
+
+/* Routes one event taken off the intake. Returns false when it stalled. */
+static bool route_event(eb_bus *b, eb_event *ev)
+{
+    eb__match *m = eb__route_match(b->route, ev->topic, ev->topic_len);
+    if (m == NULL) {
+        /* Out of memory while routing: keep the event pending and retry. */
+        b->pend_ev = ev;
+        b->pend_m = NULL;
+        b->pend_i = 0;
+        atomic_store_explicit(&b->pend_retry, true, memory_order_relaxed);
+        return false;
+    }
+    if (ev->flags & EB__EV_TRACKED) {
+        ev->matched = m->n;
+        atomic_fetch_add_explicit(&ev->remaining, m->n, memory_order_relaxed);
+    }
+    if (m->n == 0)
+        atomic_fetch_add_explicit(&b->unrouted, 1, memory_order_relaxed);
+    else
+        eb__event_ref(ev, m->n);
+    return push_from(b, ev, m, 0);
+}
+
+static bool resume_pending(eb_bus *b)
+{
+    eb_event *ev = b->pend_ev;
+    if (b->pend_m == NULL) {
+        b->pend_ev = NULL;
+        atomic_store_explicit(&b->pend_retry, false, memory_order_relaxed);
+        return route_event(b, ev);
+    }
+    return push_from(b, ev, b->pend_m, b->pend_i);
+}
+
+static void stamp(eb_bus *b, eb_event *ev, int64_t now)
+{
+    eb__event_stamp(ev, ++b->seq, now, b->nonce);
+    atomic_store_explicit(&b->dispatched,
+                          atomic_load_explicit(&b->dispatched, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+static void ctl_apply(eb_bus *b);
+
+/* One dispatch step; the caller holds the token. Returns whether it did
+   anything. */
+static bool dispatch_locked(eb_bus *b)
+{
+    bool progress = false;
+    if (atomic_load_explicit(&b->ctl_pending, memory_order_acquire) > 0) {
+        ctl_apply(b);
+        progress = true;
+    }
+    if (b->pend_ev != NULL) {
+        if (!resume_pending(b))
+            return progress;
+        progress = true;
+    }
+    int64_t now = 0;
+    if (atomic_load_explicit(&b->side_count, memory_order_acquire) > 0) {
+        pthread_mutex_lock(&b->side_lock);
+        size_t n = b->side_n;
+        eb_event **v = b->side;
+        b->side = NULL;
+        b->side_n = b->side_cap = 0;
+        atomic_store_explicit(&b->side_count, 0, memory_order_relaxed);
+        pthread_mutex_unlock(&b->side_lock);
+        now = eb__now_real_ns();
+        for (size_t i = 0; i < n; i++) {
+            stamp(b, v[i], now);
+            if (!route_event(b, v[i]) && i + 1 < n) {
+                /* Stalled: put the rest back in front (they were first). */
+                pthread_mutex_lock(&b->side_lock);
+                size_t rest = n - i - 1;
+                eb_event **nv = malloc((rest + b->side_n) * sizeof(*nv));
+                if (nv != NULL) {
+                    memcpy(nv, v + i + 1, rest * sizeof(*nv));
+                    memcpy(nv + rest, b->side, b->side_n * sizeof(*nv));
+                    free(b->side);
+                    b->side = nv;
+                    b->side_n += rest;
+                    b->side_cap = b->side_n;
+                    atomic_store_explicit(&b->side_count, b->side_n, memory_order_relaxed);
+                    pthread_mutex_unlock(&b->side_lock);
+                    free(v);
+                    return true;
+                }
+                pthread_mutex_unlock(&b->side_lock);
+                /* No memory to requeue: keep pushing through the stall is not
+                   possible, so leave the rest in v and retry later. */
+                for (size_t j = i + 1; j < n; j++)
+                    enqueue_internal(b, v[j]);
+                free(v);
+                return true;
+            }
+            progress = true;
+            if (b->pend_ev != NULL) {
+                free(v);
+                return true;
+            }
+        }
+        free(v);
+    }
+    unsigned n = 0;
+    void *p;
+    while (n < DISPATCH_BATCH && eb__ring_pop_sc(&b->intake, &p)) {
+        if (n == 0 && now == 0)
+            now = eb__now_real_ns(); /* one clock read per batch */
+        n++;
+        stamp(b, p, now);
+        if (!route_event(b, p))
+            break;
+    }
+    if (n > 0) {
+        progress = true;
+        eb__ec_inc(&b->space_ec);
+    }
+    return progress;
+}
+
+static bool dispatch_ready(eb_bus *b)
+{
+    if (atomic_load_explicit(&b->ctl_pending, memory_order_relaxed) > 0)
+        return true;
+    if (atomic_load_explicit(&b->pend_retry, memory_order_relaxed))
+        return true;
+    if (atomic_load_explicit(&b->stall_lane, memory_order_relaxed) != NULL)
+        return atomic_load_explicit(&b->stall_relief, memory_order_acquire);
+    return eb__ring_size(&b->intake) > 0 ||
+           atomic_load_explicit(&b->side_count, memory_order_relaxed) > 0;
+}
+
+static bool dispatch_step(eb_bus *b)
+{
+    if (!dispatch_ready(b) || !token_take(b))
+        return false;
+    bool progress = dispatch_locked(b);
+    token_drop(b);
+    return progress;
+}
+
+/* ---- control queue (subscribe / unsubscribe) -------------------------- */
+
+static void cancel_backoffs(eb_bus *b, struct eb_subscription *s)
+{
+    for (unsigned i = 0; i < s->nlanes; i++) {
+        eb__lane *l = &s->lanes[i];
+        if (!atomic_load_explicit(&l->in_backoff, memory_order_acquire))
+            continue;
+        /* Fire now instead of at the end of the backoff: the lane will
+           discard its deliveries. The entry holds a reference of its own. */
+        bool earlier;
+        sub_ref(s);
+        if (eb__timers_push(&b->timers, 0, l,
+                            atomic_load_explicit(&l->timer_gen, memory_order_acquire),
+                            &earlier) != 0)
+            sub_unref(b, s); /* the original timer still fires later */
+        else
+            wake_pool(b);
+    }
+}
+
+/* Applies queued operations; the caller holds the token. */
+static void ctl_apply(eb_bus *b)
+{
+    pthread_mutex_lock(&b->ctl_lock);
+    struct eb_subscription *s = b->ctl_head;
+    b->ctl_head = b->ctl_tail = NULL;
+    pthread_mutex_unlock(&b->ctl_lock);
+    while (s != NULL) {
+        struct eb_subscription *next = s->ctl_next;
+        int rc = EB_OK;
+        if (s->ctl_op == 1) {
+            if (eb__route_add(b->route, s->pattern, s->pattern_len, s) != 0) {
+                rc = EB_ENOMEM;
+            } else {
+                s->routed = true;
+                sub_ref(s);
+            }
+        } else {
+            bool routed = s->routed;
+            if (routed)
+                eb__route_remove(b->route, s->pattern, s->pattern_len, s);
+            s->routed = false;
+            /* Release: lanes that see cancelled discard their deliveries. */
+            atomic_store_explicit(&s->cancelled, true, memory_order_release);
+            cancel_backoffs(b, s);
+            if (routed)
+                sub_unref(b, s);
+        }
+        s->ctl_rc = rc;
+        atomic_fetch_sub_explicit(&b->ctl_pending, 1, memory_order_relaxed);
+        /* Release: ctl_rc and the routing change are visible to the waiter
+           that acquires ctl_done. s may be freed right after by its owner. */
+        atomic_store_explicit(&s->ctl_done, true, memory_order_release);
+        s = next;
+    }
+    eb__ec_inc(&b->ctl_ec);
+}
+
+/* Posts op for s and returns once it was applied, with its result. */
+static int ctl_run(eb_bus *b, struct eb_subscription *s, int op)
+{
+    atomic_store_explicit(&s->ctl_done, false, memory_order_relaxed);
+    s->ctl_op = op;
+    s->ctl_next = NULL;
+    pthread_mutex_lock(&b->ctl_lock);
+    if (b->ctl_tail != NULL)
+        b->ctl_tail->ctl_next = s;
+    else
+        b->ctl_head = s;
+    b->ctl_tail = s;
+    pthread_mutex_unlock(&b->ctl_lock);
+    atomic_fetch_add_explicit(&b->ctl_pending, 1, memory_order_seq_cst);
+
+    eb__worker *w = self_worker(b);
+    for (unsigned spins = 0;; spins++) {
+        if (atomic_load_explicit(&s->ctl_done, memory_order_acquire))
+            break;
+        /* Apply it ourselves when the token is free; the holder otherwise
+           applies it at the start of its next step. */
+        if (token_take(b)) {
+            if (atomic_load_explicit(&b->ctl_pending, memory_order_acquire) > 0)
+                ctl_apply(b);
+            token_drop(b);
+            continue;
+        }
+        if (w != NULL && help_once(b, w))
+            continue;
+        if (spins < 64) {
+            eb__cpu_relax();
+            continue;
+        }
+        uint32_t snap = eb__ec_value(&b->ctl_ec);
+        if (atomic_load_explicit(&s->ctl_done, memory_order_acquire))
+            break;
+        struct timespec ts = mono_ts(eb__now_mono_ns() + 200000);
+        eb__ec_wait(&b->ctl_ec, snap, &ts);
+    }
+    return s->ctl_rc;
+}
+
+/* ---- lanes ------------------------------------------------------------ */
+
+static void arm_backoff(eb_bus *b, eb__worker *w, eb__lane *l)
+{
+    struct eb_subscription *s = l->sub;
+    unsigned shift = l->attempt - 2; /* attempt is the next one, >= 2 */
+    uint64_t delay = s->backoff_initial_ns;
+    while (shift-- > 0 && delay < s->backoff_max_ns)
+        delay *= 2;
+    if (delay > s->backoff_max_ns)
+        delay = s->backoff_max_ns;
+    /* Equal jitter: half fixed, half random, so retries of many lanes that
+       failed together spread out but never come back too early. */
+    delay = delay / 2 + rng_next(&w->rng) % (delay / 2 + 1);
+    uint64_t gen = atomic_load_explicit(&l->timer_gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&l->timer_gen, gen, memory_order_release);
+    atomic_store_explicit(&l->in_backoff, true, memory_order_seq_cst);
+    bool earlier = false;
+    sub_ref(s);
+    if (eb__timers_push(&b->timers, eb__now_mono_ns() + (int64_t)delay, l, gen, &earlier) != 0) {
+        /* No memory for a timer: retry without waiting rather than stall. */
+        sub_unref(b, s);
+        if (atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
+            runq_push(b, l);
+        return;
+    }
+    if (earlier)
+        wake_pool(b);
+}
+
+static bool timers_fire(eb_bus *b)
+{
+    if (eb__timers_next(&b->timers) == INT64_MAX)
+        return false;
+    int64_t now = eb__now_mono_ns();
+    eb__timer_entry e;
+    bool any = false;
+    while (eb__timers_pop_due(&b->timers, now, &e)) {
+        eb__lane *l = e.what;
+        struct eb_subscription *s = l->sub;
+        if (e.gen == atomic_load_explicit(&l->timer_gen, memory_order_acquire) &&
+            atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
+            runq_push(b, l);
+        sub_unref(b, s);
+        any = true;
+    }
+    return any;
+}
+
+static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int rc)
+{
+    struct eb_subscription *s = l->sub;
+    if (ev->flags & EB__EV_DEADLETTER) {
+        /* A dead letter's own failure is not dead-lettered again. */
+        logf_(b, EB_LOG_ERROR, "dead letter %s failed in subscription '%s': %s", ev->topic, s->name,
+              eb_strerror(rc));
+        return;
+    }
+    atomic_fetch_add_explicit(&w->dead_lettered, 1, memory_order_relaxed);
+    eb_deadletter_info info = {.subscription = s->name,
+                               .topic = ev->topic,
+                               .error = rc,
+                               .attempts = l->attempt,
+                               .seq = ev->seq};
+    if (b->cfg.on_deadletter != NULL)
+        b->cfg.on_deadletter(ev, &info, b->cfg.deadletter_ctx);
+    logf_(b, EB_LOG_WARN, "dead-lettered %s (seq %llu) from '%s' after %u attempts: %s", ev->topic,
+          (unsigned long long)ev->seq, s->name, l->attempt, eb_strerror(rc));
+
+    char topic[sizeof(DL_PREFIX) + EB_TOPIC_MAX + 1];
+    size_t tl = (size_t)snprintf(topic, sizeof(topic), DL_PREFIX "%s", ev->topic);
+    if (tl >= sizeof(topic))
+        tl = sizeof(topic) - 1;
+    size_t nl = strlen(s->name);
+    size_t extra = sizeof(eb__deadletter) + nl + 1 + ev->topic_len + 1;
+    eb_event *d = eb__event_new(b, &b->depot, topic, tl, ev->key, ev->key ? ev->key_len : 0,
+                                ev->payload, ev->payload_len, true, extra);
+    if (d == NULL) {
+        logf_(b, EB_LOG_ERROR, "no memory for the dead letter of %s", ev->topic);
+        return;
+    }
+    eb__deadletter *dl = eb__event_extra(d);
+    char *names = (char *)(dl + 1);
+    memcpy(names, s->name, nl + 1);
+    memcpy(names + nl + 1, ev->topic, ev->topic_len + 1);
+    dl->info = info;
+    dl->info.subscription = names;
+    dl->info.topic = names + nl + 1;
+    d->dl = dl;
+    d->flags |= EB__EV_DEADLETTER | EB__EV_CAUS | EB__EV_CORR;
+    memcpy(d->caus, ev->id, 16);
+    memcpy(d->corr, (ev->flags & EB__EV_CORR) ? ev->corr : ev->id, 16);
+    if (enqueue_internal(b, d) != EB_OK) {
+        logf_(b, EB_LOG_ERROR, "no memory to queue the dead letter of %s", ev->topic);
+        eb__event_unref(d, &b->depot);
+    }
+}
+
+/* Runs up to LANE_BATCH deliveries of l; the caller popped l from the run
+   queue, so no other thread runs it. */
+static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
+{
+    struct eb_subscription *s = l->sub;
+    bool mc = s->overflow == EB_OVERFLOW_DROP_OLDEST;
+    bool backoff = false;
+    w->stack[w->depth++] = l;
+    for (unsigned n = 0; n < LANE_BATCH; n++) {
+        if (l->cur == NULL) {
+            void *p;
+            if (!(mc ? eb__ring_pop_mc(&l->mbox, &p) : eb__ring_pop_sc(&l->mbox, &p)))
+                break;
+            l->cur = p;
+            l->attempt = 1;
+        }
+        /* Acquire: pairs with the release in ctl_apply. */
+        if (atomic_load_explicit(&s->cancelled, memory_order_acquire)) {
+            lane_finish(b, l, EB_ECANCELED);
+            continue;
+        }
+        int rc = s->fn(l->cur, s->ctx);
+        if (rc == 0) {
+            atomic_fetch_add_explicit(&s->delivered, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&w->delivered, 1, memory_order_relaxed);
+            lane_finish(b, l, EB_OK);
+            continue;
+        }
+        if (rc > 0)
+            rc = EB_EHANDLER;
+        if (l->attempt < s->max_attempts &&
+            !atomic_load_explicit(&s->cancelled, memory_order_acquire)) {
+            atomic_fetch_add_explicit(&s->retried, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&w->retried, 1, memory_order_relaxed);
+            l->attempt++;
+            backoff = true;
+            break;
+        }
+        atomic_fetch_add_explicit(&s->failed, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->failed, 1, memory_order_relaxed);
+        deadletter(b, w, l, l->cur, rc);
+        lane_finish(b, l, rc);
+    }
+    w->depth--;
+    /* We consumed from the mailbox (stores of c_head); the fence orders them
+       before the load of the flag, pairing with push_one's store of the flag
+       and re-check (Dekker), so a stalled dispatcher is always woken. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&l->dispatcher_waiting, memory_order_relaxed) &&
+        atomic_exchange_explicit(&l->dispatcher_waiting, false, memory_order_relaxed)) {
+        atomic_store_explicit(&b->stall_relief, true, memory_order_release);
+        wake_pool(b);
+    }
+    if (backoff)
+        arm_backoff(b, w, l); /* the lane stays SCHEDULED; the timer requeues it */
+    else
+        lane_release(b, l);
+}
+
+/* ---- workers ---------------------------------------------------------- */
+
+static bool has_work(eb_bus *b)
+{
+    return dispatch_ready(b) || atomic_load_explicit(&b->rq_len, memory_order_relaxed) > 0 ||
+           eb__timers_next(&b->timers) <= eb__now_mono_ns();
+}
+
+static bool help_once(eb_bus *b, eb__worker *w)
+{
+    bool progress = timers_fire(b);
+    progress |= dispatch_step(b);
+    if (w->depth < EB__MAX_NEST) {
+        eb__lane *l = runq_pop(b);
+        if (l != NULL) {
+            run_lane(b, w, l);
+            progress = true;
+        }
+    }
+    return progress;
+}
+
+/* Sleeps until new work, a timer deadline, `limit` (monotonic ns) or a wake. */
+static void park(eb_bus *b, int64_t limit)
+{
+    uint32_t snap = eb__ec_value(&b->work_ec);
+    atomic_fetch_add_explicit(&b->idle, 1, memory_order_seq_cst);
+    if (!has_work(b) && !atomic_load_explicit(&b->stop, memory_order_seq_cst)) {
+        int64_t deadline = eb__timers_next(&b->timers);
+        if (limit < deadline)
+            deadline = limit;
+        if (deadline == INT64_MAX) {
+            eb__ec_wait(&b->work_ec, snap, NULL);
+        } else {
+            struct timespec ts = mono_ts(deadline);
+            eb__ec_wait(&b->work_ec, snap, &ts);
+        }
+    }
+    atomic_fetch_sub_explicit(&b->idle, 1, memory_order_seq_cst);
+}
+
+/* Under the token: is everything accepted delivered? Then stop the pool. */
+static bool try_finish(eb_bus *b)
+{
+    if (atomic_load_explicit(&b->inflight, memory_order_seq_cst) != 0 || !token_take(b))
+        return false;
+    /* busy_lanes first: once it is 0 no handler runs, so nothing can publish
+       internally any more; then the queues cannot refill behind our back. */
+    bool done = atomic_load_explicit(&b->busy_lanes, memory_order_seq_cst) == 0 &&
+                b->pend_ev == NULL &&
+                atomic_load_explicit(&b->ctl_pending, memory_order_seq_cst) == 0 &&
+                atomic_load_explicit(&b->side_count, memory_order_seq_cst) == 0 &&
+                eb__ring_size(&b->intake) == 0;
+    if (done)
+        atomic_store_explicit(&b->stop, true, memory_order_seq_cst);
+    token_drop(b);
+    if (done)
+        wake_pool(b);
+    return done;
+}
+
+static void *worker_main(void *arg)
+{
+    eb__worker *w = arg;
+    eb_bus *b = w->bus;
+    tls_worker = w;
+    unsigned spins = 0;
+    for (;;) {
+        if (help_once(b, w)) {
+            spins = 0;
+            continue;
+        }
+        if (atomic_load_explicit(&b->stop, memory_order_acquire))
+            break;
+        if (atomic_load_explicit(&b->closing, memory_order_acquire) && try_finish(b))
+            break;
+        if (++spins < IDLE_SPINS) {
+            eb__cpu_relax();
+            continue;
+        }
+        spins = 0;
+        /* While closing, look again now and then: the last worker to go idle
+           is the one that sees the bus drained. */
+        int64_t limit = atomic_load_explicit(&b->closing, memory_order_relaxed)
+                            ? eb__now_mono_ns() + 5000000
+                            : INT64_MAX;
+        park(b, limit);
+    }
+    eb__tcache_flush(&b->depot);
+    tls_worker = NULL;
+    return NULL;
+}
+
+/* ---- waiting ---------------------------------------------------------- */
+
+/* A worker waits for ev while running other work. */
+static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
+{
+    eb_event *saved[EB__MAX_NEST + 1];
+    int rc = EB_OK;
+    atomic_store_explicit(&ev->waiter_worker, true, memory_order_seq_cst);
+    for (unsigned i = 0; i < w->depth; i++) {
+        saved[i] = atomic_load_explicit(&w->stack[i]->wait_ticket, memory_order_relaxed);
+        atomic_store_explicit(&w->stack[i]->wait_ticket, ev, memory_order_seq_cst);
+    }
+    /* Pairs with push_one's fence: a delivery pushed before our store of
+       wait_ticket is in a mailbox we scan now; one pushed after is flagged. */
+    atomic_thread_fence(memory_order_seq_cst);
+    for (unsigned i = 0; i < w->depth && rc == EB_OK; i++) {
+        if (w->stack[i]->cur == ev || eb__ring_contains_sc(&w->stack[i]->mbox, ev))
+            rc = EB_EDEADLK;
+    }
+    while (rc == EB_OK && !eb__event_done(ev)) {
+        if (atomic_load_explicit(&ev->deadlock, memory_order_seq_cst)) {
+            rc = EB_EDEADLK;
+            break;
+        }
+        eb__lane *stall = atomic_load_explicit(&b->stall_lane, memory_order_acquire);
+        if (stall != NULL && in_stack(w, stall)) {
+            rc = EB_EDEADLK;
+            break;
+        }
+        int64_t now = eb__now_mono_ns();
+        if (now >= deadline) {
+            rc = EB_ETIMEDOUT;
+            break;
+        }
+        if (help_once(b, w))
+            continue;
+        park(b, deadline < now + 1000000 ? deadline : now + 1000000);
+    }
+    for (unsigned i = 0; i < w->depth; i++)
+        atomic_store_explicit(&w->stack[i]->wait_ticket, saved[i], memory_order_relaxed);
+    return rc;
+}
+
+static int wait_event(eb_bus *b, eb_event *ev, int64_t deadline)
+{
+    eb__worker *w = self_worker(b);
+    if (w != NULL)
+        return worker_wait(b, w, ev, deadline);
+    for (unsigned i = 0; i < WAIT_SPINS; i++) {
+        if (eb__event_done(ev))
+            return EB_OK;
+        eb__cpu_relax();
+    }
+    for (;;) {
+        uint32_t snap = eb__ec_value(&ev->done);
+        if (eb__event_done(ev))
+            return EB_OK;
+        if (deadline != INT64_MAX && eb__now_mono_ns() >= deadline)
+            return EB_ETIMEDOUT;
+        if (deadline == INT64_MAX) {
+            eb__ec_wait(&ev->done, snap, NULL);
+        } else {
+            struct timespec ts = mono_ts(deadline);
+            eb__ec_wait(&ev->done, snap, &ts);
+        }
+    }
+}
+
+/* ---- publishing ------------------------------------------------------- */
+
+static bool topic_ok(const char *t, size_t *len)
+{
+    if (t == NULL)
+        return false;
+    *len = strnlen(t, EB_TOPIC_MAX + 1);
+    return *len <= EB_TOPIC_MAX;
+}
+
+/* Pushes ev on the intake, waiting as opts allow. */
+static int intake_push(eb_bus *b, eb_event *ev, int64_t timeout_ns)
+{
+    if (eb__ring_push_mp(&b->intake, ev))
+        return EB_OK;
+    if (timeout_ns == 0)
+        return EB_EAGAIN;
+    int64_t deadline = eb__deadline_after(timeout_ns);
+    eb__worker *w = self_worker(b);
+    for (;;) {
+        if (w != NULL) {
+            eb__lane *stall = atomic_load_explicit(&b->stall_lane, memory_order_acquire);
+            if (stall != NULL && in_stack(w, stall))
+                return EB_EDEADLK;
+            if (!help_once(b, w))
+                park(b, eb__now_mono_ns() + 1000000);
+        } else {
+            uint32_t snap = eb__ec_value(&b->space_ec);
+            if (eb__ring_push_mp(&b->intake, ev))
+                return EB_OK;
+            wake_if_idle(b);
+            struct timespec ts = mono_ts(
+                deadline < eb__now_mono_ns() + 10000000 ? deadline : eb__now_mono_ns() + 10000000);
+            eb__ec_wait(&b->space_ec, snap, &ts);
+        }
+        if (eb__ring_push_mp(&b->intake, ev))
+            return EB_OK;
+        if (deadline != INT64_MAX && eb__now_mono_ns() >= deadline)
+            return EB_ETIMEDOUT;
+    }
+}
+
+static int publish_common(eb_bus *b, const char *topic, const void *payload, size_t len,
+                          const eb_publish_options *opts, bool track, eb_event **out)
+{
+    size_t tl;
+    eb_publish_options defaults;
+    if (opts == NULL) {
+        eb_publish_options_init(&defaults);
+        opts = &defaults;
+    }
+    if (b == NULL || !topic_ok(topic, &tl) || (payload == NULL && len > 0) || opts->key_len > 255 ||
+        (opts->key == NULL && opts->key_len > 0) || opts->flags != 0)
+        return EB_EINVAL;
+
+    /* seq_cst pairs with destroy's store of closing and load of inflight: a
+       publish that saw closing == 0 is counted before destroy looks. */
+    atomic_fetch_add_explicit(&b->inflight, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&b->closing, memory_order_seq_cst)) {
+        atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_seq_cst);
+        return EB_ECLOSED;
+    }
+    int rc = EB_ENOMEM;
+    eb_event *ev = eb__event_new(b, &b->depot, topic, tl, opts->key, opts->key_len, payload, len,
+                                 opts->payload_free == NULL, 0);
+    if (ev == NULL)
+        goto out;
+    if (opts->payload_free != NULL)
+        ev->payload_free = opts->payload_free;
+
+    /* Correlation and causation: explicit, else inherited from the event the
+       calling handler is processing. */
+    eb__worker *w = tls_worker;
+    const eb_event *cause = w != NULL && w->depth > 0 ? w->stack[w->depth - 1]->cur : NULL;
+    if (opts->correlation_id != NULL) {
+        memcpy(ev->corr, opts->correlation_id, 16);
+        ev->flags |= EB__EV_CORR;
+    } else if (cause != NULL) {
+        memcpy(ev->corr, (cause->flags & EB__EV_CORR) ? cause->corr : cause->id, 16);
+        ev->flags |= EB__EV_CORR;
+    }
+    if (opts->causation_id != NULL) {
+        memcpy(ev->caus, opts->causation_id, 16);
+        ev->flags |= EB__EV_CAUS;
+    } else if (cause != NULL) {
+        memcpy(ev->caus, cause->id, 16);
+        ev->flags |= EB__EV_CAUS;
+    }
+    if (track) {
+        eb__event_track_init(ev);
+        eb__event_ref(ev, 1); /* the ticket's reference */
+    }
+    rc = intake_push(b, ev, opts->timeout_ns);
+    if (rc != EB_OK) {
+        /* Nothing was published: the caller keeps its payload. */
+        ev->payload_free = NULL;
+        if (track)
+            eb__event_unref(ev, &b->depot);
+        eb__event_unref(ev, &b->depot);
+        goto out;
+    }
+    atomic_fetch_add_explicit(&b->published, 1, memory_order_relaxed);
+    if (out != NULL)
+        *out = ev;
+out:
+    /* seq_cst RMW: also orders the ring push before the load of idle. */
+    atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_seq_cst);
+    if (rc == EB_OK && atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
+        wake_pool(b);
+    return rc;
+}
+
+EB_API void eb_publish_options_init(eb_publish_options *opts)
+{
+    if (opts == NULL)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->timeout_ns = -1;
+}
+
+EB_API int eb_publish(eb_bus *bus, const char *topic, const void *payload, size_t len,
+                      const eb_publish_options *opts)
+{
+    return publish_common(bus, topic, payload, len, opts, false, NULL);
+}
+
+EB_API int eb_publish_async(eb_bus *bus, const char *topic, const void *payload, size_t len,
+                            const eb_publish_options *opts, eb_ticket **ticket)
+{
+    if (ticket == NULL)
+        return EB_EINVAL;
+    eb_event *ev;
+    int rc = publish_common(bus, topic, payload, len, opts, true, &ev);
+    if (rc == EB_OK)
+        *ticket = (eb_ticket *)ev;
+    return rc;
+}
+
+EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_result *result)
+{
+    if (ticket == NULL)
+        return EB_EINVAL;
+    eb_event *ev = (eb_event *)ticket;
+    int rc = EB_OK;
+    if (!eb__event_done(ev))
+        rc = timeout_ns == 0 ? EB_ETIMEDOUT
+                             : wait_event(ev->bus, ev, eb__deadline_after(timeout_ns));
+    if (rc == EB_OK && result != NULL)
+        eb__event_result(ev, result);
+    return rc;
+}
+
+EB_API void eb_ticket_release(eb_ticket *ticket)
+{
+    if (ticket != NULL) {
+        eb_event *ev = (eb_event *)ticket;
+        eb__event_unref(ev, &ev->bus->depot);
+    }
+}
+
+EB_API int eb_publish_wait(eb_bus *bus, const char *topic, const void *payload, size_t len,
+                           const eb_publish_options *opts, eb_publish_result *result)
+{
+    int64_t timeout = opts != NULL ? opts->timeout_ns : -1;
+    int64_t deadline = eb__deadline_after(timeout);
+    eb_ticket *t;
+    int rc = eb_publish_async(bus, topic, payload, len, opts, &t);
+    if (rc != EB_OK)
+        return rc;
+    int64_t left = deadline == INT64_MAX ? -1 : deadline - eb__now_mono_ns();
+    rc = eb_ticket_wait(t, left < 0 && deadline != INT64_MAX ? 0 : left, result);
+    eb_ticket_release(t);
+    return rc;
+}
+
+/* ---- events ----------------------------------------------------------- */
+
+EB_API void eb_event_release(const eb_event *ev)
+{
+    if (ev != NULL)
+        eb__event_unref((eb_event *)ev, &ev->bus->depot);
+}
+
+EB_API unsigned eb_event_attempt(const eb_event *ev)
+{
+    eb__worker *w = tls_worker;
+    if (w != NULL && ev != NULL)
+        for (unsigned i = w->depth; i-- > 0;)
+            if (w->stack[i]->cur == ev)
+                return w->stack[i]->attempt;
+    return 1;
+}
+
+/* ---- subscribing ------------------------------------------------------ */
+
+EB_API void eb_subscribe_options_init(eb_subscribe_options *opts)
+{
+    if (opts == NULL)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->delivery = EB_DELIVERY_SERIAL;
+    opts->max_attempts = 3;
+    opts->backoff_initial_ns = 1000000;
+    opts->backoff_max_ns = 1000000000;
+}
+
+EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void *ctx,
+                        const eb_subscribe_options *opts, eb_subscription **out)
+{
+    size_t pl;
+    eb_subscribe_options o;
+    if (opts != NULL)
+        o = *opts;
+    else
+        eb_subscribe_options_init(&o);
+    if (bus == NULL || fn == NULL || !topic_ok(pattern, &pl))
+        return EB_EINVAL;
+    if ((unsigned)o.delivery > EB_DELIVERY_CONCURRENT ||
+        (unsigned)o.overflow > EB_OVERFLOW_DROP_NEWEST || o.lanes > MAX_LANES ||
+        o.max_attempts > MAX_ATTEMPTS || o.mailbox_capacity > MAX_MAILBOX ||
+        (o.delivery == EB_DELIVERY_SERIAL && o.lanes > 1) ||
+        (o.name != NULL && strnlen(o.name, 256) > 255))
+        return EB_EINVAL;
+    if (o.max_attempts == 0)
+        o.max_attempts = 3;
+    if (o.backoff_initial_ns == 0)
+        o.backoff_initial_ns = 1000000;
+    if (o.backoff_max_ns == 0)
+        o.backoff_max_ns = 1000000000;
+    if (o.backoff_max_ns < o.backoff_initial_ns)
+        return EB_EINVAL;
+    unsigned nlanes = 1;
+    if (o.delivery == EB_DELIVERY_KEYED)
+        nlanes = o.lanes ? o.lanes : 16;
+    else if (o.delivery == EB_DELIVERY_CONCURRENT)
+        nlanes = o.lanes ? o.lanes : bus->nworkers;
+    unsigned mailbox = o.mailbox_capacity ? o.mailbox_capacity : bus->cfg.mailbox_capacity;
+    if (atomic_load_explicit(&bus->closing, memory_order_acquire))
+        return EB_ECLOSED;
+
+    struct eb_subscription *s = eb__sub_new(bus, pattern, pl, fn, ctx, &o, nlanes, mailbox);
+    if (s == NULL)
+        return EB_ENOMEM;
+    int rc = ctl_run(bus, s, 1);
+    if (rc != EB_OK) {
+        eb__sub_free(s);
+        return rc;
+    }
+    pthread_mutex_lock(&bus->reg_lock);
+    s->reg_next = bus->reg_head;
+    if (bus->reg_head != NULL)
+        bus->reg_head->reg_prev = s;
+    bus->reg_head = s;
+    bus->nsubs++;
+    pthread_mutex_unlock(&bus->reg_lock);
+    if (out != NULL)
+        *out = s;
+    return EB_OK;
+}
+
+static void reg_unlink(eb_bus *b, struct eb_subscription *s)
+{
+    pthread_mutex_lock(&b->reg_lock);
+    if (s->reg_prev != NULL)
+        s->reg_prev->reg_next = s->reg_next;
+    else
+        b->reg_head = s->reg_next;
+    if (s->reg_next != NULL)
+        s->reg_next->reg_prev = s->reg_prev;
+    b->nsubs--;
+    pthread_mutex_unlock(&b->reg_lock);
+}
+
+EB_API int eb_unsubscribe(eb_subscription *sub)
+{
+    if (sub == NULL || atomic_exchange_explicit(&sub->unsubscribing, true, memory_order_acq_rel))
+        return EB_EINVAL;
+    eb_bus *b = sub->bus;
+    ctl_run(b, sub, 2);
+    reg_unlink(b, sub);
+    eb__worker *w = self_worker(b);
+    bool own = false;
+    for (unsigned i = 0; w != NULL && i < w->depth; i++)
+        if (w->stack[i]->sub == sub)
+            own = true;
+    if (!own) {
+        /* Wait until only our reference is left: no lane is scheduled, so no
+           handler runs and none will (cancelled is set). */
+        while (atomic_load_explicit(&sub->refs, memory_order_acquire) > 1) {
+            if (w != NULL && help_once(b, w))
+                continue;
+            uint32_t snap = eb__ec_value(&b->ctl_ec);
+            if (atomic_load_explicit(&sub->refs, memory_order_acquire) <= 1)
+                break;
+            if (w != NULL) {
+                park(b, eb__now_mono_ns() + 1000000);
+            } else {
+                struct timespec ts = mono_ts(eb__now_mono_ns() + 10000000);
+                eb__ec_wait(&b->ctl_ec, snap, &ts);
+            }
+        }
+    }
+    sub_unref(b, sub);
+    return EB_OK;
+}
+
+EB_API int eb_subscription_stats_get(eb_subscription *sub, eb_subscription_stats *out)
+{
+    if (sub == NULL || out == NULL)
+        return EB_EINVAL;
+    eb_subscription_stats st = {0};
+    st.delivered = atomic_load_explicit(&sub->delivered, memory_order_relaxed);
+    st.failed = atomic_load_explicit(&sub->failed, memory_order_relaxed);
+    st.retried = atomic_load_explicit(&sub->retried, memory_order_relaxed);
+    st.dropped = atomic_load_explicit(&sub->dropped, memory_order_relaxed);
+    for (unsigned i = 0; i < sub->nlanes; i++) {
+        const eb__lane *l = &sub->lanes[i];
+        uint64_t done = atomic_load_explicit(&l->done, memory_order_relaxed) +
+                        atomic_load_explicit(&l->evicted, memory_order_relaxed);
+        uint64_t pushed = atomic_load_explicit(&l->pushed, memory_order_relaxed);
+        st.lag += pushed > done ? pushed - done : 0;
+    }
+    *out = st;
+    return EB_OK;
+}
+
+/* ---- bus lifecycle ---------------------------------------------------- */
+
+EB_API void eb_bus_config_init(eb_bus_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->intake_capacity = 4096;
+    cfg->mailbox_capacity = 256;
+    cfg->log_level = EB_LOG_WARN;
+}
+
+EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
+{
+    eb_bus_config c;
+    if (cfg != NULL)
+        c = *cfg;
+    else
+        eb_bus_config_init(&c);
+    if (out == NULL || c.workers > MAX_WORKERS || c.intake_capacity > MAX_INTAKE ||
+        c.mailbox_capacity > MAX_MAILBOX || (unsigned)c.log_level > EB_LOG_ERROR)
+        return EB_EINVAL;
+    if (c.intake_capacity == 0)
+        c.intake_capacity = 4096;
+    if (c.mailbox_capacity == 0)
+        c.mailbox_capacity = 256;
+    if (c.workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        c.workers = n > 0 ? (unsigned)(n > MAX_WORKERS ? MAX_WORKERS : n) : 1;
+    }
+
+    eb_bus *b = aligned_alloc(EB__CACHELINE,
+                              (sizeof(*b) + EB__CACHELINE - 1) & ~(size_t)(EB__CACHELINE - 1));
+    if (b == NULL)
+        return EB_ENOMEM;
+    memset(b, 0, sizeof(*b));
+    b->cfg = c;
+    b->nworkers = c.workers;
+    if (getrandom(&b->nonce, sizeof(b->nonce), 0) != sizeof(b->nonce))
+        b->nonce = (uint64_t)eb__now_real_ns() ^ (uint64_t)(uintptr_t)b;
+    eb__ec_init(&b->work_ec);
+    eb__ec_init(&b->space_ec);
+    eb__ec_init(&b->ctl_ec);
+    int rc = EB_ENOMEM;
+    if (eb__ring_init(&b->intake, c.intake_capacity) != 0)
+        goto fail_ring;
+    if ((b->route = eb__route_new()) == NULL)
+        goto fail_route;
+    if (eb__timers_init(&b->timers) != 0)
+        goto fail_timers;
+    if (eb__depot_init(&b->depot) != 0)
+        goto fail_depot;
+    pthread_mutex_init(&b->ctl_lock, NULL);
+    pthread_mutex_init(&b->side_lock, NULL);
+    pthread_mutex_init(&b->rq_lock, NULL);
+    pthread_mutex_init(&b->reg_lock, NULL);
+    b->workers = calloc(c.workers, sizeof(*b->workers));
+    if (b->workers == NULL)
+        goto fail_workers;
+    unsigned started = 0;
+    for (; started < c.workers; started++) {
+        eb__worker *w = &b->workers[started];
+        w->bus = b;
+        w->index = started;
+        w->rng = b->nonce ^ (0x9e3779b97f4a7c15ULL * (started + 1));
+        if (w->rng == 0)
+            w->rng = 1;
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+            break;
+    }
+    if (started < c.workers) {
+        rc = EB_EIO;
+        atomic_store(&b->closing, 1);
+        atomic_store(&b->stop, true);
+        wake_pool(b);
+        for (unsigned i = 0; i < started; i++)
+            pthread_join(b->workers[i].thread, NULL);
+        free(b->workers);
+        goto fail_workers;
+    }
+    *out = b;
+    return EB_OK;
+
+fail_workers:
+    pthread_mutex_destroy(&b->ctl_lock);
+    pthread_mutex_destroy(&b->side_lock);
+    pthread_mutex_destroy(&b->rq_lock);
+    pthread_mutex_destroy(&b->reg_lock);
+    eb__depot_fini(&b->depot);
+fail_depot:
+    eb__timers_fini(&b->timers);
+fail_timers:
+    eb__route_free(b->route);
+fail_route:
+    eb__ring_fini(&b->intake);
+fail_ring:
+    free(b);
+    return rc;
+}
+
+EB_API void eb_bus_destroy(eb_bus *b)
+{
+    if (b == NULL)
+        return;
+    /* seq_cst: pairs with publish_common's increment of inflight then load
+       of closing. */
+    atomic_store_explicit(&b->closing, 1, memory_order_seq_cst);
+    wake_pool(b);
+    for (unsigned i = 0; i < b->nworkers; i++)
+        pthread_join(b->workers[i].thread, NULL);
+
+    /* Timer entries left behind by cancelled backoffs hold references. */
+    eb__timer_entry e;
+    while (eb__timers_pop_due(&b->timers, INT64_MAX, &e))
+        sub_unref(b, ((eb__lane *)e.what)->sub);
+    struct eb_subscription *s = b->reg_head;
+    while (s != NULL) {
+        struct eb_subscription *next = s->reg_next;
+        eb__sub_free(s);
+        s = next;
+    }
+    eb__route_free(b->route);
+    eb__ring_fini(&b->intake);
+    free(b->side);
+    free(b->workers);
+    eb__timers_fini(&b->timers);
+    eb__depot_fini(&b->depot);
+    pthread_mutex_destroy(&b->ctl_lock);
+    pthread_mutex_destroy(&b->side_lock);
+    pthread_mutex_destroy(&b->rq_lock);
+    pthread_mutex_destroy(&b->reg_lock);
+    free(b);
+}
+
+EB_API int eb_bus_stats_get(eb_bus *b, eb_bus_stats *out)
+{
+    if (b == NULL || out == NULL)
+        return EB_EINVAL;
+    eb_bus_stats st = {0};
+    st.published = atomic_load_explicit(&b->published, memory_order_relaxed);
+    st.dispatched = atomic_load_explicit(&b->dispatched, memory_order_relaxed);
+    st.unrouted = atomic_load_explicit(&b->unrouted, memory_order_relaxed);
+    st.dropped = atomic_load_explicit(&b->dropped, memory_order_relaxed);
+    for (unsigned i = 0; i < b->nworkers; i++) {
+        eb__worker *w = &b->workers[i];
+        st.delivered += atomic_load_explicit(&w->delivered, memory_order_relaxed);
+        st.failed += atomic_load_explicit(&w->failed, memory_order_relaxed);
+        st.retried += atomic_load_explicit(&w->retried, memory_order_relaxed);
+        st.dead_lettered += atomic_load_explicit(&w->dead_lettered, memory_order_relaxed);
+    }
+    st.intake_depth = eb__ring_size(&b->intake);
+    st.intake_capacity = eb__ring_capacity(&b->intake);
+    st.workers = b->nworkers;
+    pthread_mutex_lock(&b->reg_lock);
+    st.subscriptions = b->nsubs;
+    for (struct eb_subscription *s = b->reg_head; s != NULL; s = s->reg_next) {
+        eb_subscription_stats ss;
+        eb_subscription_stats_get(s, &ss);
+        if (ss.lag > st.max_lag)
+            st.max_lag = ss.lag;
+    }
+    pthread_mutex_unlock(&b->reg_lock);
+    *out = st;
+    return EB_OK;
+}

@@ -1,0 +1,102 @@
+/*
+ * bus — the bus object: intake ring, dispatch token, run queue, workers,
+ * control queue (subscribe/unsubscribe), timers, registry and counters.
+ *
+ * Lock order (a thread holding one may take only those after it):
+ *   reg_lock -> ctl_lock -> rq_lock -> side_lock -> timers.lock -> depot.lock
+ * In practice each is a leaf: no code path holds two at once, and no user
+ * callback runs under any of them. The dispatch token is a trylock and is
+ * never waited for while one of these is held.
+ */
+#ifndef EB_BUS_H
+#define EB_BUS_H
+
+#include <eventbus/eventbus.h>
+
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+
+#include "event.h"
+#include "lane.h"
+#include "route.h"
+#include "sync.h"
+#include "timer.h"
+
+#define EB__MAX_NEST 32 /* lanes a worker may run nested inside waits */
+#define EB__CACHELINE 64
+
+typedef struct eb__worker {
+    eb_bus *bus;
+    pthread_t thread;
+    unsigned index;
+    /* Lanes whose handlers are running on this thread, innermost last (a
+       waiting handler runs other lanes on top of its own). Thread-local. */
+    eb__lane *stack[EB__MAX_NEST + 1];
+    unsigned depth;
+    /* Counters, written by this worker only (relaxed), summed by stats. */
+    _Atomic uint64_t delivered, failed, retried, dead_lettered;
+    uint64_t rng; /* xorshift state for backoff jitter */
+} eb__worker;
+
+struct eb_bus {
+    /* Publisher-side line: touched by every publish. */
+    eb__ring intake;
+    alignas(EB__CACHELINE) atomic_long inflight; /* publishes between check and push */
+    _Atomic uint64_t published;
+    atomic_int closing;
+
+    /* Dispatcher state: protected by the token (acquire on take, release on
+       drop, so each holder sees the previous holder's writes). */
+    alignas(EB__CACHELINE) atomic_bool token;
+    eb__route *route;
+    uint64_t seq;
+    uint64_t nonce;
+    eb_event *pend_ev; /* event stalled on a full mailbox */
+    eb__match *pend_m; /* its match set (pinned) */
+    unsigned pend_i;   /* next subscription of pend_m to push to */
+    /* The full lane the pending event waits for. Only compared, never
+       dereferenced, outside the token (the lane may be freed meanwhile). */
+    _Atomic(eb__lane *) stall_lane;
+    atomic_bool stall_relief;                       /* the stall lane made room since the stall */
+    atomic_bool pend_retry;                         /* pending for lack of memory: retry any time */
+    _Atomic uint64_t dispatched, unrouted, dropped; /* one writer: token holder */
+
+    /* Control queue: subscriptions to add to / remove from routing. */
+    pthread_mutex_t ctl_lock;
+    struct eb_subscription *ctl_head, *ctl_tail; /* protected by ctl_lock */
+    atomic_uint ctl_pending;
+    eb__ec ctl_ec; /* bumped when ops are applied or a cancelled sub drains */
+
+    /* Dead letters that found the intake ring full; dispatched first. */
+    pthread_mutex_t side_lock;
+    eb_event **side;         /* protected by side_lock */
+    size_t side_n, side_cap; /* protected by side_lock */
+    atomic_size_t side_count;
+
+    /* Run queue of scheduled lanes. */
+    alignas(EB__CACHELINE) pthread_mutex_t rq_lock;
+    eb__lane *rq_head, *rq_tail; /* protected by rq_lock */
+    atomic_uint rq_len;
+
+    /* Parking. */
+    alignas(EB__CACHELINE) eb__ec work_ec; /* bumped when there is new work */
+    atomic_int idle;                       /* workers parked or about to */
+    eb__ec space_ec;                       /* bumped after intake space frees */
+
+    alignas(EB__CACHELINE) atomic_long busy_lanes; /* lanes SCHEDULED */
+    atomic_bool stop;
+
+    eb__timers timers;
+    eb__depot depot;
+
+    pthread_mutex_t reg_lock;
+    struct eb_subscription *reg_head; /* protected by reg_lock */
+    unsigned nsubs;                   /* protected by reg_lock */
+
+    eb_bus_config cfg;
+    unsigned nworkers;
+    eb__worker *workers;
+};
+
+#endif /* EB_BUS_H */

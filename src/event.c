@@ -1,0 +1,404 @@
+/*
+ * event — event blocks, reference counts, tickets and the magazine cache.
+ *
+ * Allocation without malloc per publish: each thread keeps one magazine (up
+ * to EB__MAG_SIZE free blocks) per size class in thread-local storage.
+ * Publishers pop blocks from theirs; the thread that drops the last reference
+ * (usually a worker) pushes the block onto its own. A publisher whose
+ * magazine is empty trades it at the bus's depot for a full one, a worker
+ * whose magazine is full trades it for an empty one: one mutex acquisition per
+ * 64 events. Blocks and magazines are plain heap memory of fixed sizes, so a
+ * thread may cache blocks that came from any bus; a thread's cache is freed
+ * when the thread exits (pthread key destructor), the depot's when its bus is
+ * destroyed. The pthread key is the library's only process-wide state.
+ *
+ * Threads: the cache is thread-local; the depot is under its mutex (a leaf).
+ */
+#include "event.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Block sizes: header + topic + payload; class 0 fits a 64-byte payload with
+   a long topic, class 2 a 4 KiB payload. */
+static const size_t class_size[EB__CLASSES] = {448, 1536, 4096 + 640};
+#define DEPOT_MAX_FULL 64 /* full magazines kept per class; beyond, freed */
+
+struct eb__mag {
+    eb__mag *next;
+    unsigned n;
+    void *items[EB__MAG_SIZE];
+};
+
+typedef struct tcache {
+    eb__mag *cur[EB__CLASSES];
+    bool registered;
+} tcache;
+
+static __thread tcache tc __attribute__((tls_model("initial-exec")));
+static pthread_key_t tc_key;
+static pthread_once_t tc_once = PTHREAD_ONCE_INIT;
+
+static void mag_free_all(eb__mag *m)
+{
+    while (m != NULL) {
+        eb__mag *next = m->next;
+        for (unsigned i = 0; i < m->n; i++)
+            free(m->items[i]);
+        free(m);
+        m = next;
+    }
+}
+
+static void tc_destroy(void *arg)
+{
+    tcache *c = arg;
+    for (int i = 0; i < EB__CLASSES; i++) {
+        mag_free_all(c->cur[i]);
+        c->cur[i] = NULL;
+    }
+}
+
+static void tc_key_init(void)
+{
+    pthread_key_create(&tc_key, tc_destroy);
+}
+
+static tcache *tc_get(void)
+{
+    if (!tc.registered) {
+        pthread_once(&tc_once, tc_key_init);
+        pthread_setspecific(tc_key, &tc);
+        tc.registered = true;
+    }
+    return &tc;
+}
+
+int eb__depot_init(eb__depot *d)
+{
+    memset(d, 0, sizeof(*d));
+    return pthread_mutex_init(&d->lock, NULL) == 0 ? 0 : -1;
+}
+
+void eb__depot_fini(eb__depot *d)
+{
+    for (int i = 0; i < EB__CLASSES; i++)
+        mag_free_all(d->full[i]);
+    mag_free_all(d->empty);
+    pthread_mutex_destroy(&d->lock);
+}
+
+void eb__tcache_flush(eb__depot *d)
+{
+    tcache *c = tc_get();
+    pthread_mutex_lock(&d->lock);
+    for (int i = 0; i < EB__CLASSES; i++) {
+        eb__mag *m = c->cur[i];
+        c->cur[i] = NULL;
+        if (m == NULL)
+            continue;
+        if (m->n == 0) {
+            m->next = d->empty;
+            d->empty = m;
+        } else {
+            m->next = d->full[i];
+            d->full[i] = m;
+            d->nfull[i]++;
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void *block_alloc(eb__depot *d, int cls)
+{
+    tcache *c = tc_get();
+    eb__mag *m = c->cur[cls];
+    if (m != NULL && m->n > 0)
+        return m->items[--m->n];
+    /* Trade the empty magazine for a full one. */
+    pthread_mutex_lock(&d->lock);
+    eb__mag *full = d->full[cls];
+    if (full != NULL) {
+        d->full[cls] = full->next;
+        d->nfull[cls]--;
+        if (m != NULL) {
+            m->next = d->empty;
+            d->empty = m;
+        }
+        c->cur[cls] = full;
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (full != NULL)
+        return full->items[--full->n];
+    return malloc(class_size[cls]);
+}
+
+static void block_free(eb__depot *d, int cls, void *p)
+{
+    tcache *c = tc_get();
+    eb__mag *m = c->cur[cls];
+    if (m != NULL && m->n < EB__MAG_SIZE) {
+        m->items[m->n++] = p;
+        return;
+    }
+    /* Trade the full magazine (if any) for an empty one. */
+    eb__mag *spill = NULL;
+    pthread_mutex_lock(&d->lock);
+    if (m != NULL) {
+        if (d->nfull[cls] < DEPOT_MAX_FULL) {
+            m->next = d->full[cls];
+            d->full[cls] = m;
+            d->nfull[cls]++;
+        } else {
+            spill = m;
+        }
+    }
+    eb__mag *e = d->empty;
+    if (e != NULL)
+        d->empty = e->next;
+    pthread_mutex_unlock(&d->lock);
+    if (spill != NULL) {
+        spill->next = NULL;
+        if (e == NULL) {
+            /* Reuse the spilled magazine itself as the empty one. */
+            for (unsigned i = 0; i < spill->n; i++)
+                free(spill->items[i]);
+            spill->n = 0;
+            e = spill;
+        } else {
+            mag_free_all(spill);
+        }
+    }
+    if (e == NULL)
+        e = malloc(sizeof(*e));
+    if (e == NULL) {
+        c->cur[cls] = NULL;
+        free(p);
+        return;
+    }
+    e->next = NULL;
+    e->n = 0;
+    e->items[e->n++] = p;
+    c->cur[cls] = e;
+}
+
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t topic_len,
+                        const void *key, size_t key_len, const void *payload, size_t len, bool copy,
+                        size_t extra)
+{
+    size_t off_topic = sizeof(eb_event);
+    size_t off_key = off_topic + topic_len + 1;
+    size_t off_extra = align16(off_key + key_len);
+    size_t off_payload = align16(off_extra + extra);
+    size_t total = off_payload + (copy ? len : 0) + 1;
+    int cls = -1;
+    for (int i = 0; i < EB__CLASSES; i++) {
+        if (total <= class_size[i]) {
+            cls = i;
+            break;
+        }
+    }
+    char *b = cls >= 0 ? block_alloc(d, cls) : malloc(total);
+    if (b == NULL)
+        return NULL;
+    eb_event *ev = (eb_event *)b;
+    /* Only the header fields every event uses are written; tracking fields
+       are initialised by eb__event_track_init when a waiter needs them. */
+    atomic_init(&ev->refs, 1);
+    ev->flags = cls >= 0 ? 0 : EB__EV_HEAP;
+    ev->cls = (uint8_t)(cls >= 0 ? cls : 0);
+    ev->topic_len = (uint16_t)topic_len;
+    ev->key_len = (uint16_t)key_len;
+    ev->payload_len = len;
+    ev->bus = bus;
+    ev->dl = NULL;
+    ev->payload_free = NULL;
+    memcpy(b + off_topic, topic, topic_len);
+    b[off_topic + topic_len] = '\0';
+    ev->topic = b + off_topic;
+    if (key != NULL && key_len > 0) {
+        memcpy(b + off_key, key, key_len);
+        ev->key = b + off_key;
+    } else {
+        ev->key = NULL;
+    }
+    if (copy) {
+        if (len > 0)
+            memcpy(b + off_payload, payload, len);
+        b[off_payload + len] = '\0';
+        ev->payload = b + off_payload;
+    } else {
+        ev->payload = payload;
+        ev->flags |= EB__EV_ZERO_COPY;
+    }
+    return ev;
+}
+
+void *eb__event_extra(eb_event *ev)
+{
+    size_t off_key = sizeof(eb_event) + ev->topic_len + 1;
+    return (char *)ev + align16(off_key + ev->key_len);
+}
+
+void eb__event_unref(eb_event *ev, eb__depot *d)
+{
+    /* Release: our writes to the event happen before its free; the acquire
+       fence on the last reference pairs with every other holder's release. */
+    if (atomic_fetch_sub_explicit(&ev->refs, 1, memory_order_release) != 1)
+        return;
+    atomic_thread_fence(memory_order_acquire);
+    if ((ev->flags & EB__EV_ZERO_COPY) && ev->payload_free != NULL)
+        ev->payload_free((void *)ev->payload);
+    if (ev->flags & EB__EV_HEAP)
+        free(ev);
+    else
+        block_free(d, ev->cls, ev);
+}
+
+void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
+{
+    uint64_t ms = (uint64_t)(now_ns / 1000000);
+    uint8_t *id = ev->id;
+    ev->seq = seq;
+    ev->ts_ns = now_ns;
+    for (int i = 0; i < 6; i++)
+        id[i] = (uint8_t)(ms >> (40 - 8 * i));
+    /* 74 bits after the version/variant: 26 bits of nonce, 48 of seq. */
+    uint32_t n26 = (uint32_t)(nonce & 0x3ffffff);
+    id[6] = (uint8_t)(0x70 | ((n26 >> 22) & 0x0f));
+    id[7] = (uint8_t)(n26 >> 14);
+    id[8] = (uint8_t)(0x80 | ((n26 >> 8) & 0x3f));
+    id[9] = (uint8_t)n26;
+    for (int i = 0; i < 6; i++)
+        id[10 + i] = (uint8_t)(seq >> (40 - 8 * i));
+}
+
+void eb__event_track_init(eb_event *ev)
+{
+    ev->flags |= EB__EV_TRACKED;
+    atomic_init(&ev->remaining, 1); /* the dispatcher's guard */
+    atomic_init(&ev->delivered, 0);
+    atomic_init(&ev->failed, 0);
+    atomic_init(&ev->first_error, EB_OK);
+    atomic_init(&ev->deadlock, false);
+    atomic_init(&ev->waiter_worker, false);
+    ev->matched = 0;
+    eb__ec_init(&ev->done);
+}
+
+bool eb__event_finish(eb_event *ev, int rc, bool count)
+{
+    if (!count) {
+        /* the dispatcher's guard */
+    } else if (rc == EB_OK) {
+        atomic_fetch_add_explicit(&ev->delivered, 1, memory_order_relaxed);
+    } else {
+        int expected = EB_OK;
+        atomic_fetch_add_explicit(&ev->failed, 1, memory_order_relaxed);
+        atomic_compare_exchange_strong_explicit(&ev->first_error, &expected, rc,
+                                                memory_order_relaxed, memory_order_relaxed);
+    }
+    /* Release: the counters above are visible to whoever sees remaining at 0
+       (eb__event_done's acquire). seq_cst: a worker waiter stores
+       waiter_worker and then loads remaining; we decrement and then the caller
+       loads waiter_worker — one of the two sees the other (Dekker). */
+    if (atomic_fetch_sub_explicit(&ev->remaining, 1, memory_order_seq_cst) != 1)
+        return false;
+    eb__ec_inc(&ev->done);
+    return true;
+}
+
+bool eb__event_done(const eb_event *ev)
+{
+    return atomic_load_explicit(&ev->remaining, memory_order_acquire) == 0;
+}
+
+void eb__event_result(const eb_event *ev, eb_publish_result *out)
+{
+    out->matched = ev->matched;
+    out->delivered = atomic_load_explicit(&ev->delivered, memory_order_relaxed);
+    out->failed = atomic_load_explicit(&ev->failed, memory_order_relaxed);
+    out->first_error = atomic_load_explicit(&ev->first_error, memory_order_relaxed);
+}
+
+/* ---- public accessors ------------------------------------------------- */
+
+EB_API const char *eb_event_topic(const eb_event *ev)
+{
+    return ev ? ev->topic : NULL;
+}
+
+EB_API const void *eb_event_payload(const eb_event *ev, size_t *len)
+{
+    if (len != NULL)
+        *len = ev ? ev->payload_len : 0;
+    if (ev == NULL)
+        return NULL;
+    return ev->payload != NULL ? ev->payload : "";
+}
+
+EB_API const void *eb_event_key(const eb_event *ev, size_t *len)
+{
+    if (len != NULL)
+        *len = ev && ev->key ? ev->key_len : 0;
+    return ev ? ev->key : NULL;
+}
+
+EB_API uint64_t eb_event_seq(const eb_event *ev)
+{
+    return ev ? ev->seq : 0;
+}
+
+EB_API void eb_event_id(const eb_event *ev, uint8_t id[16])
+{
+    if (ev != NULL && id != NULL)
+        memcpy(id, ev->id, 16);
+}
+
+static bool copy_opt_id(const eb_event *ev, unsigned flag, const uint8_t *src, uint8_t id[16])
+{
+    if (id == NULL)
+        return ev != NULL && (ev->flags & flag);
+    if (ev == NULL || !(ev->flags & flag)) {
+        memset(id, 0, 16);
+        return false;
+    }
+    memcpy(id, src, 16);
+    return true;
+}
+
+EB_API bool eb_event_correlation_id(const eb_event *ev, uint8_t id[16])
+{
+    return copy_opt_id(ev, EB__EV_CORR, ev ? ev->corr : NULL, id);
+}
+
+EB_API bool eb_event_causation_id(const eb_event *ev, uint8_t id[16])
+{
+    return copy_opt_id(ev, EB__EV_CAUS, ev ? ev->caus : NULL, id);
+}
+
+EB_API int64_t eb_event_timestamp(const eb_event *ev)
+{
+    return ev ? ev->ts_ns : 0;
+}
+
+EB_API bool eb_event_deadletter_info(const eb_event *ev, eb_deadletter_info *info)
+{
+    if (ev == NULL || !(ev->flags & EB__EV_DEADLETTER))
+        return false;
+    if (info != NULL)
+        *info = ev->dl->info;
+    return true;
+}
+
+EB_API const eb_event *eb_event_retain(const eb_event *ev)
+{
+    if (ev != NULL)
+        eb__event_ref((eb_event *)ev, 1);
+    return ev;
+}

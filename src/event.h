@@ -1,0 +1,117 @@
+/*
+ * event — the event object, its reference count, its completion tracking
+ * (tickets) and the allocator that builds events without a malloc per publish.
+ *
+ * An event is built in one block: header, topic, key and (unless zero-copy)
+ * payload. Blocks of three size classes come from a per-thread magazine
+ * cache; whole magazines move between threads through a per-bus depot under a
+ * mutex, so the lock is taken once per EB__MAG_SIZE events, not per event.
+ */
+#ifndef EB_EVENT_H
+#define EB_EVENT_H
+
+#include <eventbus/eventbus.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "sync.h"
+
+#define EB__CLASSES 3
+#define EB__MAG_SIZE 64
+
+enum {
+    EB__EV_ZERO_COPY = 1u << 0, /* payload is the publisher's, freed by payload_free */
+    EB__EV_HEAP = 1u << 1,      /* block is too big for a class: plain malloc/free */
+    EB__EV_TRACKED = 1u << 2,   /* a waiter counts its deliveries (ticket) */
+    EB__EV_CORR = 1u << 3,      /* has a correlation id */
+    EB__EV_CAUS = 1u << 4,      /* has a causation id */
+    EB__EV_DEADLETTER = 1u << 5 /* dl points at dead-letter details */
+};
+
+typedef struct eb__deadletter {
+    eb_deadletter_info info; /* strings point into the same block */
+} eb__deadletter;
+
+struct eb_event {
+    /* Written once by the publisher before the event is enqueued (the ring's
+       release publishes them), read-only afterwards. */
+    atomic_uint refs;
+    uint8_t flags;
+    uint8_t cls;
+    uint16_t topic_len;
+    uint16_t key_len;
+    size_t payload_len;
+    const char *topic;
+    const void *key;
+    const void *payload;
+    eb_free_fn payload_free;
+    eb_bus *bus;
+    eb__deadletter *dl;
+    uint8_t corr[16];
+    uint8_t caus[16];
+
+    /* Written by the dispatcher before the event is pushed into any lane
+       mailbox (the mailbox ring's release publishes them). */
+    uint64_t seq;
+    int64_t ts_ns;
+    uint8_t id[16];
+
+    /* Completion tracking, used only when EB__EV_TRACKED. */
+    atomic_uint remaining; /* deliveries not finished, +1 while dispatching */
+    atomic_uint delivered;
+    atomic_uint failed;
+    atomic_int first_error;
+    atomic_bool deadlock;      /* a delivery landed on a lane its waiter blocks */
+    atomic_bool waiter_worker; /* a worker waits: completion wakes the pool */
+    uint32_t matched;          /* set by the dispatcher before remaining drops */
+    eb__ec done;               /* bumped when remaining reaches 0 */
+};
+
+/* Per-bus store of full and empty magazines. */
+typedef struct eb__mag eb__mag;
+typedef struct eb__depot {
+    pthread_mutex_t lock;
+    eb__mag *full[EB__CLASSES];  /* protected by lock */
+    unsigned nfull[EB__CLASSES]; /* protected by lock */
+    eb__mag *empty;              /* protected by lock */
+} eb__depot;
+
+int eb__depot_init(eb__depot *d);
+void eb__depot_fini(eb__depot *d);
+/* Returns this thread's cached blocks and magazines to d (worker exit). */
+void eb__tcache_flush(eb__depot *d);
+
+/*
+ * Allocates an event with room for topic, key and (when copy is true) the
+ * payload, and fills those. refs = 1. NULL when out of memory.
+ */
+eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t topic_len,
+                        const void *key, size_t key_len, const void *payload, size_t len, bool copy,
+                        size_t extra);
+/* Where `extra` bytes requested from eb__event_new start (16-byte aligned). */
+void *eb__event_extra(eb_event *ev);
+/* Drops one reference; the last frees the event (payload_free first). */
+void eb__event_unref(eb_event *ev, eb__depot *d);
+
+static inline void eb__event_ref(eb_event *ev, unsigned n)
+{
+    /* Relaxed: the caller already holds a reference, which keeps the event
+       alive; the new references are handed over through rings/locks that
+       order them (ck_pr fences, mutex). */
+    atomic_fetch_add_explicit(&ev->refs, n, memory_order_relaxed);
+}
+
+/* Fills id from the dispatch time and sequence: UUIDv7, 48-bit Unix ms,
+   version 7, then 26 bits of bus nonce and the 48 low bits of seq. */
+void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce);
+
+/* Tracking. eb__event_finish records one finished delivery (rc: EB_OK or the
+   failure code; count false for the dispatcher's guard, which is no delivery)
+   and returns true when it was the last. */
+void eb__event_track_init(eb_event *ev);
+bool eb__event_finish(eb_event *ev, int rc, bool count);
+bool eb__event_done(const eb_event *ev);
+void eb__event_result(const eb_event *ev, eb_publish_result *out);
+
+#endif /* EB_EVENT_H */

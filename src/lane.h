@@ -1,0 +1,103 @@
+/*
+ * lane — subscriptions and their lanes.
+ *
+ * A lane is the unit of ordering: a bounded mailbox (ck_ring, one producer:
+ * the dispatch-token holder; one consumer: the worker running the lane) and a
+ * `state` word that makes sure a lane is on the run queue at most once and
+ * runs on at most one worker at a time:
+ *
+ *   IDLE --(dispatcher pushes, exchange 0->1)--> SCHEDULED (queued, running
+ *   or waiting out a retry backoff) --(runner finds the mailbox empty, stores
+ *   0, re-checks)--> IDLE
+ *
+ * Invariant: a non-empty mailbox (or a delivery in `cur`) implies SCHEDULED.
+ * Each IDLE->SCHEDULED transition takes a subscription reference and counts
+ * in bus->busy_lanes; the matching ->IDLE drops both.
+ */
+#ifndef EB_LANE_H
+#define EB_LANE_H
+
+#include <eventbus/eventbus.h>
+
+#include <stdatomic.h>
+
+#include "sync.h"
+
+typedef struct eb__lane {
+    /* Dispatcher side. */
+    eb__ring mbox;
+    struct eb_subscription *sub;
+    unsigned index;
+    _Atomic uint64_t pushed;  /* written by the dispatcher only (relaxed) */
+    _Atomic uint64_t evicted; /* dropped from the mailbox by DROP_OLDEST; ditto */
+    atomic_int state;         /* 0 idle, 1 scheduled; see above */
+    /* Set (seq_cst) by the dispatcher before it stalls on this full mailbox;
+       the runner clears it and wakes the pool after it made room. */
+    atomic_bool dispatcher_waiting;
+    /* The tracked event the thread running this lane currently waits on (or
+       NULL): a delivery of that event pushed here can never run. */
+    _Atomic(eb_event *) wait_ticket;
+
+    /* Runner side: touched only by the one worker running the lane. */
+    struct eb__lane *rq_next;   /* protected by bus->rq_lock */
+    eb_event *cur;              /* delivery in progress or waiting for retry */
+    unsigned attempt;           /* attempt number of cur, from 1 */
+    _Atomic uint64_t done;      /* deliveries finished (relaxed, one writer) */
+    atomic_bool in_backoff;     /* a timer will put the lane back on the run queue */
+    _Atomic uint64_t timer_gen; /* generation of the armed backoff timer */
+} eb__lane;
+
+struct eb_subscription {
+    eb_bus *bus;
+    eb_handler_fn fn;
+    void *ctx;
+    eb_delivery delivery;
+    eb_overflow overflow;
+    unsigned max_attempts;
+    uint64_t backoff_initial_ns;
+    uint64_t backoff_max_ns;
+    unsigned nlanes;
+    eb__lane *lanes;
+    char *pattern;
+    size_t pattern_len;
+    char *name;
+
+    unsigned rr; /* CONCURRENT round robin; protected by the dispatch token */
+
+    /* References: 1 for the owner (dropped by unsubscribe or destroy), 1 while
+       routed, 1 per scheduled lane, 1 per armed timer, 1 while the dispatcher
+       holds it in a stalled event's match set. The last one frees. */
+    atomic_uint refs;
+    atomic_bool cancelled;     /* set by the token holder when it unroutes */
+    atomic_bool unsubscribing; /* eb_unsubscribe called */
+    bool routed;               /* in the route table; protected by the token */
+
+    /* Control-queue links; protected by bus->ctl_lock. */
+    struct eb_subscription *ctl_next;
+    int ctl_op; /* 1 add, 2 remove */
+    int ctl_rc; /* result of the applied op; read after ctl_done */
+    atomic_bool ctl_done;
+
+    /* Registry links; protected by bus->reg_lock. */
+    struct eb_subscription *reg_prev, *reg_next;
+
+    /* Counters: each is written by one kind of thread at a time. */
+    _Atomic uint64_t delivered, failed, retried, dropped;
+};
+
+/* Allocates a subscription with its lanes and mailboxes; NULL if out of
+   memory. Options must be validated and defaults resolved. */
+struct eb_subscription *eb__sub_new(eb_bus *bus, const char *pattern, size_t pattern_len,
+                                    eb_handler_fn fn, void *ctx, const eb_subscribe_options *o,
+                                    unsigned nlanes, unsigned mailbox);
+void eb__sub_free(struct eb_subscription *s);
+
+/* Lane for an event with this key (KEYED). */
+unsigned eb__key_lane(const void *key, size_t len, unsigned nlanes);
+
+static inline bool eb__lane_mbox_empty(const eb__lane *l)
+{
+    return eb__ring_size(&l->mbox) == 0;
+}
+
+#endif /* EB_LANE_H */

@@ -1,0 +1,133 @@
+/*
+ * sync — Concurrency Kit ring and eventcount wrappers, and the clocks.
+ *
+ * The eventcount ops put ck_ec on Linux futexes. ck_ec keeps a "waiters"
+ * flag in the counter word, so eb__ec_inc is a single atomic add when
+ * nobody sleeps and only then makes the FUTEX_WAKE system call.
+ */
+#include "sync.h"
+
+#include <ck_pr.h>
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int eb__ring_init(eb__ring *r, unsigned min_items)
+{
+    unsigned size = 2;
+    /* ck_ring keeps one slot free to tell full from empty. */
+    while (size - 1 < min_items)
+        size <<= 1;
+    r->buf = calloc(size, sizeof(*r->buf));
+    if (r->buf == NULL)
+        return -1;
+    ck_ring_init(&r->ring, size);
+    return 0;
+}
+
+void eb__ring_fini(eb__ring *r)
+{
+    free(r->buf);
+    r->buf = NULL;
+}
+
+bool eb__ring_contains_sc(const eb__ring *r, const void *p)
+{
+    unsigned c = r->ring.c_head;
+    /* Acquire: the slots below p_tail were written before it was released. */
+    unsigned t = ck_pr_load_uint(&r->ring.p_tail);
+    ck_pr_fence_load();
+    for (; c != t; c++) {
+        if (r->buf[c & r->ring.mask].value == p)
+            return true;
+    }
+    return false;
+}
+
+static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out)
+{
+    (void)ops;
+    return clock_gettime(CLOCK_MONOTONIC, out);
+}
+
+static void ec_wait32(const struct ck_ec_wait_state *state, const uint32_t *addr, uint32_t expected,
+                      const struct timespec *deadline)
+{
+    (void)state;
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
+    syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, deadline, NULL,
+            FUTEX_BITSET_MATCH_ANY);
+}
+
+static void ec_wake32(const struct ck_ec_ops *ops, const uint32_t *addr)
+{
+    (void)ops;
+    syscall(SYS_futex, addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, INT_MAX, NULL, NULL, 0);
+}
+
+static const struct ck_ec_ops ec_ops = {
+    .gettime = ec_gettime,
+    .wait32 = ec_wait32,
+    .wake32 = ec_wake32,
+    /* Spin a little before sleeping: wake-ups of busy workers are common. */
+    .busy_loop_iter = 200,
+    .initial_wait_ns = 2000000,
+};
+
+static const struct ck_ec_mode ec_mode = {.ops = &ec_ops, .single_producer = false};
+
+void eb__ec_init(eb__ec *e)
+{
+    ck_ec32_init(&e->ec, 0);
+}
+
+uint32_t eb__ec_value(const eb__ec *e)
+{
+    return ck_ec32_value(&e->ec);
+}
+
+void eb__ec_inc(eb__ec *e)
+{
+    ck_ec32_inc(&e->ec, &ec_mode);
+}
+
+int eb__ec_wait(eb__ec *e, uint32_t old, const struct timespec *deadline)
+{
+    return ck_ec32_wait(&e->ec, &ec_mode, old, deadline);
+}
+
+int64_t eb__now_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t eb__now_real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+struct timespec eb__ts_from_ns(int64_t ns)
+{
+    struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+    return ts;
+}
+
+int64_t eb__deadline_after(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return INT64_MAX;
+    int64_t now = eb__now_mono_ns();
+    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+}
+
+void eb__cpu_relax(void)
+{
+    ck_pr_stall();
+}

@@ -1,0 +1,100 @@
+/*
+ * sync — the only component that includes Concurrency Kit's ring and
+ * eventcount headers. It wraps:
+ *  - eb__ring: ck_ring of pointers; MPMC producers / single consumer for the
+ *    intake, SPSC (or SPMC for drop-oldest) for lane mailboxes;
+ *  - eb__ec: ck_ec32 eventcounts on Linux futexes, used to park idle workers
+ *    and waiting publishers without a system call when nobody sleeps.
+ * Concurrency Kit 0.7.1 (Debian's) predates an upstream strengthening of
+ * ck_ring's dequeue fences; it is correct on x86-64 (TSO), which is what we
+ * build and test on. See docs/ARCHITECTURE.md for other platforms.
+ */
+#ifndef EB_SYNC_H
+#define EB_SYNC_H
+
+#include <ck_ec.h>
+#include <ck_ring.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+typedef struct eb__ring {
+    ck_ring_t ring;
+    ck_ring_buffer_t *buf;
+} eb__ring;
+
+/* Allocates a ring that holds at least min_items pointers. Returns 0 or -1. */
+int eb__ring_init(eb__ring *r, unsigned min_items);
+void eb__ring_fini(eb__ring *r);
+
+/* How many pointers the ring holds at most. */
+static inline unsigned eb__ring_capacity(const eb__ring *r)
+{
+    return ck_ring_capacity(&r->ring) - 1;
+}
+
+/* Racy snapshot of the number of items (exact when quiescent). */
+static inline unsigned eb__ring_size(const eb__ring *r)
+{
+    return ck_ring_size(&r->ring);
+}
+
+/* Any number of producers. The store of the slot is ordered before the
+   release of p_tail (ck_pr_fence_store in ck_ring). */
+static inline bool eb__ring_push_mp(eb__ring *r, void *p)
+{
+    return ck_ring_enqueue_mpmc(&r->ring, r->buf, p);
+}
+
+/* One producer at a time (callers serialize with a lock or token whose
+   release/acquire orders the handover of the producer role). */
+static inline bool eb__ring_push_sp(eb__ring *r, void *p)
+{
+    return ck_ring_enqueue_spsc(&r->ring, r->buf, p);
+}
+
+/* One consumer at a time (serialized like push_sp). */
+static inline bool eb__ring_pop_sc(eb__ring *r, void **p)
+{
+    return ck_ring_dequeue_spsc(&r->ring, r->buf, p);
+}
+
+/* Any number of consumers, including one racing a single consumer that uses
+   eb__ring_pop_mc too (drop-oldest mailboxes). */
+static inline bool eb__ring_pop_mc(eb__ring *r, void **p)
+{
+    return ck_ring_dequeue_spmc(&r->ring, r->buf, p);
+}
+
+/*
+ * True if p is queued in the ring. Only the (single) consumer may call it:
+ * the slots between its own c_head and an acquire snapshot of p_tail are
+ * written and cannot be overwritten while it does not consume.
+ */
+bool eb__ring_contains_sc(const eb__ring *r, const void *p);
+
+/* Eventcount. */
+typedef struct eb__ec {
+    ck_ec32_t ec;
+} eb__ec;
+
+void eb__ec_init(eb__ec *e);
+/* Current value; acts as an acquire barrier. */
+uint32_t eb__ec_value(const eb__ec *e);
+/* Bumps the value and wakes every sleeper (no system call without one). */
+void eb__ec_inc(eb__ec *e);
+/* Sleeps while the value is still old; deadline is CLOCK_MONOTONIC absolute
+   or NULL. Returns 0 when woken (or spuriously), -1 at the deadline. */
+int eb__ec_wait(eb__ec *e, uint32_t old, const struct timespec *deadline);
+
+/* Time helpers. */
+int64_t eb__now_mono_ns(void);
+int64_t eb__now_real_ns(void);
+struct timespec eb__ts_from_ns(int64_t ns);
+/* Absolute monotonic deadline for a relative timeout (<0: none -> INT64_MAX). */
+int64_t eb__deadline_after(int64_t timeout_ns);
+
+/* CPU relaxation for spin loops. */
+void eb__cpu_relax(void);
+
+#endif /* EB_SYNC_H */

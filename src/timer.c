@@ -1,0 +1,90 @@
+/*
+ * timer — binary min-heap of (deadline, pointer, generation) under a mutex.
+ * Backoffs are rare next to deliveries, so a lock here costs nothing on the
+ * hot path; workers only read the relaxed `next` field while idle.
+ */
+#include "timer.h"
+
+#include <stdlib.h>
+
+int eb__timers_init(eb__timers *t)
+{
+    t->heap = NULL;
+    t->n = t->cap = 0;
+    atomic_init(&t->next, INT64_MAX);
+    return pthread_mutex_init(&t->lock, NULL) == 0 ? 0 : -1;
+}
+
+void eb__timers_fini(eb__timers *t)
+{
+    free(t->heap);
+    pthread_mutex_destroy(&t->lock);
+}
+
+static void swap(eb__timer_entry *a, eb__timer_entry *b)
+{
+    eb__timer_entry x = *a;
+    *a = *b;
+    *b = x;
+}
+
+int eb__timers_push(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->n == t->cap) {
+        unsigned cap = t->cap ? t->cap * 2 : 16;
+        eb__timer_entry *h = realloc(t->heap, cap * sizeof(*h));
+        if (h == NULL) {
+            pthread_mutex_unlock(&t->lock);
+            return -1;
+        }
+        t->heap = h;
+        t->cap = cap;
+    }
+    unsigned i = t->n++;
+    t->heap[i] = (eb__timer_entry){deadline, what, gen};
+    while (i > 0 && t->heap[(i - 1) / 2].deadline > t->heap[i].deadline) {
+        swap(&t->heap[(i - 1) / 2], &t->heap[i]);
+        i = (i - 1) / 2;
+    }
+    *earlier = (i == 0);
+    atomic_store_explicit(&t->next, t->heap[0].deadline, memory_order_relaxed);
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out)
+{
+    if (eb__timers_next(t) > now)
+        return false;
+    pthread_mutex_lock(&t->lock);
+    if (t->n == 0 || t->heap[0].deadline > now) {
+        pthread_mutex_unlock(&t->lock);
+        return false;
+    }
+    *out = t->heap[0];
+    t->heap[0] = t->heap[--t->n];
+    unsigned i = 0;
+    for (;;) {
+        unsigned l = 2 * i + 1, r = l + 1, m = i;
+        if (l < t->n && t->heap[l].deadline < t->heap[m].deadline)
+            m = l;
+        if (r < t->n && t->heap[r].deadline < t->heap[m].deadline)
+            m = r;
+        if (m == i)
+            break;
+        swap(&t->heap[i], &t->heap[m]);
+        i = m;
+    }
+    atomic_store_explicit(&t->next, t->n ? t->heap[0].deadline : INT64_MAX, memory_order_relaxed);
+    pthread_mutex_unlock(&t->lock);
+    return true;
+}
+
+unsigned eb__timers_count(eb__timers *t)
+{
+    pthread_mutex_lock(&t->lock);
+    unsigned n = t->n;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}

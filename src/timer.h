@@ -1,0 +1,44 @@
+/*
+ * timer — a min-heap of deadlines, used to re-arm lanes after a retry backoff.
+ * Thread-safe: every function takes the heap's own mutex (a leaf lock: no
+ * other lock is taken while it is held, and no callback runs under it).
+ */
+#ifndef EB_TIMER_H
+#define EB_TIMER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct eb__timer_entry {
+    int64_t deadline; /* CLOCK_MONOTONIC ns */
+    void *what;
+    uint64_t gen;
+} eb__timer_entry;
+
+typedef struct eb__timers {
+    pthread_mutex_t lock;
+    eb__timer_entry *heap; /* protected by lock */
+    unsigned n, cap;       /* protected by lock */
+    /* Earliest deadline, INT64_MAX when empty. Written under lock, read
+       relaxed by workers deciding how long to sleep: a stale value only makes
+       a worker look again a little early or be woken by eb__timers_push. */
+    _Atomic int64_t next;
+} eb__timers;
+
+int eb__timers_init(eb__timers *t);
+void eb__timers_fini(eb__timers *t);
+/* Returns 0, or -1 when out of memory. *earlier is set when the new entry is
+   now the earliest (sleepers must be woken to shorten their sleep). */
+int eb__timers_push(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier);
+/* Pops one entry due at now; false if none. */
+bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out);
+static inline int64_t eb__timers_next(eb__timers *t)
+{
+    return atomic_load_explicit(&t->next, memory_order_relaxed);
+}
+/* Number of pending entries (for drain checks). */
+unsigned eb__timers_count(eb__timers *t);
+
+#endif /* EB_TIMER_H */
