@@ -140,12 +140,14 @@ static void sub_ref(struct eb_subscription *s)
 
 static void sub_unref(eb_bus *b, struct eb_subscription *s)
 {
+    /* Read before the decrement: once it is done, the owner may free s. */
+    bool cancelled = atomic_load_explicit(&s->cancelled, memory_order_relaxed);
     /* acq_rel: the thread freeing s must see every other holder's writes. */
     unsigned left = atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) - 1;
     if (left == 0) {
         eb__sub_free(s);
         eb__ec_inc(&b->ctl_ec);
-    } else if (left == 1 && atomic_load_explicit(&s->cancelled, memory_order_relaxed)) {
+    } else if (left == 1 && cancelled) {
         /* An unsubscribe may wait for exactly this. */
         eb__ec_inc(&b->ctl_ec);
     }
@@ -157,6 +159,7 @@ static void runq_push(eb_bus *b, eb__lane *l)
 {
     pthread_mutex_lock(&b->rq_lock);
     l->rq_next = NULL;
+    l->rq_prev = b->rq_tail;
     if (b->rq_tail != NULL)
         b->rq_tail->rq_next = l;
     else
@@ -170,16 +173,28 @@ static void runq_push(eb_bus *b, eb__lane *l)
         wake_pool(b);
 }
 
-static eb__lane *runq_pop(eb_bus *b)
+/*
+ * Takes the oldest lane (a worker's own loop: fairness), or the newest one
+ * (newest true: a worker helping while it waits). The newest lane is the
+ * one most likely to hold what the waiter waits for — the delivery its own
+ * nested publish just queued — so helping finishes waits instead of stacking
+ * ever more waiting handlers on the worker's stack.
+ */
+static eb__lane *runq_pop(eb_bus *b, bool newest)
 {
     if (atomic_load_explicit(&b->rq_len, memory_order_relaxed) == 0)
         return NULL;
     pthread_mutex_lock(&b->rq_lock);
-    eb__lane *l = b->rq_head;
+    eb__lane *l = newest ? b->rq_tail : b->rq_head;
     if (l != NULL) {
-        b->rq_head = l->rq_next;
-        if (b->rq_head == NULL)
-            b->rq_tail = NULL;
+        if (l->rq_prev != NULL)
+            l->rq_prev->rq_next = l->rq_next;
+        else
+            b->rq_head = l->rq_next;
+        if (l->rq_next != NULL)
+            l->rq_next->rq_prev = l->rq_prev;
+        else
+            b->rq_tail = l->rq_prev;
         atomic_fetch_sub_explicit(&b->rq_len, 1, memory_order_relaxed);
     }
     pthread_mutex_unlock(&b->rq_lock);
@@ -804,7 +819,7 @@ static bool help_once(eb_bus *b, eb__worker *w)
     bool progress = timers_fire(b);
     progress |= dispatch_step(b);
     if (w->depth < EB__MAX_NEST) {
-        eb__lane *l = runq_pop(b);
+        eb__lane *l = runq_pop(b, w->depth > 0);
         if (l != NULL) {
             run_lane(b, w, l);
             progress = true;

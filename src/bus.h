@@ -23,7 +23,7 @@
 #include "sync.h"
 #include "timer.h"
 
-#define EB__MAX_NEST 32 /* lanes a worker may run nested inside waits */
+#define EB__MAX_NEST 64 /* lanes a worker may run nested inside waits */
 #define EB__CACHELINE 64
 
 typedef struct eb__worker {

@@ -39,12 +39,12 @@ typedef struct eb__lane {
     _Atomic(eb_event *) wait_ticket;
 
     /* Runner side: touched only by the one worker running the lane. */
-    struct eb__lane *rq_next;   /* protected by bus->rq_lock */
-    eb_event *cur;              /* delivery in progress or waiting for retry */
-    unsigned attempt;           /* attempt number of cur, from 1 */
-    _Atomic uint64_t done;      /* deliveries finished (relaxed, one writer) */
-    atomic_bool in_backoff;     /* a timer will put the lane back on the run queue */
-    _Atomic uint64_t timer_gen; /* generation of the armed backoff timer */
+    struct eb__lane *rq_next, *rq_prev; /* protected by bus->rq_lock */
+    eb_event *cur;                      /* delivery in progress or waiting for retry */
+    unsigned attempt;                   /* attempt number of cur, from 1 */
+    _Atomic uint64_t done;              /* deliveries finished (relaxed, one writer) */
+    atomic_bool in_backoff;             /* a timer will put the lane back on the run queue */
+    _Atomic uint64_t timer_gen;         /* generation of the armed backoff timer */
 } eb__lane;
 
 struct eb_subscription {

@@ -137,15 +137,18 @@ typedef void (*eb_deadletter_fn)(const eb_event *ev, const eb_deadletter_info *i
 
 typedef struct eb_bus_config {
     unsigned workers;         /* 0: one per online CPU; at most 256 */
-    unsigned intake_capacity; /* events; 0: 4096; rounded up to a power of two;
-                                 at most 1<<24 */
+    unsigned intake_capacity; /* events; 0: 4096; at most 1<<24. The ring holds
+                                 at least this many: it is rounded up to
+                                 2^k - 1 (Concurrency Kit keeps a slot free);
+                                 eb_bus_stats_get reports the result */
     eb_log_fn log;            /* NULL: no logging */
     void *log_ctx;
     eb_log_level log_level;         /* lowest level passed to log; default WARN */
     eb_deadletter_fn on_deadletter; /* NULL: none */
     void *deadletter_ctx;
     unsigned mailbox_capacity; /* default per-lane mailbox, events; 0: 256;
-                                  rounded up to a power of two; at most 1<<20 */
+                                  rounded up to 2^k - 1 like intake_capacity;
+                                  at most 1<<20 */
 } eb_bus_config;
 
 /* Fills cfg with the defaults. Thread-safe: yes. */

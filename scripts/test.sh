@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the dependencies, then builds and runs the whole test suite:
+#  1. release build (-Werror): unit and stress tests, the examples;
+#  2. the outside program, compiled only against the installed library
+#     through pkg-config (and a find_package consumer);
+#  3. ASan+UBSan build: the test suite again;
+#  4. TSan build: the test suite again, with tests/tsan.supp.
+# Set EB_TEST_QUICK=1 to skip the sanitizer builds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+jobs=$(nproc)
+status=0
+
+run_suite() { # build-dir label [extra cmake args...]
+  local dir=$1 label=$2; shift 2
+  echo "== $label ==" >&2
+  cmake -S . -B "$dir" -DEB_WERROR=ON -DEB_BUILD_BENCH=OFF "$@" >/dev/null
+  cmake --build "$dir" -j"$jobs" >/dev/null
+  (cd "$dir" && ctest --output-on-failure -j1) || status=1
+}
+
+run_suite build-test "release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+echo "== examples ==" >&2
+build-test/examples/eventbus-demo >/dev/null || { echo "demo failed" >&2; status=1; }
+echo "== outside program (pkg-config, find_package) ==" >&2
+tests/outside/run.sh || status=1
+if [ "${EB_TEST_QUICK:-0}" != 1 ]; then
+  run_suite build-asan "ASan+UBSan" -DCMAKE_BUILD_TYPE=Debug -DEB_SANITIZER=address -DEB_BUILD_EXAMPLES=OFF
+  TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+    run_suite build-tsan "TSan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEB_SANITIZER=thread -DEB_BUILD_EXAMPLES=OFF
+fi
+if [ $status -eq 0 ]; then echo "all test suites passed" >&2; else echo "SOME TEST SUITES FAILED" >&2; fi
+exit $status

@@ -1,0 +1,256 @@
+/*
+ * Helpers shared by the Criterion test files.
+ *
+ * Rules the tests follow:
+ *  - Handlers never call cr_assert (Criterion assertions may only fail on the
+ *    test's own thread). They record what they saw in atomics or in arrays,
+ *    and the test thread asserts once everything was torn down or waited for.
+ *  - Every wait is bounded (t_wait_budget_ns(), 10 s by default, scaled by
+ *    EB_TEST_WAIT_SCALE for slow sanitizer runs), so a bug fails a test
+ *    instead of hanging the suite. Timing is only ever asserted as a lower
+ *    bound.
+ *  - Every test destroys its bus and frees what it allocated, so ASan/LSan
+ *    stay clean.
+ */
+#ifndef EB_TESTS_COMMON_H
+#define EB_TESTS_COMMON_H
+
+#include <criterion/criterion.h>
+#include <eventbus/eventbus.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Criterion's per-test wall-clock limit, seconds (the build raises it for
+   sanitizer runs): a hang fails the one test instead of the whole file. */
+#ifndef EB_CRITERION_TIMEOUT
+#define EB_CRITERION_TIMEOUT 120
+#endif
+
+#define T_MS 1000000LL
+#define T_SEC 1000000000LL
+
+static inline int64_t t_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * T_SEC + ts.tv_nsec;
+}
+
+static inline int64_t t_realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * T_SEC + ts.tv_nsec;
+}
+
+static inline void t_sleep_ns(int64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / T_SEC), (long)(ns % T_SEC)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static inline void t_sleep_ms(int64_t ms) { t_sleep_ns(ms * T_MS); }
+
+/* How long a bounded wait may last before the test calls it a failure. */
+static inline int64_t t_wait_budget_ns(void)
+{
+    const char *s = getenv("EB_TEST_WAIT_SCALE");
+    long scale = s ? strtol(s, NULL, 10) : 1;
+    if (scale < 1) {
+        scale = 1;
+    }
+    return 10 * T_SEC * scale;
+}
+
+/* Bounded polling wait: evaluates cond every 100 us until it holds or the
+   wait budget is spent. Leaves `ok` true if cond held. */
+#define T_WAIT_FOR(ok, cond)                                                   \
+    do {                                                                       \
+        int64_t t__deadline = t_now_ns() + t_wait_budget_ns();                 \
+        (ok) = false;                                                          \
+        for (;;) {                                                             \
+            if (cond) {                                                        \
+                (ok) = true;                                                   \
+                break;                                                         \
+            }                                                                  \
+            if (t_now_ns() > t__deadline) {                                    \
+                break;                                                         \
+            }                                                                  \
+            t_sleep_ns(100000);                                                \
+        }                                                                      \
+    } while (0)
+
+/* Waits until *v >= target; true if it got there in time. */
+static inline bool t_wait_ge(atomic_uint *v, unsigned target)
+{
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(v) >= target);
+    return ok;
+}
+
+static inline bool t_wait_ge64(atomic_uint_fast64_t *v, uint64_t target)
+{
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(v) >= target);
+    return ok;
+}
+
+/*
+ * A gate handlers can block on. Waiting is bounded by the wait budget so a
+ * test that forgets (or fails before) opening it still terminates; a wait
+ * that ran out is counted in `expired` so the test can fail on it.
+ */
+typedef struct t_gate {
+    atomic_int open;
+    atomic_uint waiting; /* handlers currently blocked on it */
+    atomic_uint expired; /* waits that ran out of budget */
+} t_gate;
+
+static inline void t_gate_init(t_gate *g)
+{
+    atomic_init(&g->open, 0);
+    atomic_init(&g->waiting, 0);
+    atomic_init(&g->expired, 0);
+}
+
+static inline void t_gate_open(t_gate *g) { atomic_store(&g->open, 1); }
+
+/* Returns true if the gate opened, false if the wait ran out. */
+static inline bool t_gate_wait(t_gate *g)
+{
+    bool ok;
+    atomic_fetch_add(&g->waiting, 1);
+    T_WAIT_FOR(ok, atomic_load(&g->open) != 0);
+    atomic_fetch_sub(&g->waiting, 1);
+    if (!ok) {
+        atomic_fetch_add(&g->expired, 1);
+    }
+    return ok;
+}
+
+/* Reads a stat through a bounded wait: waits until expr (over `st`, a fresh
+   eb_bus_stats snapshot each round) holds. */
+#define T_WAIT_STATS(ok, bus, st, cond)                                        \
+    T_WAIT_FOR(ok, (eb_bus_stats_get((bus), &(st)) == EB_OK && (cond)))
+
+#define T_WAIT_SUB_STATS(ok, sub, st, cond)                                    \
+    T_WAIT_FOR(ok, (eb_subscription_stats_get((sub), &(st)) == EB_OK && (cond)))
+
+/* A bus with a fixed worker count and otherwise default configuration. */
+static inline eb_bus *t_bus_new(unsigned workers)
+{
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = workers;
+    eb_bus *bus = NULL;
+    int rc = eb_bus_create(&cfg, &bus);
+    cr_assert_eq(rc, EB_OK, "eb_bus_create: %s", eb_err_name(rc));
+    cr_assert_not_null(bus);
+    return bus;
+}
+
+/* A handler context that counts calls and can record the payload of each
+   call as an integer (first 4 bytes, if present). */
+#define T_REC_MAX 4096
+typedef struct t_counter {
+    atomic_uint calls;
+    atomic_uint dollar_topics; /* calls whose topic begins with '$' */
+    atomic_uint n_rec;
+    uint32_t rec[T_REC_MAX];
+    int rc; /* what the handler returns */
+} t_counter;
+
+static inline void t_counter_init(t_counter *c)
+{
+    memset(c, 0, sizeof(*c));
+    atomic_init(&c->calls, 0);
+    atomic_init(&c->dollar_topics, 0);
+    atomic_init(&c->n_rec, 0);
+}
+
+static inline int t_count_handler(const eb_event *ev, void *ctx)
+{
+    t_counter *c = ctx;
+    size_t len = 0;
+    const void *p = eb_event_payload(ev, &len);
+    const char *topic = eb_event_topic(ev);
+    if (topic && topic[0] == '$') {
+        atomic_fetch_add(&c->dollar_topics, 1);
+    }
+    if (len >= sizeof(uint32_t)) {
+        uint32_t v;
+        memcpy(&v, p, sizeof v);
+        unsigned i = atomic_fetch_add(&c->n_rec, 1);
+        if (i < T_REC_MAX) {
+            c->rec[i] = v;
+        }
+    }
+    atomic_fetch_add(&c->calls, 1);
+    return c->rc;
+}
+
+/* Subscribes with a given delivery mode and otherwise default options. */
+static inline eb_subscription *t_sub(eb_bus *bus, const char *pattern, eb_handler_fn fn,
+                                     void *ctx, eb_delivery delivery, unsigned lanes)
+{
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.delivery = delivery;
+    o.lanes = lanes;
+    eb_subscription *sub = NULL;
+    int rc = eb_subscribe(bus, pattern, fn, ctx, &o, &sub);
+    cr_assert_eq(rc, EB_OK, "eb_subscribe(%s): %s", pattern, eb_err_name(rc));
+    cr_assert_not_null(sub);
+    return sub;
+}
+
+/* Publishes a 4-byte integer payload, fire and forget, waiting for space. */
+static inline int t_pub_u32(eb_bus *bus, const char *topic, uint32_t v)
+{
+    return eb_publish(bus, topic, &v, sizeof v, NULL);
+}
+
+/* Options with a bounded timeout so a wait in the test can not hang. */
+static inline eb_publish_options t_bounded_opts(void)
+{
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.timeout_ns = t_wait_budget_ns();
+    return o;
+}
+
+/* Publishes and waits, bounded; asserts EB_OK and returns the result. */
+static inline eb_publish_result t_pub_wait(eb_bus *bus, const char *topic, const void *p,
+                                           size_t len)
+{
+    eb_publish_options o = t_bounded_opts();
+    eb_publish_result r;
+    memset(&r, 0xEE, sizeof r);
+    int rc = eb_publish_wait(bus, topic, p, len, &o, &r);
+    cr_assert_eq(rc, EB_OK, "eb_publish_wait(%s): %s", topic, eb_err_name(rc));
+    return r;
+}
+
+/* Blocks until every event accepted so far was dispatched and finished:
+   polls the stats until dispatched catches up with published and no
+   subscription lags. */
+static inline bool t_quiesce(eb_bus *bus)
+{
+    bool ok;
+    eb_bus_stats st;
+    T_WAIT_STATS(ok, bus, st,
+                 st.dispatched >= st.published && st.intake_depth == 0 && st.max_lag == 0);
+    return ok;
+}
+
+#endif /* EB_TESTS_COMMON_H */

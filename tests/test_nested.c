@@ -1,0 +1,368 @@
+/*
+ * Waiting from inside handlers: nested publish-and-wait and ticket waits keep
+ * the worker running other work, and a wait that could only finish after the
+ * caller's own lane runs returns EB_EDEADLK instead of hanging.
+ */
+#include "common.h"
+
+TestSuite(nested, .timeout = EB_CRITERION_TIMEOUT);
+
+struct nest {
+    eb_bus *bus;
+    atomic_uint outer_calls;
+    atomic_uint inner_calls;
+    atomic_uint nested_ok;   /* nested waits that returned EB_OK with delivered 1 */
+    atomic_int last_bad_rc;  /* last nested rc that was not EB_OK */
+    atomic_uint bad;
+    const char *inner_topic;
+};
+
+static void nest_init(struct nest *n, eb_bus *bus, const char *inner_topic)
+{
+    n->bus = bus;
+    atomic_init(&n->outer_calls, 0);
+    atomic_init(&n->inner_calls, 0);
+    atomic_init(&n->nested_ok, 0);
+    atomic_init(&n->last_bad_rc, EB_OK);
+    atomic_init(&n->bad, 0);
+    n->inner_topic = inner_topic;
+}
+
+static int inner_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct nest *)ctx)->inner_calls, 1);
+    return 0;
+}
+
+static int outer_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct nest *n = ctx;
+    eb_publish_options o = t_bounded_opts();
+    eb_publish_result r;
+    memset(&r, 0, sizeof r);
+    int rc = eb_publish_wait(n->bus, n->inner_topic, "in", 2, &o, &r);
+    if (rc == EB_OK && r.matched == 1 && r.delivered == 1) {
+        atomic_fetch_add(&n->nested_ok, 1);
+    } else {
+        atomic_store(&n->last_bad_rc, rc);
+        atomic_fetch_add(&n->bad, 1);
+    }
+    atomic_fetch_add(&n->outer_calls, 1);
+    return 0;
+}
+
+static void nested_run(unsigned workers, unsigned events)
+{
+    eb_bus *bus = t_bus_new(workers);
+    struct nest n;
+    nest_init(&n, bus, "inner");
+    t_sub(bus, "outer", outer_handler, &n, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "inner", inner_handler, &n, EB_DELIVERY_SERIAL, 0);
+    /* One from the test thread with a wait, the rest fire-and-forget so that
+       outer events queue up behind each other. */
+    eb_publish_result r = t_pub_wait(bus, "outer", NULL, 0);
+    for (unsigned i = 1; i < events; i++) {
+        cr_assert_eq(eb_publish(bus, "outer", NULL, 0, NULL), EB_OK);
+    }
+    bool ok = t_wait_ge(&n.outer_calls, events);
+    eb_bus_destroy(bus);
+    cr_assert_eq(r.delivered, 1);
+    cr_assert(ok, "only %u of %u outer handlers finished", atomic_load(&n.outer_calls),
+              events);
+    cr_assert_eq(atomic_load(&n.bad), 0, "a nested wait failed: %s",
+                 eb_err_name(atomic_load(&n.last_bad_rc)));
+    cr_assert_eq(atomic_load(&n.nested_ok), events);
+    cr_assert_eq(atomic_load(&n.inner_calls), events);
+}
+
+Test(nested, publish_wait_from_a_handler_works_with_one_worker) { nested_run(1, 20); }
+Test(nested, publish_wait_from_a_handler_works_with_two_workers) { nested_run(2, 20); }
+
+/* a -> waits for b -> waits for c, on a single worker. */
+struct chain3 {
+    eb_bus *bus;
+    atomic_int rc_ab, rc_bc;
+    atomic_uint c_calls;
+};
+
+static int chain_a(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct chain3 *c = ctx;
+    eb_publish_options o = t_bounded_opts();
+    atomic_store(&c->rc_ab, eb_publish_wait(c->bus, "b", NULL, 0, &o, NULL));
+    return 0;
+}
+
+static int chain_b(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct chain3 *c = ctx;
+    eb_publish_options o = t_bounded_opts();
+    atomic_store(&c->rc_bc, eb_publish_wait(c->bus, "c", NULL, 0, &o, NULL));
+    return 0;
+}
+
+static int chain_c(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct chain3 *)ctx)->c_calls, 1);
+    return 0;
+}
+
+Test(nested, nested_waits_two_levels_deep_work_with_one_worker)
+{
+    struct chain3 c;
+    atomic_init(&c.rc_ab, 1);
+    atomic_init(&c.rc_bc, 1);
+    atomic_init(&c.c_calls, 0);
+    c.bus = t_bus_new(1);
+    t_sub(c.bus, "a", chain_a, &c, EB_DELIVERY_SERIAL, 0);
+    t_sub(c.bus, "b", chain_b, &c, EB_DELIVERY_KEYED, 0);
+    t_sub(c.bus, "c", chain_c, &c, EB_DELIVERY_CONCURRENT, 0);
+    eb_publish_result r = t_pub_wait(c.bus, "a", NULL, 0);
+    eb_bus_destroy(c.bus);
+    cr_assert_eq(r.delivered, 1);
+    cr_assert_eq(atomic_load(&c.rc_ab), EB_OK);
+    cr_assert_eq(atomic_load(&c.rc_bc), EB_OK);
+    cr_assert_eq(atomic_load(&c.c_calls), 1);
+}
+
+Test(nested, sixty_four_concurrent_handlers_each_waiting_on_a_nested_publish_all_complete)
+{
+    enum { N = 64 };
+    eb_bus *bus = t_bus_new(2);
+    struct nest n;
+    nest_init(&n, bus, "inner");
+    t_sub(bus, "outer", outer_handler, &n, EB_DELIVERY_CONCURRENT, 64);
+    t_sub(bus, "inner", inner_handler, &n, EB_DELIVERY_SERIAL, 0);
+    eb_ticket *t[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(eb_publish_async(bus, "outer", NULL, 0, NULL, &t[i]), EB_OK);
+    }
+    int rcs[N];
+    eb_publish_result rs[N];
+    for (int i = 0; i < N; i++) {
+        rcs[i] = eb_ticket_wait(t[i], t_wait_budget_ns() * 2, &rs[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        eb_ticket_release(t[i]);
+    }
+    bool ok = t_wait_ge(&n.outer_calls, N);
+    eb_bus_destroy(bus);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(rcs[i], EB_OK, "outer %d: %s", i, eb_err_name(rcs[i]));
+        cr_assert_eq(rs[i].delivered, 1);
+    }
+    cr_assert(ok);
+    cr_assert_eq(atomic_load(&n.bad), 0, "a nested wait failed: %s",
+                 eb_err_name(atomic_load(&n.last_bad_rc)));
+    cr_assert_eq(atomic_load(&n.nested_ok), N);
+    cr_assert_eq(atomic_load(&n.inner_calls), N);
+}
+
+Test(nested, sixty_four_concurrent_handlers_waiting_on_concurrent_inner_events_complete)
+{
+    enum { N = 64 };
+    eb_bus *bus = t_bus_new(2);
+    struct nest n;
+    nest_init(&n, bus, "inner");
+    t_sub(bus, "outer", outer_handler, &n, EB_DELIVERY_CONCURRENT, 64);
+    t_sub(bus, "inner", inner_handler, &n, EB_DELIVERY_CONCURRENT, 64);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(eb_publish(bus, "outer", NULL, 0, NULL), EB_OK);
+    }
+    bool ok = t_wait_ge(&n.outer_calls, N);
+    eb_bus_destroy(bus);
+    cr_assert(ok, "only %u of %u finished", atomic_load(&n.outer_calls), N);
+    cr_assert_eq(atomic_load(&n.bad), 0, "a nested wait failed: %s",
+                 eb_err_name(atomic_load(&n.last_bad_rc)));
+    cr_assert_eq(atomic_load(&n.inner_calls), N);
+}
+
+/* ---- EB_EDEADLK ---- */
+
+struct self_wait {
+    eb_bus *bus;
+    atomic_uint calls;
+    atomic_int rc;
+    eb_publish_result r;
+    eb_delivery delivery;
+    bool use_ticket;
+};
+
+static int self_wait_handler(const eb_event *ev, void *ctx)
+{
+    struct self_wait *s = ctx;
+    unsigned call = atomic_fetch_add(&s->calls, 1);
+    if (call == 0) {
+        /* Publish an event that routes to this very lane (same key for
+           KEYED), then wait for it: it can only run after we return. */
+        eb_publish_options o = t_bounded_opts();
+        size_t klen;
+        o.key = eb_event_key(ev, &klen);
+        o.key_len = klen;
+        memset(&s->r, 0x5A, sizeof s->r);
+        if (s->use_ticket) {
+            eb_ticket *t = NULL;
+            int rc = eb_publish_async(s->bus, eb_event_topic(ev), NULL, 0, &o, &t);
+            if (rc == EB_OK) {
+                rc = eb_ticket_wait(t, t_wait_budget_ns(), &s->r);
+                eb_ticket_release(t);
+            }
+            atomic_store(&s->rc, rc);
+        } else {
+            atomic_store(&s->rc, eb_publish_wait(s->bus, eb_event_topic(ev), NULL, 0, &o,
+                                                 &s->r));
+        }
+    }
+    return 0;
+}
+
+static void self_wait_run(eb_delivery delivery, bool use_ticket, unsigned workers)
+{
+    struct self_wait s;
+    memset(&s, 0, sizeof s);
+    atomic_init(&s.calls, 0);
+    atomic_init(&s.rc, 1);
+    s.use_ticket = use_ticket;
+    s.bus = t_bus_new(workers);
+    t_sub(s.bus, "self.x", self_wait_handler, &s, delivery, 0);
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.key = "K";
+    o.key_len = 1;
+    cr_assert_eq(eb_publish(s.bus, "self.x", NULL, 0, &o), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&s.rc) != 1);
+    /* The nested event was published and is delivered after the handler
+       returned. */
+    bool second = t_wait_ge(&s.calls, 2);
+    eb_bus_destroy(s.bus);
+    cr_assert(ok, "the self-wait never returned");
+    cr_assert_eq(atomic_load(&s.rc), EB_EDEADLK, "self-wait returned %s",
+                 eb_err_name(atomic_load(&s.rc)));
+    eb_publish_result untouched;
+    memset(&untouched, 0x5A, sizeof untouched);
+    cr_assert_eq(memcmp(&s.r, &untouched, sizeof s.r), 0, "result written on EB_EDEADLK");
+    cr_assert(second, "the event waited on was not delivered afterwards");
+    cr_assert_eq(atomic_load(&s.calls), 2);
+}
+
+Test(nested, publish_wait_on_an_event_for_the_own_serial_lane_returns_edeadlk)
+{
+    self_wait_run(EB_DELIVERY_SERIAL, false, 2);
+}
+
+Test(nested, publish_wait_on_the_own_serial_lane_returns_edeadlk_with_one_worker)
+{
+    self_wait_run(EB_DELIVERY_SERIAL, false, 1);
+}
+
+Test(nested, publish_wait_on_the_own_keyed_lane_returns_edeadlk)
+{
+    self_wait_run(EB_DELIVERY_KEYED, false, 2);
+}
+
+Test(nested, ticket_wait_on_an_event_for_the_own_lane_returns_edeadlk)
+{
+    self_wait_run(EB_DELIVERY_SERIAL, true, 2);
+}
+
+/* Wait on an event that goes to the own lane AND to another subscription. */
+struct mixed_wait {
+    eb_bus *bus;
+    atomic_int rc;
+    atomic_uint self_calls;
+    atomic_uint other_calls;
+};
+
+static int mixed_self(const eb_event *ev, void *ctx)
+{
+    struct mixed_wait *m = ctx;
+    if (atomic_fetch_add(&m->self_calls, 1) == 0) {
+        eb_publish_options o = t_bounded_opts();
+        atomic_store(&m->rc, eb_publish_wait(m->bus, eb_event_topic(ev), NULL, 0, &o, NULL));
+    }
+    return 0;
+}
+
+static int mixed_other(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct mixed_wait *)ctx)->other_calls, 1);
+    return 0;
+}
+
+Test(nested, publish_wait_returns_edeadlk_when_one_of_several_deliveries_is_the_own_lane)
+{
+    struct mixed_wait m;
+    atomic_init(&m.rc, 1);
+    atomic_init(&m.self_calls, 0);
+    atomic_init(&m.other_calls, 0);
+    m.bus = t_bus_new(2);
+    t_sub(m.bus, "m", mixed_self, &m, EB_DELIVERY_SERIAL, 0);
+    t_sub(m.bus, "m", mixed_other, &m, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(eb_publish(m.bus, "m", NULL, 0, NULL), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&m.rc) != 1);
+    bool all = t_wait_ge(&m.self_calls, 2) && t_wait_ge(&m.other_calls, 2);
+    eb_bus_destroy(m.bus);
+    cr_assert(ok);
+    cr_assert_eq(atomic_load(&m.rc), EB_EDEADLK, "got %s", eb_err_name(atomic_load(&m.rc)));
+    cr_assert(all);
+}
+
+/* A handler publishing into its own full lane would wait for ever: the
+   dispatcher waits for the lane, the lane waits for the handler. */
+struct flood {
+    eb_bus *bus;
+    atomic_int rc;
+    atomic_uint accepted;
+    atomic_uint calls;
+};
+
+static int flood_self(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct flood *f = ctx;
+    if (atomic_fetch_add(&f->calls, 1) == 0) {
+        eb_publish_options o = t_bounded_opts();
+        int rc = EB_OK;
+        for (int i = 0; i < 1000 && rc == EB_OK; i++) {
+            rc = eb_publish(f->bus, "flood", NULL, 0, &o);
+            if (rc == EB_OK) {
+                atomic_fetch_add(&f->accepted, 1);
+            }
+        }
+        atomic_store(&f->rc, rc);
+    }
+    return 0;
+}
+
+Test(nested, publishing_into_the_own_full_lane_returns_edeadlk_instead_of_hanging)
+{
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.intake_capacity = 4;
+    cfg.mailbox_capacity = 2;
+    struct flood f;
+    atomic_init(&f.rc, 1);
+    atomic_init(&f.accepted, 0);
+    atomic_init(&f.calls, 0);
+    cr_assert_eq(eb_bus_create(&cfg, &f.bus), EB_OK);
+    t_sub(f.bus, "flood", flood_self, &f, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(eb_publish(f.bus, "flood", NULL, 0, NULL), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&f.rc) != 1);
+    bool all = ok && t_wait_ge(&f.calls, atomic_load(&f.accepted) + 1);
+    eb_bus_destroy(f.bus);
+    cr_assert(ok, "the flooding handler never returned");
+    cr_assert_eq(atomic_load(&f.rc), EB_EDEADLK, "got %s", eb_err_name(atomic_load(&f.rc)));
+    cr_assert_lt(atomic_load(&f.accepted), 1000);
+    cr_assert(all, "accepted events were not all delivered");
+    cr_assert_eq(atomic_load(&f.calls), atomic_load(&f.accepted) + 1);
+}

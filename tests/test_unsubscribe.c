@@ -1,0 +1,437 @@
+/*
+ * Unsubscribing: once eb_unsubscribe returns the handler is not running and
+ * is never called again, even under concurrent publishing; from inside the
+ * own handler it returns at once; deliveries still queued complete as
+ * EB_ECANCELED for their waiters.
+ */
+#include "common.h"
+
+TestSuite(unsubscribe, .timeout = EB_CRITERION_TIMEOUT);
+
+struct race {
+    eb_bus *bus;
+    atomic_int stop;
+    atomic_int unsubscribed; /* set once eb_unsubscribe returned */
+    atomic_uint in_handler;
+    atomic_uint calls;
+    atomic_uint late_calls;  /* calls that started after unsubscribe returned */
+    atomic_uint published;
+};
+
+static int race_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct race *r = ctx;
+    atomic_fetch_add(&r->in_handler, 1);
+    if (atomic_load(&r->unsubscribed)) {
+        atomic_fetch_add(&r->late_calls, 1);
+    }
+    unsigned n = atomic_fetch_add(&r->calls, 1);
+    if (n % 8 == 0) {
+        t_sleep_ns(100000); /* widen the window in which unsubscribe can race */
+    }
+    atomic_fetch_sub(&r->in_handler, 1);
+    return 0;
+}
+
+static void *race_publisher(void *arg)
+{
+    struct race *r = arg;
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.timeout_ns = 0;
+    uint32_t i = 0;
+    while (!atomic_load(&r->stop)) {
+        o.key = &i;
+        o.key_len = sizeof i;
+        if (eb_publish(r->bus, "race", &i, sizeof i, &o) == EB_OK) {
+            atomic_fetch_add(&r->published, 1);
+        } else {
+            t_sleep_ns(50000);
+        }
+        i++;
+    }
+    return NULL;
+}
+
+static void race_run(eb_delivery delivery)
+{
+    struct race r;
+    memset(&r, 0, sizeof r);
+    r.bus = t_bus_new(2);
+    eb_subscription *sub = t_sub(r.bus, "race", race_handler, &r, delivery, 0);
+    /* A second subscription keeps receiving, so publishing stays busy. */
+    t_counter keep;
+    t_counter_init(&keep);
+    t_sub(r.bus, "race", t_count_handler, &keep, EB_DELIVERY_SERIAL, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, race_publisher, &r), 0);
+    bool warm = t_wait_ge(&r.calls, 200);
+    int rc = eb_unsubscribe(sub);
+    unsigned running_at_return = atomic_load(&r.in_handler);
+    atomic_store(&r.unsubscribed, 1);
+    unsigned calls_at_return = atomic_load(&r.calls);
+    unsigned pub_at_return = atomic_load(&r.published);
+    bool more;
+    T_WAIT_FOR(more, atomic_load(&r.published) > pub_at_return + 200);
+    t_sleep_ms(20);
+    atomic_store(&r.stop, 1);
+    pthread_join(th, NULL);
+    eb_bus_destroy(r.bus);
+    cr_assert(warm, "the handler was never called 200 times");
+    cr_assert_eq(rc, EB_OK);
+    cr_assert_eq(running_at_return, 0, "the handler was still running when unsubscribe returned");
+    cr_assert(more, "publishing stalled after the unsubscribe");
+    cr_assert_eq(atomic_load(&r.late_calls), 0, "%u calls after unsubscribe returned",
+                 atomic_load(&r.late_calls));
+    cr_assert_eq(atomic_load(&r.calls), calls_at_return);
+    cr_assert_eq(atomic_load(&keep.calls), atomic_load(&r.published),
+                 "the other subscription lost events");
+}
+
+Test(unsubscribe, no_serial_call_after_unsubscribe_returns_under_concurrent_publishing)
+{
+    race_run(EB_DELIVERY_SERIAL);
+}
+
+Test(unsubscribe, no_keyed_call_after_unsubscribe_returns_under_concurrent_publishing)
+{
+    race_run(EB_DELIVERY_KEYED);
+}
+
+Test(unsubscribe, no_concurrent_call_after_unsubscribe_returns_under_concurrent_publishing)
+{
+    race_run(EB_DELIVERY_CONCURRENT);
+}
+
+/* ---- waiting for a running handler ---- */
+
+struct running {
+    t_gate gate;
+    atomic_uint calls;
+    atomic_int finished;
+};
+
+static int running_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct running *r = ctx;
+    atomic_fetch_add(&r->calls, 1);
+    t_gate_wait(&r->gate);
+    t_sleep_ms(5);
+    atomic_store(&r->finished, 1);
+    return 0;
+}
+
+struct unsub_thread {
+    eb_subscription *sub;
+    atomic_int returned;
+    int rc;
+    int finished_at_return;
+    struct running *r;
+};
+
+static void *unsub_thread_fn(void *arg)
+{
+    struct unsub_thread *u = arg;
+    u->rc = eb_unsubscribe(u->sub);
+    u->finished_at_return = atomic_load(&u->r->finished);
+    atomic_store(&u->returned, 1);
+    return NULL;
+}
+
+Test(unsubscribe, unsubscribe_waits_for_the_running_handler_to_return)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct running r;
+    t_gate_init(&r.gate);
+    atomic_init(&r.calls, 0);
+    atomic_init(&r.finished, 0);
+    eb_subscription *sub = t_sub(bus, "run", running_handler, &r, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(eb_publish(bus, "run", NULL, 0, NULL), EB_OK);
+    bool started;
+    T_WAIT_FOR(started, atomic_load(&r.gate.waiting) == 1);
+    struct unsub_thread u = {.sub = sub, .r = &r};
+    atomic_init(&u.returned, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, unsub_thread_fn, &u), 0);
+    t_sleep_ms(100);
+    int returned_early = atomic_load(&u.returned);
+    t_gate_open(&r.gate);
+    pthread_join(th, NULL);
+    eb_bus_destroy(bus);
+    cr_assert(started);
+    cr_assert_eq(returned_early, 0, "unsubscribe returned while the handler ran");
+    cr_assert_eq(u.rc, EB_OK);
+    cr_assert_eq(u.finished_at_return, 1);
+    cr_assert_eq(atomic_load(&r.calls), 1);
+}
+
+/* ---- cancelled deliveries ---- */
+
+Test(unsubscribe, queued_deliveries_of_a_cancelled_subscription_complete_as_ecanceled)
+{
+    enum { N = 5 };
+    eb_bus *bus = t_bus_new(2);
+    struct running r;
+    t_gate_init(&r.gate);
+    atomic_init(&r.calls, 0);
+    atomic_init(&r.finished, 0);
+    eb_subscription *sub = t_sub(bus, "q", running_handler, &r, EB_DELIVERY_SERIAL, 0);
+    eb_ticket *t[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(eb_publish_async(bus, "q", NULL, 0, NULL, &t[i]), EB_OK);
+    }
+    bool dispatched;
+    eb_bus_stats st;
+    T_WAIT_STATS(dispatched, bus, st, st.dispatched >= N);
+    bool started;
+    T_WAIT_FOR(started, atomic_load(&r.gate.waiting) == 1);
+    struct unsub_thread u = {.sub = sub, .r = &r};
+    atomic_init(&u.returned, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, unsub_thread_fn, &u), 0);
+    /* Let the unsubscribe start (it waits for the running handler). */
+    t_sleep_ms(300);
+    t_gate_open(&r.gate);
+    pthread_join(th, NULL);
+    int rcs[N];
+    eb_publish_result rs[N];
+    for (int i = 0; i < N; i++) {
+        rcs[i] = eb_ticket_wait(t[i], t_wait_budget_ns(), &rs[i]);
+        eb_ticket_release(t[i]);
+    }
+    eb_bus_destroy(bus);
+    cr_assert(dispatched);
+    cr_assert(started);
+    cr_assert_eq(u.rc, EB_OK);
+    cr_assert_eq(atomic_load(&r.calls), 1, "a queued delivery ran after unsubscribe");
+    cr_assert_eq(rcs[0], EB_OK);
+    cr_assert_eq(rs[0].delivered, 1, "the running delivery finished normally");
+    for (int i = 1; i < N; i++) {
+        cr_assert_eq(rcs[i], EB_OK, "ticket %d: %s", i, eb_err_name(rcs[i]));
+        cr_assert_eq(rs[i].matched, 1);
+        cr_assert_eq(rs[i].delivered, 0);
+        cr_assert_eq(rs[i].failed, 1, "ticket %d: the cancelled delivery counts as failed", i);
+        cr_assert_eq(rs[i].first_error, EB_ECANCELED, "ticket %d: %s", i,
+                     eb_err_name(rs[i].first_error));
+    }
+}
+
+/* ---- from inside the own handler ---- */
+
+struct self_unsub {
+    t_gate gate;
+    _Atomic(eb_subscription *) sub;
+    atomic_uint calls;
+    atomic_int rc;
+    atomic_int returned_at_once; /* unsubscribe returned while we still ran */
+};
+
+static int self_unsub_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct self_unsub *s = ctx;
+    unsigned n = atomic_fetch_add(&s->calls, 1) + 1;
+    if (n == 1) {
+        t_gate_wait(&s->gate);
+    }
+    if (n == 3) {
+        atomic_store(&s->rc, eb_unsubscribe(atomic_load(&s->sub)));
+        atomic_store(&s->returned_at_once, 1);
+    }
+    return 0;
+}
+
+Test(unsubscribe, unsubscribe_from_the_own_handler_returns_at_once_and_stops_further_calls)
+{
+    enum { N = 10 };
+    eb_bus *bus = t_bus_new(2);
+    struct self_unsub s;
+    t_gate_init(&s.gate);
+    atomic_init(&s.sub, NULL);
+    atomic_init(&s.calls, 0);
+    atomic_init(&s.rc, 1);
+    atomic_init(&s.returned_at_once, 0);
+    atomic_store(&s.sub, t_sub(bus, "self", self_unsub_handler, &s, EB_DELIVERY_SERIAL, 0));
+    t_counter other;
+    t_counter_init(&other);
+    t_sub(bus, "self", t_count_handler, &other, EB_DELIVERY_SERIAL, 0);
+    eb_ticket *t[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(eb_publish_async(bus, "self", NULL, 0, NULL, &t[i]), EB_OK);
+    }
+    eb_bus_stats st;
+    bool dispatched;
+    T_WAIT_STATS(dispatched, bus, st, st.dispatched >= N);
+    t_gate_open(&s.gate);
+    int rcs[N];
+    eb_publish_result rs[N];
+    for (int i = 0; i < N; i++) {
+        rcs[i] = eb_ticket_wait(t[i], t_wait_budget_ns(), &rs[i]);
+        eb_ticket_release(t[i]);
+    }
+    /* Later events no longer match it. */
+    eb_publish_result after = t_pub_wait(bus, "self", NULL, 0);
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert(dispatched);
+    cr_assert_eq(atomic_load(&s.rc), EB_OK);
+    cr_assert_eq(atomic_load(&s.returned_at_once), 1);
+    cr_assert_eq(atomic_load(&s.calls), 3, "called %u times", atomic_load(&s.calls));
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(rcs[i], EB_OK, "ticket %d: %s", i, eb_err_name(rcs[i]));
+        cr_assert_eq(rs[i].matched, 2);
+        if (i < 3) {
+            cr_assert_eq(rs[i].delivered, 2, "ticket %d", i);
+        } else {
+            cr_assert_eq(rs[i].delivered, 1, "ticket %d", i);
+            cr_assert_eq(rs[i].failed, 1, "ticket %d", i);
+            cr_assert_eq(rs[i].first_error, EB_ECANCELED, "ticket %d: %s", i,
+                         eb_err_name(rs[i].first_error));
+        }
+    }
+    cr_assert_eq(after.matched, 1);
+    cr_assert_eq(atomic_load(&other.calls), N + 1);
+    cr_assert_eq(st.subscriptions, 1);
+}
+
+/* ---- from another subscription's handler ---- */
+
+struct cross_unsub {
+    _Atomic(eb_subscription *) victim;
+    atomic_int rc;
+    atomic_int victim_running_at_return;
+    struct running r; /* the victim */
+};
+
+static int killer_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct cross_unsub *c = ctx;
+    atomic_store(&c->rc, eb_unsubscribe(atomic_load(&c->victim)));
+    atomic_store(&c->victim_running_at_return,
+                 atomic_load(&c->r.calls) > 0 && !atomic_load(&c->r.finished));
+    return 0;
+}
+
+static void cross_unsub_run(unsigned workers, bool victim_running)
+{
+    eb_bus *bus = t_bus_new(workers);
+    struct cross_unsub c;
+    t_gate_init(&c.r.gate);
+    atomic_init(&c.r.calls, 0);
+    atomic_init(&c.r.finished, 0);
+    atomic_init(&c.rc, 1);
+    atomic_init(&c.victim_running_at_return, 0);
+    atomic_init(&c.victim, NULL);
+    atomic_store(&c.victim, t_sub(bus, "victim", running_handler, &c.r, EB_DELIVERY_SERIAL, 0));
+    t_sub(bus, "killer", killer_handler, &c, EB_DELIVERY_SERIAL, 0);
+    if (victim_running) {
+        cr_assert_eq(eb_publish(bus, "victim", NULL, 0, NULL), EB_OK);
+        bool started;
+        T_WAIT_FOR(started, atomic_load(&c.r.gate.waiting) == 1);
+        cr_assert(started);
+    } else {
+        t_gate_open(&c.r.gate);
+    }
+    cr_assert_eq(eb_publish(bus, "killer", NULL, 0, NULL), EB_OK);
+    if (victim_running) {
+        t_sleep_ms(50);
+        t_gate_open(&c.r.gate);
+    }
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&c.rc) != 1);
+    eb_publish_result r = t_pub_wait(bus, "victim", NULL, 0);
+    eb_bus_destroy(bus);
+    cr_assert(ok, "unsubscribe from another handler never returned");
+    cr_assert_eq(atomic_load(&c.rc), EB_OK);
+    cr_assert_eq(atomic_load(&c.victim_running_at_return), 0);
+    cr_assert_eq(r.matched, 0);
+    cr_assert_eq(atomic_load(&c.r.calls), victim_running ? 1u : 0u);
+}
+
+Test(unsubscribe, a_handler_may_unsubscribe_another_idle_subscription_with_one_worker)
+{
+    cross_unsub_run(1, false);
+}
+
+Test(unsubscribe, a_handler_may_unsubscribe_another_running_subscription)
+{
+    cross_unsub_run(2, true);
+}
+
+/* ---- subscribing from a handler ---- */
+
+struct sub_from_handler {
+    eb_bus *bus;
+    atomic_int rc;
+    t_counter late;
+};
+
+static int subscriber_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct sub_from_handler *s = ctx;
+    atomic_store(&s->rc, eb_subscribe(s->bus, "late", t_count_handler, &s->late, NULL, NULL));
+    return 0;
+}
+
+Test(unsubscribe, a_handler_may_subscribe_and_the_new_subscription_gets_later_events)
+{
+    struct sub_from_handler s;
+    atomic_init(&s.rc, 1);
+    t_counter_init(&s.late);
+    s.bus = t_bus_new(1);
+    t_sub(s.bus, "make", subscriber_handler, &s, EB_DELIVERY_SERIAL, 0);
+    t_pub_wait(s.bus, "make", NULL, 0);
+    eb_publish_result r = t_pub_wait(s.bus, "late", NULL, 0);
+    eb_bus_destroy(s.bus);
+    cr_assert_eq(atomic_load(&s.rc), EB_OK);
+    cr_assert_eq(r.matched, 1);
+    cr_assert_eq(atomic_load(&s.late.calls), 1);
+}
+
+/* ---- a pending retry is cancelled ---- */
+
+struct pending_retry {
+    atomic_uint calls;
+};
+
+static int fail_always(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct pending_retry *)ctx)->calls, 1);
+    return EB_EIO;
+}
+
+Test(unsubscribe, unsubscribe_cancels_a_pending_retry)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct pending_retry p;
+    atomic_init(&p.calls, 0);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = 5;
+    o.backoff_initial_ns = 2 * T_SEC;
+    o.backoff_max_ns = 4 * T_SEC;
+    eb_subscription *sub = NULL;
+    cr_assert_eq(eb_subscribe(bus, "pr", fail_always, &p, &o, &sub), EB_OK);
+    eb_ticket *t = NULL;
+    cr_assert_eq(eb_publish_async(bus, "pr", NULL, 0, NULL, &t), EB_OK);
+    cr_assert(t_wait_ge(&p.calls, 1));
+    cr_assert_eq(eb_unsubscribe(sub), EB_OK);
+    unsigned at_return = atomic_load(&p.calls);
+    eb_publish_result r;
+    int rc = eb_ticket_wait(t, t_wait_budget_ns(), &r);
+    eb_ticket_release(t);
+    t_sleep_ms(50);
+    eb_bus_destroy(bus);
+    cr_assert_eq(at_return, 1);
+    cr_assert_eq(atomic_load(&p.calls), 1, "a retry ran after unsubscribe");
+    cr_assert_eq(rc, EB_OK, "the ticket of a cancelled retry never completed: %s",
+                 eb_err_name(rc));
+    cr_assert_eq(r.failed, 1);
+    cr_assert_eq(r.delivered, 0);
+    cr_assert_lt(r.first_error, 0);
+}
