@@ -23,6 +23,7 @@
 #include "sync.h"
 #include "timer.h"
 
+#define EB__DISPATCH_BATCH 128 /* events routed per token hold */
 #define EB__MAX_NEST 64 /* lanes a worker may run nested inside waits */
 #define EB__CACHELINE 64
 
@@ -55,6 +56,9 @@ struct eb_bus {
     eb_event *pend_ev; /* event stalled on a full mailbox */
     eb__match *pend_m; /* its match set (pinned) */
     unsigned pend_i;   /* next subscription of pend_m to push to */
+    /* Events popped in the current batch, stamped, not yet routed. */
+    eb_event *held[EB__DISPATCH_BATCH + EB__CARRIER_MAX];
+    unsigned held_i, held_n;
     /* The full lane the pending event waits for. Only compared, never
        dereferenced, outside the token (the lane may be freed meanwhile). */
     _Atomic(eb__lane *) stall_lane;

@@ -22,7 +22,6 @@
 /* Block sizes: header + topic + payload; class 0 fits a 64-byte payload with
    a long topic, class 2 a 4 KiB payload. */
 static const size_t class_size[EB__CLASSES] = {448, 1536, 4096 + 640};
-#define DEPOT_MAX_FULL 64 /* full magazines kept per class; beyond, freed */
 
 struct eb__mag {
     eb__mag *next;
@@ -142,34 +141,21 @@ static void block_free(eb__depot *d, int cls, void *p)
         m->items[m->n++] = p;
         return;
     }
-    /* Trade the full magazine (if any) for an empty one. */
-    eb__mag *spill = NULL;
+    /* Trade the full magazine (if any) for an empty one. The depot keeps
+       every full magazine: the blocks in it were all live events at once, so
+       its size is bounded by the most events the bus ever held (intake and
+       mailbox capacities), and dropping them would only make the publishers
+       malloc them again. */
     pthread_mutex_lock(&d->lock);
     if (m != NULL) {
-        if (d->nfull[cls] < DEPOT_MAX_FULL) {
-            m->next = d->full[cls];
-            d->full[cls] = m;
-            d->nfull[cls]++;
-        } else {
-            spill = m;
-        }
+        m->next = d->full[cls];
+        d->full[cls] = m;
+        d->nfull[cls]++;
     }
     eb__mag *e = d->empty;
     if (e != NULL)
         d->empty = e->next;
     pthread_mutex_unlock(&d->lock);
-    if (spill != NULL) {
-        spill->next = NULL;
-        if (e == NULL) {
-            /* Reuse the spilled magazine itself as the empty one. */
-            for (unsigned i = 0; i < spill->n; i++)
-                free(spill->items[i]);
-            spill->n = 0;
-            e = spill;
-        } else {
-            mag_free_all(spill);
-        }
-    }
     if (e == NULL)
         e = malloc(sizeof(*e));
     if (e == NULL) {
@@ -181,6 +167,17 @@ static void block_free(eb__depot *d, int cls, void *p)
     e->n = 0;
     e->items[e->n++] = p;
     c->cur[cls] = e;
+}
+
+eb__carrier *eb__carrier_new(eb__depot *d)
+{
+    _Static_assert(sizeof(eb__carrier) <= 448, "a carrier fits a class-0 block");
+    return block_alloc(d, 0);
+}
+
+void eb__carrier_free(eb__depot *d, eb__carrier *c)
+{
+    block_free(d, 0, c);
 }
 
 static size_t align16(size_t n)

@@ -106,6 +106,22 @@ static inline void eb__event_ref(eb_event *ev, unsigned n)
    version 7, then 26 bits of bus nonce and the 48 low bits of seq. */
 void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce);
 
+/*
+ * A carrier takes up to EB__CARRIER_MAX events of one eb_publish_batch call
+ * through the intake ring as one entry. On the ring it is tagged by bit 0
+ * (events are at least 16-byte aligned, so their bit 0 is clear).
+ */
+#define EB__CARRIER_MAX 48
+typedef struct eb__carrier {
+    unsigned n;
+    eb_event *ev[EB__CARRIER_MAX];
+} eb__carrier;
+#define EB__CARRIER_TAG(c) ((void *)((uintptr_t)(c) | 1u))
+#define EB__IS_CARRIER(p) (((uintptr_t)(p) & 1u) != 0)
+#define EB__CARRIER_UNTAG(p) ((eb__carrier *)((uintptr_t)(p) & ~(uintptr_t)1u))
+eb__carrier *eb__carrier_new(eb__depot *d);
+void eb__carrier_free(eb__depot *d, eb__carrier *c);
+
 /* Tracking. eb__event_finish records one finished delivery (rc: EB_OK or the
    failure code; count false for the dispatcher's guard, which is no delivery)
    and returns true when it was the last. */

@@ -346,6 +346,31 @@ EB_API int eb_publish_wait(eb_bus *bus, const char *topic, const void *payload, 
 EB_API int eb_publish_async(eb_bus *bus, const char *topic, const void *payload, size_t len,
                             const eb_publish_options *opts, eb_ticket **ticket);
 
+/* One message of a batch. */
+typedef struct eb_message {
+    const char *topic;
+    const void *payload;
+    size_t len;
+    const void *key; /* ordering key for KEYED lanes; may be NULL */
+    size_t key_len;  /* at most 255 */
+} eb_message;
+
+/*
+ * Publishes msgs[0..n) in order, fire and forget, handing the bus many events
+ * per intake operation (the fast path for producers that have several events
+ * at hand). opts applies to every message except its key fields, which each
+ * message has of its own; with payload_free set, each accepted payload is
+ * freed by it. Every message is validated first: EB_EINVAL publishes nothing.
+ * Otherwise the messages are accepted in order until one cannot be, and
+ * *accepted (may be NULL) gets how many were (their payloads now belong to
+ * the bus; the rest stay the caller's).
+ * Errors: EB_EINVAL, EB_ECLOSED, EB_EAGAIN, EB_ETIMEDOUT, EB_EDEADLK, EB_ENOMEM
+ * as for eb_publish, returned with the accepted prefix.
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
+                            const eb_publish_options *opts, size_t *accepted);
+
 /*
  * Waits until every delivery of the ticket's event finished (timeout_ns: <0
  * forever, 0 poll) and fills *result (may be NULL). May be called again.
