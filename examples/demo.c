@@ -56,8 +56,7 @@ static int on_payment(const eb_event *ev, void *ctx)
 static int on_shipping(const eb_event *ev, void *ctx)
 {
     (void)ctx;
-    printf("   [shipping ] attempt %u: label printer offline -> failing\n",
-           eb_event_attempt(ev));
+    printf("   [shipping ] attempt %u: label printer offline -> failing\n", eb_event_attempt(ev));
     return EB_EIO;
 }
 
@@ -80,16 +79,16 @@ static int on_dead_letter_event(const eb_event *ev, void *ctx)
     (void)ctx;
     eb_deadletter_info info;
     if (eb_event_deadletter_info(ev, &info))
-        printf("   [dead box ] %s (from \"%s\", error %s)\n", eb_event_topic(ev),
-               info.subscription, eb_err_name(info.error));
+        printf("   [dead box ] %s (from \"%s\", error %s)\n", eb_event_topic(ev), info.subscription,
+               eb_err_name(info.error));
     atomic_fetch_add(&dead_letters_seen, 1);
     return 0;
 }
 
 static void print_result(const char *topic, const eb_publish_result *r)
 {
-    printf("   => %s: matched %u, delivered %u, failed %u, first error %s\n\n", topic,
-           r->matched, r->delivered, r->failed, eb_err_name(r->first_error));
+    printf("   => %s: matched %u, delivered %u, failed %u, first error %s\n\n", topic, r->matched,
+           r->delivered, r->failed, eb_err_name(r->first_error));
 }
 
 /* Publishes and waits until every matching handler has finished. */
@@ -165,14 +164,11 @@ int main(void)
     eb_bus_stats st;
     if (eb_bus_stats_get(bus, &st) == EB_OK) {
         printf("Summary (eb_bus_stats_get)\n");
-        printf("   published     %llu events\n",
-               (unsigned long long)st.published);
-        printf("   delivered     %llu handler calls succeeded\n",
-               (unsigned long long)st.delivered);
+        printf("   published     %llu events\n", (unsigned long long)st.published);
+        printf("   delivered     %llu handler calls succeeded\n", (unsigned long long)st.delivered);
         printf("   retried       %llu failed calls were tried again\n",
                (unsigned long long)st.retried);
-        printf("   failed        %llu deliveries failed for good\n",
-               (unsigned long long)st.failed);
+        printf("   failed        %llu deliveries failed for good\n", (unsigned long long)st.failed);
         printf("   dead-lettered %llu\n", (unsigned long long)st.dead_lettered);
         printf("   unrouted      %llu events matched no subscriber\n",
                (unsigned long long)st.unrouted);

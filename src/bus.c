@@ -41,14 +41,14 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#define LANE_BATCH 64      /* deliveries run per lane turn */
-#define IDLE_SPINS 256     /* loops before a worker parks */
-#define WAIT_SPINS 2000    /* loops before an outside waiter sleeps */
+#define LANE_BATCH 64   /* deliveries run per lane turn */
+#define IDLE_SPINS 256  /* loops before a worker parks */
+#define WAIT_SPINS 2000 /* loops before an outside waiter sleeps */
 #define MAX_WORKERS 256
 #define MAX_LANES 1024
 #define MAX_ATTEMPTS 1000
-#define MAX_MAILBOX (1u << 20)
-#define MAX_INTAKE (1u << 24)
+#define MAX_MAILBOX ((1u << 20) - 1)
+#define MAX_INTAKE ((1u << 24) - 1)
 #define DL_PREFIX "$deadletter."
 
 static __thread eb__worker *tls_worker;
@@ -88,7 +88,7 @@ static void wake_pool(eb_bus *b)
    idle before its re-check for work (Dekker), so no wake-up is lost. */
 static void wake_if_idle(eb_bus *b)
 {
-    atomic_thread_fence(memory_order_seq_cst);
+    eb__fence_seq_cst();
     if (atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
         wake_pool(b);
 }
@@ -351,7 +351,7 @@ static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s)
     if (ev->flags & EB__EV_TRACKED) {
         /* Pairs with worker_wait's store of wait_ticket then scan of its
            lanes' mailboxes: one of us sees the other. */
-        atomic_thread_fence(memory_order_seq_cst);
+        eb__fence_seq_cst();
         if (atomic_load_explicit(&l->wait_ticket, memory_order_relaxed) == ev) {
             atomic_store_explicit(&ev->deadlock, true, memory_order_seq_cst);
             wake_pool(b);
@@ -401,6 +401,10 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
     }
     if (b->pend_ev == ev)
         pending_clear(b);
+    /* Counted once every delivery is in its mailbox (or dropped). */
+    atomic_store_explicit(&b->dispatched,
+                          atomic_load_explicit(&b->dispatched, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     track_finish(b, ev, EB_OK, false); /* the guard */
     eb__event_unref(ev, &b->depot);    /* the intake's reference */
     return true;
@@ -443,9 +447,6 @@ static bool resume_pending(eb_bus *b)
 static void stamp(eb_bus *b, eb_event *ev, int64_t now)
 {
     eb__event_stamp(ev, ++b->seq, now, b->nonce);
-    atomic_store_explicit(&b->dispatched,
-                          atomic_load_explicit(&b->dispatched, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
 }
 
 static void ctl_apply(eb_bus *b);
@@ -823,7 +824,7 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
     /* We consumed from the mailbox (stores of c_head); the fence orders them
        before the load of the flag, pairing with push_one's store of the flag
        and re-check (Dekker), so a stalled dispatcher is always woken. */
-    atomic_thread_fence(memory_order_seq_cst);
+    eb__fence_seq_cst();
     if (atomic_load_explicit(&l->dispatcher_waiting, memory_order_relaxed) &&
         atomic_exchange_explicit(&l->dispatcher_waiting, false, memory_order_relaxed)) {
         atomic_store_explicit(&b->stall_relief, true, memory_order_release);
@@ -942,7 +943,7 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
     }
     /* Pairs with push_one's fence: a delivery pushed before our store of
        wait_ticket is in a mailbox we scan now; one pushed after is flagged. */
-    atomic_thread_fence(memory_order_seq_cst);
+    eb__fence_seq_cst();
     for (unsigned i = 0; i < w->depth && rc == EB_OK; i++) {
         if (w->stack[i]->cur == ev || eb__ring_contains_sc(&w->stack[i]->mbox, ev))
             rc = EB_EDEADLK;
@@ -1239,10 +1240,8 @@ EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_resu
 
 EB_API void eb_ticket_release(eb_ticket *ticket)
 {
-    if (ticket != NULL) {
-        eb_event *ev = (eb_event *)ticket;
-        eb__event_unref(ev, &ev->bus->depot);
-    }
+    if (ticket != NULL)
+        eb__event_unref((eb_event *)ticket, NULL);
 }
 
 EB_API int eb_publish_wait(eb_bus *bus, const char *topic, const void *payload, size_t len,
@@ -1256,16 +1255,19 @@ EB_API int eb_publish_wait(eb_bus *bus, const char *topic, const void *payload, 
         return rc;
     int64_t left = deadline == INT64_MAX ? -1 : deadline - eb__now_mono_ns();
     rc = eb_ticket_wait(t, left < 0 && deadline != INT64_MAX ? 0 : left, result);
-    eb_ticket_release(t);
+    eb__event_unref((eb_event *)t, &bus->depot); /* the bus is alive: use its depot */
     return rc;
 }
 
 /* ---- events ----------------------------------------------------------- */
 
+/* Users may release events and tickets after their bus is gone: these paths
+   never touch the bus (no depot: the block goes to the thread's cache or
+   back to malloc). */
 EB_API void eb_event_release(const eb_event *ev)
 {
     if (ev != NULL)
-        eb__event_unref((eb_event *)ev, &ev->bus->depot);
+        eb__event_unref((eb_event *)ev, NULL);
 }
 
 EB_API unsigned eb_event_attempt(const eb_event *ev)
@@ -1418,8 +1420,8 @@ EB_API void eb_bus_config_init(eb_bus_config *cfg)
     if (cfg == NULL)
         return;
     memset(cfg, 0, sizeof(*cfg));
-    cfg->intake_capacity = 4096;
-    cfg->mailbox_capacity = 256;
+    cfg->intake_capacity = 4095;
+    cfg->mailbox_capacity = 255;
     cfg->log_level = EB_LOG_WARN;
 }
 
@@ -1434,9 +1436,9 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
         c.mailbox_capacity > MAX_MAILBOX || (unsigned)c.log_level > EB_LOG_ERROR)
         return EB_EINVAL;
     if (c.intake_capacity == 0)
-        c.intake_capacity = 4096;
+        c.intake_capacity = 4095;
     if (c.mailbox_capacity == 0)
-        c.mailbox_capacity = 256;
+        c.mailbox_capacity = 255;
     if (c.workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         c.workers = n > 0 ? (unsigned)(n > MAX_WORKERS ? MAX_WORKERS : n) : 1;

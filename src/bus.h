@@ -24,7 +24,7 @@
 #include "timer.h"
 
 #define EB__DISPATCH_BATCH 128 /* events routed per token hold */
-#define EB__MAX_NEST 64 /* lanes a worker may run nested inside waits */
+#define EB__MAX_NEST 64        /* lanes a worker may run nested inside waits */
 #define EB__CACHELINE 64
 
 typedef struct eb__worker {

@@ -133,12 +133,22 @@ static void *block_alloc(eb__depot *d, int cls)
     return malloc(class_size[cls]);
 }
 
+/* d may be NULL (an event released after its bus was destroyed): then a
+   full magazine is not traded but its newcomer freed. */
 static void block_free(eb__depot *d, int cls, void *p)
 {
     tcache *c = tc_get();
     eb__mag *m = c->cur[cls];
     if (m != NULL && m->n < EB__MAG_SIZE) {
         m->items[m->n++] = p;
+        return;
+    }
+    if (d == NULL) {
+        if (m == NULL && (m = c->cur[cls] = calloc(1, sizeof(*m))) != NULL) {
+            m->items[m->n++] = p;
+            return;
+        }
+        free(p);
         return;
     }
     /* Trade the full magazine (if any) for an empty one. The depot keeps

@@ -117,7 +117,7 @@ typedef struct eb__carrier {
     eb_event *ev[EB__CARRIER_MAX];
 } eb__carrier;
 #define EB__CARRIER_TAG(c) ((void *)((uintptr_t)(c) | 1u))
-#define EB__IS_CARRIER(p) (((uintptr_t)(p) & 1u) != 0)
+#define EB__IS_CARRIER(p) (((uintptr_t)(p)&1u) != 0)
 #define EB__CARRIER_UNTAG(p) ((eb__carrier *)((uintptr_t)(p) & ~(uintptr_t)1u))
 eb__carrier *eb__carrier_new(eb__depot *d);
 void eb__carrier_free(eb__depot *d, eb__carrier *c);

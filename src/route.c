@@ -560,7 +560,8 @@ eb__match *eb__route_match(eb__route *r, const char *topic, size_t len)
     m->pins = 0;
     m->cached = 0;
     m->n = r->out.n;
-    memcpy(m->subs, r->out.v, r->out.n * sizeof(void *));
+    if (r->out.n > 0)
+        memcpy(m->subs, r->out.v, r->out.n * sizeof(void *));
 
     if (r->cached >= CACHE_MAX)
         cache_drop(r);

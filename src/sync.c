@@ -10,6 +10,7 @@
 #include <ck_pr.h>
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
@@ -32,6 +33,16 @@ void eb__ring_fini(eb__ring *r)
 {
     free(r->buf);
     r->buf = NULL;
+}
+
+void eb__ring_wait_turn(eb__ring *r, unsigned ticket)
+{
+    for (unsigned spins = 0; ck_pr_load_uint(&r->ring.p_tail) != ticket; spins++) {
+        if (spins < 128)
+            ck_pr_stall();
+        else
+            sched_yield();
+    }
 }
 
 bool eb__ring_contains_sc(const eb__ring *r, const void *p)

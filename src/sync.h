@@ -42,6 +42,27 @@ void __tsan_release(void *addr);
 #define EB__HB_ACQUIRE(p) ((void)(p))
 #endif
 
+/*
+ * Full (seq_cst) fence, used where a thread stores one flag and then loads
+ * another (Dekker). GCC rejects atomic_thread_fence under -fsanitize=thread
+ * (TSan does not model fences); there a seq_cst RMW on a thread-local dummy
+ * is used instead — on x86 the same locked instruction, a full barrier.
+ */
+#ifdef EB__TSAN
+#include <stdatomic.h>
+static inline void eb__fence_seq_cst(void)
+{
+    static _Thread_local atomic_int dummy;
+    atomic_fetch_add_explicit(&dummy, 0, memory_order_seq_cst);
+}
+#else
+#include <stdatomic.h>
+static inline void eb__fence_seq_cst(void)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+}
+#endif
+
 typedef struct eb__ring {
     ck_ring_t ring;
     ck_ring_buffer_t *buf;
@@ -63,12 +84,32 @@ static inline unsigned eb__ring_size(const eb__ring *r)
     return ck_ring_size(&r->ring);
 }
 
-/* Any number of producers. The store of the slot is ordered before the
-   release of p_tail (ck_pr_fence_store in ck_ring). */
+void eb__ring_wait_turn(eb__ring *r, unsigned ticket);
+
+/*
+ * Any number of producers: ck_ring's reserve (CAS on p_head), store of the
+ * slot, commit (fence, release of p_tail in ticket order). A producer whose
+ * predecessor was preempted between its reserve and its commit must wait for
+ * it; ck's commit spins, which with more publisher threads than cores keeps
+ * the preempted one from running. So we wait for our turn ourselves, spinning
+ * briefly and then yielding the CPU, and call ck's commit once it is ours.
+ */
 static inline bool eb__ring_push_mp(eb__ring *r, void *p)
 {
+    unsigned ticket;
     EB__HB_RELEASE(p);
-    return ck_ring_enqueue_mpmc(&r->ring, r->buf, p);
+    ck_ring_buffer_t *slot = ck_ring_enqueue_reserve_mpmc(&r->ring, r->buf, &ticket);
+    if (slot == NULL)
+        return false;
+    /* The slot was last read by a consumer before it advanced c_head; our
+       reserve saw that (ck fences). Say so to TSan: pairs with the release
+       in the pops. */
+    EB__HB_ACQUIRE(r->buf);
+    slot->value = p;
+    if (ck_pr_load_uint(&r->ring.p_tail) != ticket)
+        eb__ring_wait_turn(r, ticket);
+    ck_ring_enqueue_commit_mpmc(&r->ring, ticket);
+    return true;
 }
 
 /* One producer at a time (callers serialize with a lock or token whose
@@ -85,6 +126,7 @@ static inline bool eb__ring_pop_sc(eb__ring *r, void **p)
     if (!ck_ring_dequeue_spsc(&r->ring, r->buf, p))
         return false;
     EB__HB_ACQUIRE(*p);
+    EB__HB_RELEASE(r->buf); /* the slot may be reused: see eb__ring_push_mp */
     return true;
 }
 
@@ -95,6 +137,7 @@ static inline bool eb__ring_pop_mc(eb__ring *r, void **p)
     if (!ck_ring_dequeue_spmc(&r->ring, r->buf, p))
         return false;
     EB__HB_ACQUIRE(*p);
+    EB__HB_RELEASE(r->buf); /* the slot may be reused: see eb__ring_push_mp */
     return true;
 }
 

@@ -59,7 +59,10 @@ static inline void t_sleep_ns(int64_t ns)
     }
 }
 
-static inline void t_sleep_ms(int64_t ms) { t_sleep_ns(ms * T_MS); }
+static inline void t_sleep_ms(int64_t ms)
+{
+    t_sleep_ns(ms * T_MS);
+}
 
 /* How long a bounded wait may last before the test calls it a failure. */
 static inline int64_t t_wait_budget_ns(void)
@@ -74,20 +77,20 @@ static inline int64_t t_wait_budget_ns(void)
 
 /* Bounded polling wait: evaluates cond every 100 us until it holds or the
    wait budget is spent. Leaves `ok` true if cond held. */
-#define T_WAIT_FOR(ok, cond)                                                   \
-    do {                                                                       \
-        int64_t t__deadline = t_now_ns() + t_wait_budget_ns();                 \
-        (ok) = false;                                                          \
-        for (;;) {                                                             \
-            if (cond) {                                                        \
-                (ok) = true;                                                   \
-                break;                                                         \
-            }                                                                  \
-            if (t_now_ns() > t__deadline) {                                    \
-                break;                                                         \
-            }                                                                  \
-            t_sleep_ns(100000);                                                \
-        }                                                                      \
+#define T_WAIT_FOR(ok, cond)                                                                       \
+    do {                                                                                           \
+        int64_t t__deadline = t_now_ns() + t_wait_budget_ns();                                     \
+        (ok) = false;                                                                              \
+        for (;;) {                                                                                 \
+            if (cond) {                                                                            \
+                (ok) = true;                                                                       \
+                break;                                                                             \
+            }                                                                                      \
+            if (t_now_ns() > t__deadline) {                                                        \
+                break;                                                                             \
+            }                                                                                      \
+            t_sleep_ns(100000);                                                                    \
+        }                                                                                          \
     } while (0)
 
 /* Waits until *v >= target; true if it got there in time. */
@@ -123,7 +126,10 @@ static inline void t_gate_init(t_gate *g)
     atomic_init(&g->expired, 0);
 }
 
-static inline void t_gate_open(t_gate *g) { atomic_store(&g->open, 1); }
+static inline void t_gate_open(t_gate *g)
+{
+    atomic_store(&g->open, 1);
+}
 
 /* Returns true if the gate opened, false if the wait ran out. */
 static inline bool t_gate_wait(t_gate *g)
@@ -140,10 +146,10 @@ static inline bool t_gate_wait(t_gate *g)
 
 /* Reads a stat through a bounded wait: waits until expr (over `st`, a fresh
    eb_bus_stats snapshot each round) holds. */
-#define T_WAIT_STATS(ok, bus, st, cond)                                        \
+#define T_WAIT_STATS(ok, bus, st, cond)                                                            \
     T_WAIT_FOR(ok, (eb_bus_stats_get((bus), &(st)) == EB_OK && (cond)))
 
-#define T_WAIT_SUB_STATS(ok, sub, st, cond)                                    \
+#define T_WAIT_SUB_STATS(ok, sub, st, cond)                                                        \
     T_WAIT_FOR(ok, (eb_subscription_stats_get((sub), &(st)) == EB_OK && (cond)))
 
 /* A bus with a fixed worker count and otherwise default configuration. */
@@ -200,8 +206,8 @@ static inline int t_count_handler(const eb_event *ev, void *ctx)
 }
 
 /* Subscribes with a given delivery mode and otherwise default options. */
-static inline eb_subscription *t_sub(eb_bus *bus, const char *pattern, eb_handler_fn fn,
-                                     void *ctx, eb_delivery delivery, unsigned lanes)
+static inline eb_subscription *t_sub(eb_bus *bus, const char *pattern, eb_handler_fn fn, void *ctx,
+                                     eb_delivery delivery, unsigned lanes)
 {
     eb_subscribe_options o;
     eb_subscribe_options_init(&o);
@@ -251,6 +257,49 @@ static inline bool t_quiesce(eb_bus *bus)
     T_WAIT_STATS(ok, bus, st,
                  st.dispatched >= st.published && st.intake_depth == 0 && st.max_lag == 0);
     return ok;
+}
+
+/*
+ * Publishes 4-byte events numbered 0, 1, 2, ... with timeout_ns = 0 until
+ * the intake ring is full and dispatch is stalled (the caller has blocked a
+ * handler behind a small mailbox). A single EB_EAGAIN is not proof: the
+ * dispatcher may merely be slow to take events (sanitizers), so the ring
+ * counts as stuck only once it stays full and nothing is dispatched for a
+ * while. Returns how many events were accepted; *last_rc is the result of
+ * one more publish made after the stall was confirmed (EB_EAGAIN expected).
+ */
+static inline uint32_t t_fill_until_stuck(eb_bus *bus, const char *topic, int *last_rc)
+{
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.timeout_ns = 0;
+    uint32_t accepted = 0;
+    int rc = EB_OK;
+    int64_t deadline = t_now_ns() + t_wait_budget_ns();
+    while (t_now_ns() < deadline && accepted < 100000) {
+        rc = eb_publish(bus, topic, &accepted, sizeof accepted, &o);
+        if (rc == EB_OK) {
+            accepted++;
+            continue;
+        }
+        if (rc != EB_EAGAIN) {
+            break;
+        }
+        eb_bus_stats a, b;
+        t_sleep_ms(30);
+        eb_bus_stats_get(bus, &a);
+        t_sleep_ms(30);
+        eb_bus_stats_get(bus, &b);
+        if (a.dispatched == b.dispatched && b.intake_depth >= b.intake_capacity) {
+            rc = eb_publish(bus, topic, &accepted, sizeof accepted, &o);
+            if (rc == EB_OK) {
+                accepted++;
+            }
+            break;
+        }
+    }
+    *last_rc = rc;
+    return accepted;
 }
 
 #endif /* EB_TESTS_COMMON_H */

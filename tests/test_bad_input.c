@@ -58,8 +58,8 @@ static int never_called(const eb_event *ev, void *ctx)
 
 /* Runs the three publish entry points with the same arguments; each must
    return EB_EINVAL and leave the ticket and result untouched. */
-static void expect_publish_einval(eb_bus *bus, const char *topic, const void *payload,
-                                  size_t len, const eb_publish_options *o, const char *what)
+static void expect_publish_einval(eb_bus *bus, const char *topic, const void *payload, size_t len,
+                                  const eb_publish_options *o, const char *what)
 {
     int rc = eb_publish(bus, topic, payload, len, o);
     cr_assert_eq(rc, EB_EINVAL, "eb_publish, %s: %s", what, eb_err_name(rc));
@@ -68,8 +68,7 @@ static void expect_publish_einval(eb_bus *bus, const char *topic, const void *pa
     eb_publish_result untouched = r;
     rc = eb_publish_wait(bus, topic, payload, len, o, &r);
     cr_assert_eq(rc, EB_EINVAL, "eb_publish_wait, %s: %s", what, eb_err_name(rc));
-    cr_assert_eq(memcmp(&r, &untouched, sizeof r), 0, "eb_publish_wait, %s: result written",
-                 what);
+    cr_assert_eq(memcmp(&r, &untouched, sizeof r), 0, "eb_publish_wait, %s: result written", what);
     eb_ticket *const sentinel = (eb_ticket *)(uintptr_t)0x7171;
     eb_ticket *t = sentinel;
     rc = eb_publish_async(bus, topic, payload, len, o, &t);

@@ -23,8 +23,8 @@ static const struct code_row codes[] = {
 
 Test(errors, strerror_is_never_null_for_any_int)
 {
-    static const int edge[] = {INT_MIN, INT_MIN + 1, -1000000, -17, -16, 1, 2, 100,
-                               INT_MAX - 1, INT_MAX};
+    static const int edge[] = {INT_MIN, INT_MIN + 1, -1000000, -17,         -16,
+                               1,       2,           100,      INT_MAX - 1, INT_MAX};
     for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) {
         const char *s = eb_strerror(edge[i]);
         cr_assert_not_null(s, "eb_strerror(%d)", edge[i]);
@@ -48,16 +48,14 @@ Test(errors, strerror_says_unknown_error_for_codes_not_in_the_table)
 Test(errors, strerror_gives_the_message_of_each_code_in_the_table)
 {
     for (size_t i = 0; i < N_CODES; i++) {
-        cr_assert_str_eq(eb_strerror(codes[i].code), codes[i].msg, "code %d",
-                         codes[i].code);
+        cr_assert_str_eq(eb_strerror(codes[i].code), codes[i].msg, "code %d", codes[i].code);
     }
 }
 
 Test(errors, err_name_spells_each_code_in_the_table)
 {
     for (size_t i = 0; i < N_CODES; i++) {
-        cr_assert_str_eq(eb_err_name(codes[i].code), codes[i].name, "code %d",
-                         codes[i].code);
+        cr_assert_str_eq(eb_err_name(codes[i].code), codes[i].name, "code %d", codes[i].code);
     }
     cr_assert_str_eq(eb_err_name(EB_EINVAL), "EB_EINVAL");
     cr_assert_str_eq(eb_err_name(EB_OK), "EB_OK");
@@ -85,8 +83,7 @@ Test(errors, codes_are_distinct_and_negative_except_ok)
             cr_assert_lt(codes[i].code, 0, "%s", codes[i].name);
         }
         for (size_t j = i + 1; j < N_CODES; j++) {
-            cr_assert_neq(codes[i].code, codes[j].code, "%s and %s", codes[i].name,
-                          codes[j].name);
+            cr_assert_neq(codes[i].code, codes[j].code, "%s and %s", codes[i].name, codes[j].name);
         }
     }
 }
@@ -94,8 +91,7 @@ Test(errors, codes_are_distinct_and_negative_except_ok)
 Test(errors, version_string_matches_the_version_macros)
 {
     char want[64];
-    snprintf(want, sizeof want, "%d.%d.%d", EB_VERSION_MAJOR, EB_VERSION_MINOR,
-             EB_VERSION_PATCH);
+    snprintf(want, sizeof want, "%d.%d.%d", EB_VERSION_MAJOR, EB_VERSION_MINOR, EB_VERSION_PATCH);
     cr_assert_not_null(eb_version());
     cr_assert_str_eq(eb_version(), want);
 }

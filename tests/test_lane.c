@@ -116,8 +116,7 @@ static int keyed_order_handler(const eb_event *ev, void *ctx)
     struct keyed_rec *r = ctx;
     size_t klen = 0;
     const char *key = eb_event_key(ev, &klen);
-    if (key == NULL || klen != 2 || key[0] != 'k' || key[1] < '0' ||
-        key[1] >= '0' + NKEYS) {
+    if (key == NULL || klen != 2 || key[0] != 'k' || key[1] < '0' || key[1] >= '0' + NKEYS) {
         atomic_fetch_add(&r->bad_key, 1);
         return 0;
     }
@@ -161,19 +160,26 @@ static void keyed_order_run(unsigned lanes)
     cr_assert_eq(atomic_load(&r->bad_key), 0, "a handler saw a wrong key");
     for (int k = 0; k < NKEYS; k++) {
         cr_assert_eq(atomic_load(&r->n[k]), PER_KEY);
-        cr_assert_eq(atomic_load(&r->max_in_flight[k]), 1,
-                     "key %d ran two deliveries at once", k);
+        cr_assert_eq(atomic_load(&r->max_in_flight[k]), 1, "key %d ran two deliveries at once", k);
         for (uint32_t i = 0; i < PER_KEY; i++) {
-            cr_assert_eq(r->vals[k][i], i, "key %d position %u holds %u", k, i,
-                         r->vals[k][i]);
+            cr_assert_eq(r->vals[k][i], i, "key %d position %u holds %u", k, i, r->vals[k][i]);
         }
     }
     free(r);
 }
 
-Test(lane, keyed_delivers_in_order_per_key_with_default_lanes) { keyed_order_run(0); }
-Test(lane, keyed_delivers_in_order_per_key_with_two_lanes) { keyed_order_run(2); }
-Test(lane, keyed_delivers_in_order_per_key_with_one_lane) { keyed_order_run(1); }
+Test(lane, keyed_delivers_in_order_per_key_with_default_lanes)
+{
+    keyed_order_run(0);
+}
+Test(lane, keyed_delivers_in_order_per_key_with_two_lanes)
+{
+    keyed_order_run(2);
+}
+Test(lane, keyed_delivers_in_order_per_key_with_one_lane)
+{
+    keyed_order_run(1);
+}
 
 /*
  * Concurrency across keys: the handler for key "A" blocks until a handler for
@@ -292,7 +298,10 @@ static void concurrent_parallel_run(unsigned lanes)
     cr_assert_geq(atomic_load(&p.max_in_flight), 2);
 }
 
-Test(lane, concurrent_runs_handlers_in_parallel) { concurrent_parallel_run(0); }
+Test(lane, concurrent_runs_handlers_in_parallel)
+{
+    concurrent_parallel_run(0);
+}
 Test(lane, concurrent_with_many_lanes_runs_handlers_in_parallel)
 {
     concurrent_parallel_run(64);
@@ -406,8 +415,7 @@ static void overflow_run(eb_overflow policy)
        drops the incoming event; DROP_OLDEST drops the oldest queued one,
        so for it the ticket of event 1 is checked). */
     eb_ticket *t = NULL;
-    cr_assert_eq(eb_publish_async(bus, "o", &(uint32_t){N}, sizeof(uint32_t), NULL, &t),
-                 EB_OK);
+    cr_assert_eq(eb_publish_async(bus, "o", &(uint32_t){N}, sizeof(uint32_t), NULL, &t), EB_OK);
     eb_publish_result tr;
     memset(&tr, 0, sizeof tr);
     int trc = EB_OK;
@@ -428,8 +436,8 @@ static void overflow_run(eb_overflow policy)
 
     cr_assert(other_ok, "the unblocked subscription was held up by the dropping one");
     cr_assert(dropped_ok, "nothing was dropped with a mailbox of 4 and %d events", N);
-    cr_assert(ok, "delivered %llu + dropped %llu != %d", (unsigned long long)final.delivered,
-              (unsigned long long)final.dropped, N + 1);
+    cr_assert(ok, "delivered %llu + dropped %llu != %d", (unsigned long long) final.delivered,
+              (unsigned long long) final.dropped, N + 1);
     cr_assert_eq(st.dropped, final.dropped, "bus and subscription disagree on drops");
     cr_assert_eq(final.delivered, atomic_load(&b.n));
     cr_assert_eq(trc, EB_OK);
@@ -492,23 +500,10 @@ Test(lane, block_backpressure_makes_publish_return_eagain_and_then_delivers_ever
     so.overflow = EB_OVERFLOW_BLOCK;
     cr_assert_eq(eb_subscribe(bus, "bp", blocked_handler, &b, &so, NULL), EB_OK);
 
+    int rc;
+    uint32_t accepted = t_fill_until_stuck(bus, "bp", &rc);
     eb_publish_options o;
     eb_publish_options_init(&o);
-    o.timeout_ns = 0;
-    uint32_t accepted = 0;
-    int rc = EB_OK;
-    for (uint32_t i = 0; i < 10000; i++) {
-        rc = eb_publish(bus, "bp", &accepted, sizeof accepted, &o);
-        if (rc != EB_OK) {
-            /* Give the dispatcher a moment: it must stay stuck. */
-            t_sleep_ms(20);
-            rc = eb_publish(bus, "bp", &accepted, sizeof accepted, &o);
-            if (rc != EB_OK) {
-                break;
-            }
-        }
-        accepted++;
-    }
     /* A bounded wait runs out with EB_ETIMEDOUT. */
     o.timeout_ns = 20 * T_MS;
     int64_t t0 = t_now_ns();
@@ -533,6 +528,8 @@ Test(lane, block_backpressure_makes_publish_return_eagain_and_then_delivers_ever
     cr_assert_geq(waited, 20 * T_MS - T_MS, "timed publish gave up after %lld ns",
                   (long long)waited);
     cr_assert_eq(st.published, accepted, "refused publishes were counted");
+    cr_assert_gt(st.intake_depth, 0, "a full intake ring reports depth 0");
+    cr_assert_leq(st.intake_depth, st.intake_capacity);
     cr_assert(ok, "only %u of %u accepted events delivered", atomic_load(&b.n), accepted);
     cr_assert_eq(again, EB_OK);
     cr_assert(ok2);
@@ -567,21 +564,9 @@ Test(lane, block_backpressure_makes_a_default_publish_wait_for_space)
     eb_subscribe_options_init(&so);
     so.mailbox_capacity = 2;
     cr_assert_eq(eb_subscribe(bus, "bp", blocked_handler, &b, &so, NULL), EB_OK);
-    eb_publish_options o;
-    eb_publish_options_init(&o);
-    o.timeout_ns = 0;
-    uint32_t accepted = 0;
-    for (int i = 0; i < 10000; i++) {
-        int rc = eb_publish(bus, "bp", &accepted, sizeof accepted, &o);
-        if (rc == EB_EAGAIN) {
-            t_sleep_ms(20);
-            rc = eb_publish(bus, "bp", &accepted, sizeof accepted, &o);
-        }
-        if (rc != EB_OK) {
-            break;
-        }
-        accepted++;
-    }
+    int rc;
+    uint32_t accepted = t_fill_until_stuck(bus, "bp", &rc);
+    cr_assert_eq(rc, EB_EAGAIN, "got %s", eb_err_name(rc));
     struct blocking_pub p = {.bus = bus};
     atomic_init(&p.done, 0);
     atomic_init(&p.rc, 1);
@@ -597,4 +582,62 @@ Test(lane, block_backpressure_makes_a_default_publish_wait_for_space)
     cr_assert_eq(atomic_load(&p.rc), EB_OK);
     cr_assert(ok);
     cr_assert_eq(b.vals[accepted], 0xB10C, "the blocked publish was not delivered last");
+}
+
+/* A subscription without its own mailbox capacity uses the bus default
+   (eb_bus_config.mailbox_capacity, 255 when 0). */
+static void default_mailbox_run(unsigned bus_mailbox, unsigned expect_capacity)
+{
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.mailbox_capacity = bus_mailbox;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    struct blocked_rec *b = calloc(1, sizeof *b);
+    blocked_rec_init(b);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.overflow = EB_OVERFLOW_DROP_NEWEST;
+    eb_subscription *sub = NULL;
+    cr_assert_eq(eb_subscribe(bus, "m", blocked_handler, b, &o, &sub), EB_OK);
+    unsigned n = expect_capacity * 2 + 10;
+    cr_assert_eq(t_pub_u32(bus, "m", 0), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&b->gate.waiting) == 1);
+    cr_assert(ok);
+    for (uint32_t i = 1; i < n; i++) {
+        cr_assert_eq(t_pub_u32(bus, "m", i), EB_OK);
+    }
+    eb_bus_stats st;
+    T_WAIT_STATS(ok, bus, st, st.dispatched >= n);
+    cr_assert(ok);
+    t_gate_open(&b->gate);
+    eb_subscription_stats ss;
+    T_WAIT_SUB_STATS(ok, sub, ss, ss.lag == 0 && ss.delivered + ss.dropped == n);
+    eb_bus_destroy(bus);
+    free(b);
+    cr_assert(ok);
+    /* The running delivery plus a full mailbox; allow one slot either way
+       for whether the running delivery still occupies its slot. */
+    cr_assert_geq(ss.delivered, expect_capacity, "only %llu delivered with a mailbox of %u",
+                  (unsigned long long)ss.delivered, expect_capacity);
+    cr_assert_leq(ss.delivered, expect_capacity + 1,
+                  "%llu delivered: the mailbox holds more than %u",
+                  (unsigned long long)ss.delivered, expect_capacity);
+}
+
+Test(lane, subscriptions_use_the_bus_default_mailbox_capacity)
+{
+    default_mailbox_run(7, 7);
+}
+
+Test(lane, the_default_mailbox_capacity_is_255)
+{
+    default_mailbox_run(0, 255);
+}
+
+Test(lane, mailbox_capacity_is_rounded_up_to_two_to_the_k_minus_one)
+{
+    default_mailbox_run(5, 7);
 }

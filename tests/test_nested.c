@@ -11,8 +11,8 @@ struct nest {
     eb_bus *bus;
     atomic_uint outer_calls;
     atomic_uint inner_calls;
-    atomic_uint nested_ok;   /* nested waits that returned EB_OK with delivered 1 */
-    atomic_int last_bad_rc;  /* last nested rc that was not EB_OK */
+    atomic_uint nested_ok;  /* nested waits that returned EB_OK with delivered 1 */
+    atomic_int last_bad_rc; /* last nested rc that was not EB_OK */
     atomic_uint bad;
     const char *inner_topic;
 };
@@ -69,16 +69,21 @@ static void nested_run(unsigned workers, unsigned events)
     bool ok = t_wait_ge(&n.outer_calls, events);
     eb_bus_destroy(bus);
     cr_assert_eq(r.delivered, 1);
-    cr_assert(ok, "only %u of %u outer handlers finished", atomic_load(&n.outer_calls),
-              events);
+    cr_assert(ok, "only %u of %u outer handlers finished", atomic_load(&n.outer_calls), events);
     cr_assert_eq(atomic_load(&n.bad), 0, "a nested wait failed: %s",
                  eb_err_name(atomic_load(&n.last_bad_rc)));
     cr_assert_eq(atomic_load(&n.nested_ok), events);
     cr_assert_eq(atomic_load(&n.inner_calls), events);
 }
 
-Test(nested, publish_wait_from_a_handler_works_with_one_worker) { nested_run(1, 20); }
-Test(nested, publish_wait_from_a_handler_works_with_two_workers) { nested_run(2, 20); }
+Test(nested, publish_wait_from_a_handler_works_with_one_worker)
+{
+    nested_run(1, 20);
+}
+Test(nested, publish_wait_from_a_handler_works_with_two_workers)
+{
+    nested_run(2, 20);
+}
 
 /* a -> waits for b -> waits for c, on a single worker. */
 struct chain3 {
@@ -214,8 +219,7 @@ static int self_wait_handler(const eb_event *ev, void *ctx)
             }
             atomic_store(&s->rc, rc);
         } else {
-            atomic_store(&s->rc, eb_publish_wait(s->bus, eb_event_topic(ev), NULL, 0, &o,
-                                                 &s->r));
+            atomic_store(&s->rc, eb_publish_wait(s->bus, eb_event_topic(ev), NULL, 0, &o, &s->r));
         }
     }
     return 0;

@@ -341,8 +341,7 @@ Test(retry, backoff_waits_at_least_roughly_the_configured_delay)
     int64_t d1 = a.at[1] - a.at[0];
     int64_t d2 = a.at[2] - a.at[1];
     cr_assert_geq(d1, initial / 2, "first backoff only %lld ns", (long long)d1);
-    cr_assert_geq(d2, initial, "second backoff only %lld ns (expected ~2x initial)",
-                  (long long)d2);
+    cr_assert_geq(d2, initial, "second backoff only %lld ns (expected ~2x initial)", (long long)d2);
 }
 
 /* Records the order of (event, attempt) calls of a SERIAL subscription. */
@@ -454,4 +453,133 @@ Test(retry, publish_wait_returns_only_after_the_last_attempt)
     cr_assert_eq(calls, 4);
     cr_assert_eq(r.delivered, 1);
     cr_assert_eq(r.failed, 0);
+}
+
+/* ---- event accessors around retries and dead letters ---- */
+
+struct retry_retain {
+    const eb_event *kept;
+    unsigned attempt_inside;
+};
+
+static int retain_on_second_attempt(const eb_event *ev, void *ctx)
+{
+    struct retry_retain *r = ctx;
+    if (eb_event_attempt(ev) == 1) {
+        return EB_EIO;
+    }
+    r->attempt_inside = eb_event_attempt(ev);
+    r->kept = eb_event_retain(ev);
+    return 0;
+}
+
+Test(retry, attempt_is_one_when_read_outside_the_handler)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct retry_retain r = {0};
+    sub_with_retry(bus, "rr", retain_on_second_attempt, &r, 3, T_MS, 0, NULL);
+    t_pub_wait(bus, "rr", NULL, 0);
+    cr_assert_not_null(r.kept);
+    cr_assert_eq(r.attempt_inside, 2);
+    cr_assert_eq(eb_event_attempt(r.kept), 1);
+    eb_event_release(r.kept);
+    eb_bus_destroy(bus);
+}
+
+struct dl_keep {
+    const eb_event *kept;
+    atomic_uint calls;
+};
+
+static int keep_dead_letter(const eb_event *ev, void *ctx)
+{
+    struct dl_keep *k = ctx;
+    k->kept = eb_event_retain(ev);
+    atomic_fetch_add(&k->calls, 1);
+    return 0;
+}
+
+Test(retry, dead_letter_info_strings_live_as_long_as_the_retained_event)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct dl_keep k = {0};
+    atomic_init(&k.calls, 0);
+    t_sub(bus, "$deadletter.#", keep_dead_letter, &k, EB_DELIVERY_SERIAL, 0);
+    struct attempts a = {.fail_first = ~0u, .code = EB_EIO};
+    atomic_init(&a.calls, 0);
+    char name[] = "temporary-name";
+    eb_subscription *sub = sub_with_retry(bus, "gone", attempts_handler, &a, 1, 0, 0, name);
+    memset(name, 'X', sizeof name - 1); /* the bus copied the name */
+    t_pub_wait(bus, "gone", NULL, 0);
+    cr_assert(t_wait_ge(&k.calls, 1));
+    cr_assert_eq(eb_unsubscribe(sub), EB_OK); /* the subscription is gone too */
+    eb_deadletter_info info;
+    bool has = eb_event_deadletter_info(k.kept, &info);
+    char subname[64] = "", topic[64] = "";
+    if (has) {
+        snprintf(subname, sizeof subname, "%s", info.subscription);
+        snprintf(topic, sizeof topic, "%s", info.topic);
+    }
+    eb_event_release(k.kept);
+    eb_bus_destroy(bus);
+    cr_assert(has);
+    cr_assert_str_eq(subname, "temporary-name");
+    cr_assert_str_eq(topic, "gone");
+    cr_assert_eq(info.attempts, 1);
+}
+
+struct dl_publisher {
+    eb_bus *bus;
+    atomic_int rc;
+    t_counter alerts;
+};
+
+static void publish_from_deadletter_callback(const eb_event *ev, const eb_deadletter_info *info,
+                                             void *ctx)
+{
+    (void)ev;
+    (void)info;
+    struct dl_publisher *p = ctx;
+    atomic_store(&p->rc, eb_publish(p->bus, "alerts.deadletter", "!", 1, NULL));
+}
+
+Test(retry, the_dead_letter_callback_may_publish)
+{
+    struct dl_publisher p;
+    atomic_init(&p.rc, 1);
+    t_counter_init(&p.alerts);
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.on_deadletter = publish_from_deadletter_callback;
+    cfg.deadletter_ctx = &p;
+    cr_assert_eq(eb_bus_create(&cfg, &p.bus), EB_OK);
+    t_sub(p.bus, "alerts.#", t_count_handler, &p.alerts, EB_DELIVERY_SERIAL, 0);
+    struct attempts a = {.fail_first = ~0u, .code = EB_EIO};
+    atomic_init(&a.calls, 0);
+    sub_with_retry(p.bus, "x", attempts_handler, &a, 1, 0, 0, NULL);
+    t_pub_wait(p.bus, "x", NULL, 0);
+    bool ok = t_wait_ge(&p.alerts.calls, 1);
+    eb_bus_destroy(p.bus);
+    cr_assert_eq(atomic_load(&p.rc), EB_OK);
+    cr_assert(ok);
+}
+
+Test(retry, a_failing_dead_letter_subscriber_does_not_loop_for_ever)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct attempts dl = {.fail_first = ~0u, .code = EB_EIO};
+    atomic_init(&dl.calls, 0);
+    sub_with_retry(bus, "$deadletter.#", attempts_handler, &dl, 2, T_MS, 0, NULL);
+    struct attempts a = {.fail_first = ~0u, .code = EB_EIO};
+    atomic_init(&a.calls, 0);
+    sub_with_retry(bus, "y", attempts_handler, &a, 1, 0, 0, NULL);
+    t_pub_wait(bus, "y", NULL, 0);
+    cr_assert(t_wait_ge(&dl.calls, 2));
+    bool settled = t_quiesce(bus);
+    t_sleep_ms(50);
+    unsigned calls = atomic_load(&dl.calls);
+    eb_bus_destroy(bus);
+    cr_assert(settled);
+    cr_assert_leq(calls, 4, "the dead-letter subscriber was called %u times", calls);
 }

@@ -22,8 +22,7 @@ static unsigned match_once(eb_bus *bus, const char *pattern, const char *topic)
     eb_publish_result r = t_pub_wait(bus, topic, NULL, 0);
     cr_assert_eq(r.delivered, r.matched, "pattern \"%s\" topic \"%s\"", pattern, topic);
     cr_assert_eq(r.failed, 0);
-    cr_assert_eq(atomic_load(&c.calls), r.matched, "pattern \"%s\" topic \"%s\"", pattern,
-                 topic);
+    cr_assert_eq(atomic_load(&c.calls), r.matched, "pattern \"%s\" topic \"%s\"", pattern, topic);
     cr_assert_eq(eb_unsubscribe(sub), EB_OK);
     return r.matched;
 }
@@ -39,9 +38,8 @@ static void check_cases(const struct route_case *cases, size_t n)
     eb_bus *bus = t_bus_new(2);
     for (size_t i = 0; i < n; i++) {
         unsigned m = match_once(bus, cases[i].pattern, cases[i].topic);
-        cr_assert_eq(m, cases[i].match ? 1u : 0u,
-                     "pattern \"%s\" vs topic \"%s\": expected %s", cases[i].pattern,
-                     cases[i].topic, cases[i].match ? "a match" : "no match");
+        cr_assert_eq(m, cases[i].match ? 1u : 0u, "pattern \"%s\" vs topic \"%s\": expected %s",
+                     cases[i].pattern, cases[i].topic, cases[i].match ? "a match" : "no match");
     }
     eb_bus_destroy(bus);
 }
@@ -51,10 +49,17 @@ static void check_cases(const struct route_case *cases, size_t n)
 Test(route, exact_pattern_matches_only_the_same_topic)
 {
     static const struct route_case cases[] = {
-        {"a.b.c", "a.b.c", true},  {"a.b.c", "a.b", false},   {"a.b.c", "a.b.c.d", false},
-        {"a.b.c", "a.b.x", false}, {"a.b.c", "x.b.c", false}, {"a.b.c", "", false},
-        {"a", "a", true},          {"a", "ab", false},        {"ab", "a", false},
-        {"A", "a", false},         {"orders.created", "orders.created", true},
+        {"a.b.c", "a.b.c", true},
+        {"a.b.c", "a.b", false},
+        {"a.b.c", "a.b.c.d", false},
+        {"a.b.c", "a.b.x", false},
+        {"a.b.c", "x.b.c", false},
+        {"a.b.c", "", false},
+        {"a", "a", true},
+        {"a", "ab", false},
+        {"ab", "a", false},
+        {"A", "a", false},
+        {"orders.created", "orders.created", true},
     };
     CHECK(cases);
 }
@@ -62,11 +67,21 @@ Test(route, exact_pattern_matches_only_the_same_topic)
 Test(route, star_matches_exactly_one_word)
 {
     static const struct route_case cases[] = {
-        {"*", "a", true},         {"*", "", false},          {"*", "a.b", false},
-        {"a.*", "a.b", true},     {"a.*", "a", false},       {"a.*", "a.b.c", false},
-        {"*.b", "a.b", true},     {"*.b", "b", false},       {"a.*.c", "a.b.c", true},
-        {"a.*.c", "a.c", false},  {"a.*.c", "a.b.b.c", false}, {"*.*", "a.b", true},
-        {"*.*", "a", false},      {"*.*", "a.b.c", false},   {"*.*.*", "x.y.z", true},
+        {"*", "a", true},
+        {"*", "", false},
+        {"*", "a.b", false},
+        {"a.*", "a.b", true},
+        {"a.*", "a", false},
+        {"a.*", "a.b.c", false},
+        {"*.b", "a.b", true},
+        {"*.b", "b", false},
+        {"a.*.c", "a.b.c", true},
+        {"a.*.c", "a.c", false},
+        {"a.*.c", "a.b.b.c", false},
+        {"*.*", "a.b", true},
+        {"*.*", "a", false},
+        {"*.*", "a.b.c", false},
+        {"*.*.*", "x.y.z", true},
     };
     CHECK(cases);
 }
@@ -74,14 +89,18 @@ Test(route, star_matches_exactly_one_word)
 Test(route, hash_matches_zero_or_more_words)
 {
     static const struct route_case cases[] = {
-        {"#", "a", true},           {"#", "a.b.c", true},       {"a.#", "a", true},
-        {"a.#", "a.b", true},       {"a.#", "a.b.c", true},     {"a.#", "b.a", false},
-        {"a.#", "", false},         {"a.#", "ab", false},       {"#.a", "a", true},
-        {"#.a", "b.a", true},       {"#.a", "b.c.a", true},     {"#.a", "a.b", false},
-        {"a.#.c", "a.c", true},     {"a.#.c", "a.b.c", true},   {"a.#.c", "a.b.d.c", true},
-        {"a.#.c", "a.b", false},    {"a.#.c", "a.c.d", false},  {"#.a.#", "a", true},
-        {"#.a.#", "x.a.y", true},   {"#.a.#", "x.y.a", true},   {"#.a.#", "x.y", false},
-        {"#.b.#.d", "a.b.c.d", true}, {"#.b.#.d", "b.d", true}, {"#.b.#.d", "a.b.c", false},
+        {"#", "a", true},           {"#", "a.b.c", true},
+        {"a.#", "a", true},         {"a.#", "a.b", true},
+        {"a.#", "a.b.c", true},     {"a.#", "b.a", false},
+        {"a.#", "", false},         {"a.#", "ab", false},
+        {"#.a", "a", true},         {"#.a", "b.a", true},
+        {"#.a", "b.c.a", true},     {"#.a", "a.b", false},
+        {"a.#.c", "a.c", true},     {"a.#.c", "a.b.c", true},
+        {"a.#.c", "a.b.d.c", true}, {"a.#.c", "a.b", false},
+        {"a.#.c", "a.c.d", false},  {"#.a.#", "a", true},
+        {"#.a.#", "x.a.y", true},   {"#.a.#", "x.y.a", true},
+        {"#.a.#", "x.y", false},    {"#.b.#.d", "a.b.c.d", true},
+        {"#.b.#.d", "b.d", true},   {"#.b.#.d", "a.b.c", false},
     };
     CHECK(cases);
 }
@@ -89,12 +108,8 @@ Test(route, hash_matches_zero_or_more_words)
 Test(route, hash_matches_zero_words)
 {
     static const struct route_case cases[] = {
-        {"#", "", true},
-        {"#.#", "", true},
-        {"#.#.#", "", true},
-        {"a.#", "a", true},
-        {"#.a", "a", true},
-        {"a.#.b", "a.b", true},
+        {"#", "", true},    {"#.#", "", true},  {"#.#.#", "", true},
+        {"a.#", "a", true}, {"#.a", "a", true}, {"a.#.b", "a.b", true},
     };
     CHECK(cases);
 }
@@ -102,12 +117,12 @@ Test(route, hash_matches_zero_words)
 Test(route, combinations_of_star_and_hash)
 {
     static const struct route_case cases[] = {
-        {"*.#", "a", true},         {"*.#", "a.b.c", true},  {"*.#", "", false},
-        {"#.*", "a", true},         {"#.*", "a.b", true},    {"#.*", "", false},
-        {"#.*.#", "a", true},       {"#.*.#", "", false},    {"*.#.*", "a.b", true},
-        {"*.#.*", "a", false},      {"*.#.*", "a.b.c.d", true}, {"#.#", "a.b", true},
-        {"a.*.#", "a", false},      {"a.*.#", "a.b", true},  {"a.#.*", "a.b.c", true},
-        {"#.*.*", "a", false},      {"#.*.*", "a.b", true},  {"*.*.#", "a.b", true},
+        {"*.#", "a", true},    {"*.#", "a.b.c", true},     {"*.#", "", false},
+        {"#.*", "a", true},    {"#.*", "a.b", true},       {"#.*", "", false},
+        {"#.*.#", "a", true},  {"#.*.#", "", false},       {"*.#.*", "a.b", true},
+        {"*.#.*", "a", false}, {"*.#.*", "a.b.c.d", true}, {"#.#", "a.b", true},
+        {"a.*.#", "a", false}, {"a.*.#", "a.b", true},     {"a.#.*", "a.b.c", true},
+        {"#.*.*", "a", false}, {"#.*.*", "a.b", true},     {"*.*.#", "a.b", true},
     };
     CHECK(cases);
 }
@@ -134,8 +149,8 @@ Test(route, empty_words_between_dots_are_words)
 Test(route, wildcards_count_only_as_whole_words)
 {
     static const struct route_case cases[] = {
-        {"a*.b", "a*.b", true},  {"a*.b", "ax.b", false}, {"a#", "a#", true},
-        {"a#", "a.b", false},    {"a#", "a", false},      {"*a", "ba", false},
+        {"a*.b", "a*.b", true}, {"a*.b", "ax.b", false}, {"a#", "a#", true},
+        {"a#", "a.b", false},   {"a#", "a", false},      {"*a", "ba", false},
     };
     CHECK(cases);
 }
@@ -154,8 +169,8 @@ Test(route, long_topics_with_many_words)
     topic[n] = '\0';
     cr_assert_eq(strlen(topic), EB_TOPIC_MAX);
     static const struct route_case shapes[] = {
-        {"#", NULL, true},       {"#.a", NULL, true},     {"a.#.a", NULL, true},
-        {"*.#", NULL, true},     {"#.b", NULL, false},    {"*", NULL, false},
+        {"#", NULL, true},           {"#.a", NULL, true},       {"a.#.a", NULL, true},
+        {"*.#", NULL, true},         {"#.b", NULL, false},      {"*", NULL, false},
         {"#.#.#.#.#.#", NULL, true}, {"#.*.#.*.#", NULL, true},
     };
     struct route_case cases[sizeof shapes / sizeof shapes[0] + 1];
@@ -171,7 +186,7 @@ Test(route, long_topics_with_many_words)
 Test(route, one_event_reaches_every_matching_subscription_and_no_other)
 {
     eb_bus *bus = t_bus_new(2);
-    static const char *patterns[] = {"orders.created", "orders.*", "#",       "orders.#",
+    static const char *patterns[] = {"orders.created", "orders.*",   "#",      "orders.#",
                                      "*.created",      "payments.*", "orders", "*.*.*"};
     static const bool expect[] = {true, true, true, true, true, false, false, false};
     enum { NP = sizeof patterns / sizeof patterns[0] };
@@ -186,8 +201,7 @@ Test(route, one_event_reaches_every_matching_subscription_and_no_other)
     cr_assert_eq(r.failed, 0);
     cr_assert_eq(r.first_error, EB_OK);
     for (int i = 0; i < NP; i++) {
-        cr_assert_eq(atomic_load(&c[i].calls), expect[i] ? 1u : 0u, "pattern %s",
-                     patterns[i]);
+        cr_assert_eq(atomic_load(&c[i].calls), expect[i] ? 1u : 0u, "pattern %s", patterns[i]);
     }
     eb_bus_destroy(bus);
 }
@@ -238,10 +252,9 @@ Test(route, many_patterns_route_like_one_at_a_time)
 {
     /* All patterns subscribed at once: the routing table must give the same
        answer for each topic as the patterns one by one. */
-    static const char *patterns[] = {"a", "a.b", "a.*", "a.#", "#", "*", "*.b", "#.b",
-                                     "a.*.c", "a.#.c", "*.#", "#.*", "", "b.#", "#.c.#"};
-    static const char *topics[] = {"", "a", "b", "a.b", "a.c", "a.b.c", "b.b", "x.c.y",
-                                   "a.x.y.c"};
+    static const char *patterns[] = {"a",     "a.b",   "a.*", "a.#", "#", "*",   "*.b",  "#.b",
+                                     "a.*.c", "a.#.c", "*.#", "#.*", "",  "b.#", "#.c.#"};
+    static const char *topics[] = {"", "a", "b", "a.b", "a.c", "a.b.c", "b.b", "x.c.y", "a.x.y.c"};
     enum { NP = sizeof patterns / sizeof patterns[0], NT = sizeof topics / sizeof topics[0] };
     eb_bus *bus = t_bus_new(2);
     unsigned single[NT];

@@ -14,7 +14,7 @@ struct race {
     atomic_int unsubscribed; /* set once eb_unsubscribe returned */
     atomic_uint in_handler;
     atomic_uint calls;
-    atomic_uint late_calls;  /* calls that started after unsubscribe returned */
+    atomic_uint late_calls; /* calls that started after unsubscribe returned */
     atomic_uint published;
 };
 
@@ -165,6 +165,33 @@ Test(unsubscribe, unsubscribe_waits_for_the_running_handler_to_return)
     cr_assert_eq(u.rc, EB_OK);
     cr_assert_eq(u.finished_at_return, 1);
     cr_assert_eq(atomic_load(&r.calls), 1);
+}
+
+Test(unsubscribe, a_second_unsubscribe_while_the_first_waits_returns_einval)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct running r;
+    t_gate_init(&r.gate);
+    atomic_init(&r.calls, 0);
+    atomic_init(&r.finished, 0);
+    eb_subscription *sub = t_sub(bus, "run", running_handler, &r, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(eb_publish(bus, "run", NULL, 0, NULL), EB_OK);
+    bool started;
+    T_WAIT_FOR(started, atomic_load(&r.gate.waiting) == 1);
+    struct unsub_thread u = {.sub = sub, .r = &r};
+    atomic_init(&u.returned, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, unsub_thread_fn, &u), 0);
+    t_sleep_ms(100);
+    /* The first call is still waiting for the handler, so the handle is
+       still valid; a second call is refused. */
+    int second = atomic_load(&u.returned) ? 1 : eb_unsubscribe(sub);
+    t_gate_open(&r.gate);
+    pthread_join(th, NULL);
+    eb_bus_destroy(bus);
+    cr_assert(started);
+    cr_assert_eq(second, EB_EINVAL, "got %s", eb_err_name(second));
+    cr_assert_eq(u.rc, EB_OK);
 }
 
 /* ---- cancelled deliveries ---- */
@@ -429,8 +456,7 @@ Test(unsubscribe, unsubscribe_cancels_a_pending_retry)
     eb_bus_destroy(bus);
     cr_assert_eq(at_return, 1);
     cr_assert_eq(atomic_load(&p.calls), 1, "a retry ran after unsubscribe");
-    cr_assert_eq(rc, EB_OK, "the ticket of a cancelled retry never completed: %s",
-                 eb_err_name(rc));
+    cr_assert_eq(rc, EB_OK, "the ticket of a cancelled retry never completed: %s", eb_err_name(rc));
     cr_assert_eq(r.failed, 1);
     cr_assert_eq(r.delivered, 0);
     cr_assert_lt(r.first_error, 0);

@@ -137,18 +137,19 @@ typedef void (*eb_deadletter_fn)(const eb_event *ev, const eb_deadletter_info *i
 
 typedef struct eb_bus_config {
     unsigned workers;         /* 0: one per online CPU; at most 256 */
-    unsigned intake_capacity; /* events; 0: 4096; at most 1<<24. The ring holds
-                                 at least this many: it is rounded up to
-                                 2^k - 1 (Concurrency Kit keeps a slot free);
+    unsigned intake_capacity; /* entries; 0: 4095; at most 2^24 - 1. Rounded
+                                 up to the next 2^k - 1 (Concurrency Kit's
+                                 ring keeps one slot of 2^k free), so the
+                                 ring holds at least this many;
                                  eb_bus_stats_get reports the result */
     eb_log_fn log;            /* NULL: no logging */
     void *log_ctx;
     eb_log_level log_level;         /* lowest level passed to log; default WARN */
     eb_deadletter_fn on_deadletter; /* NULL: none */
     void *deadletter_ctx;
-    unsigned mailbox_capacity; /* default per-lane mailbox, events; 0: 256;
+    unsigned mailbox_capacity; /* default per-lane mailbox, events; 0: 255;
                                   rounded up to 2^k - 1 like intake_capacity;
-                                  at most 1<<20 */
+                                  at most 2^20 - 1 */
 } eb_bus_config;
 
 /* Fills cfg with the defaults. Thread-safe: yes. */
@@ -167,8 +168,8 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out);
  * Shuts the bus down gracefully: new publishes fail with EB_ECLOSED, every
  * event already accepted is dispatched and delivered (retries included),
  * workers are joined and everything is freed, including subscriptions that
- * were not unsubscribed (their handles become invalid). Tickets still held
- * must be released before. NULL is a no-op.
+ * were not unsubscribed (their handles become invalid). Tickets and retained
+ * events stay valid until released. NULL is a no-op.
  * Thread-safe: with other calls on other buses only; no call on this bus may
  * run concurrently or follow. May be called from a handler: no (not one of
  * this bus).
@@ -177,7 +178,8 @@ EB_API void eb_bus_destroy(eb_bus *bus);
 
 typedef struct eb_bus_stats {
     uint64_t published;     /* events accepted by publish calls */
-    uint64_t dispatched;    /* events taken off the intake ring and routed */
+    uint64_t dispatched;    /* events routed: every delivery of them is in its
+                               mailbox or dropped (dead letters included) */
     uint64_t delivered;     /* handler calls that returned 0 */
     uint64_t failed;        /* deliveries that failed their last attempt */
     uint64_t retried;       /* handler calls that failed and were retried */
@@ -211,8 +213,11 @@ typedef int (*eb_handler_fn)(const eb_event *ev, void *ctx);
 
 typedef enum eb_delivery {
     EB_DELIVERY_SERIAL = 0, /* one at a time, in order (default) */
-    EB_DELIVERY_KEYED,      /* in order per event key, concurrent across keys */
-    EB_DELIVERY_CONCURRENT  /* no ordering, as parallel as the pool */
+    EB_DELIVERY_KEYED,      /* in order per event key, concurrent across keys
+                               (lane = hash(key) mod lanes; events without a
+                               key share one lane) */
+    EB_DELIVERY_CONCURRENT  /* no ordering, as parallel as the pool (events
+                               spread round robin over the lanes) */
 } eb_delivery;
 
 typedef enum eb_overflow {
@@ -380,7 +385,8 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
  */
 EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_result *result);
 
-/* Releases a ticket; NULL is a no-op. Thread-safe: yes; once per ticket. */
+/* Releases a ticket; NULL is a no-op; allowed after the bus was destroyed.
+   Thread-safe: yes; once per ticket. */
 EB_API void eb_ticket_release(eb_ticket *ticket);
 
 /* ---------------------------------------------------------------------- */
@@ -389,7 +395,8 @@ EB_API void eb_ticket_release(eb_ticket *ticket);
 
 /*
  * Accessors. An event is immutable once published. It is valid during the
- * handler; eb_event_retain keeps it valid until the matching release. All
+ * handler; eb_event_retain keeps it valid until the matching release, even
+ * after its bus was destroyed (so does a ticket, for eb_ticket_release). All
  * accessors are thread-safe and may be called from any thread while the
  * event is valid.
  */

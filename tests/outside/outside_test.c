@@ -74,7 +74,10 @@ static bool check_(int ok, int line, const char *fmt, ...)
     return false;
 }
 
-static void put_str(const char *s) { (void)!write(STDOUT_FILENO, s, strlen(s)); }
+static void put_str(const char *s)
+{
+    (void)!write(STDOUT_FILENO, s, strlen(s));
+}
 
 static void put_int(int v)
 {
@@ -153,7 +156,7 @@ static void sleep_us(long us)
     }
 }
 
-#define MS(x) ((int64_t)(x) * 1000000)
+#define MS(x) ((int64_t)(x)*1000000)
 
 /* Polls until *v >= target or timeout_ms passed; returns the last value. */
 static long wait_ge(atomic_long *v, long target, long timeout_ms)
@@ -225,13 +228,32 @@ static const struct {
     const char *key;
     const char *queue;
 } k_bindings[] = {
-    {"a.b.c", "t1"},     {"a.*.c", "t2"},     {"a.#.b", "t3"},     {"a.b.b.c", "t4"},
-    {"#", "t5"},         {"#.#", "t6"},       {"#.b", "t7"},       {"*.*", "t8"},
-    {"a.*", "t9"},       {"*.b.c", "t10"},    {"a.#", "t11"},      {"a.#.#", "t12"},
-    {"b.b.c", "t13"},    {"a.b.b", "t14"},    {"a.b", "t15"},      {"b.c", "t16"},
-    {"", "t17"},         {"*.*.*", "t18"},    {"vodka.martini", "t19"},
-    {"a.b.c", "t20"},    {"*.#", "t21"},      {"#.*.#", "t22"},    {"*.#.#", "t23"},
-    {"#.#.#", "t24"},    {"*", "t25"},        {"#.b.#", "t26"},
+    {"a.b.c", "t1"},
+    {"a.*.c", "t2"},
+    {"a.#.b", "t3"},
+    {"a.b.b.c", "t4"},
+    {"#", "t5"},
+    {"#.#", "t6"},
+    {"#.b", "t7"},
+    {"*.*", "t8"},
+    {"a.*", "t9"},
+    {"*.b.c", "t10"},
+    {"a.#", "t11"},
+    {"a.#.#", "t12"},
+    {"b.b.c", "t13"},
+    {"a.b.b", "t14"},
+    {"a.b", "t15"},
+    {"b.c", "t16"},
+    {"", "t17"},
+    {"*.*.*", "t18"},
+    {"vodka.martini", "t19"},
+    {"a.b.c", "t20"},
+    {"*.#", "t21"},
+    {"#.*.#", "t22"},
+    {"*.#.#", "t23"},
+    {"#.#.#", "t24"},
+    {"*", "t25"},
+    {"#.b.#", "t26"},
     {"args-test", "t27"}, /* binding arguments foo=bar in RabbitMQ */
     {"args-test", "t27"}, /* foo=baz: "Note aliasing" */
 };
@@ -243,12 +265,13 @@ typedef struct expect_row {
 } expect_row;
 
 static const expect_row k_expect_all[] = {
-    {"a.b.c", {"t1", "t2", "t5", "t6", "t10", "t11", "t12", "t18", "t20", "t21", "t22", "t23",
-               "t24", "t26"}},
-    {"a.b", {"t3", "t5", "t6", "t7", "t8", "t9", "t11", "t12", "t15", "t21", "t22", "t23", "t24",
-             "t26"}},
-    {"a.b.b", {"t3", "t5", "t6", "t7", "t11", "t12", "t14", "t18", "t21", "t22", "t23", "t24",
-               "t26"}},
+    {"a.b.c",
+     {"t1", "t2", "t5", "t6", "t10", "t11", "t12", "t18", "t20", "t21", "t22", "t23", "t24",
+      "t26"}},
+    {"a.b",
+     {"t3", "t5", "t6", "t7", "t8", "t9", "t11", "t12", "t15", "t21", "t22", "t23", "t24", "t26"}},
+    {"a.b.b",
+     {"t3", "t5", "t6", "t7", "t11", "t12", "t14", "t18", "t21", "t22", "t23", "t24", "t26"}},
     {"", {"t5", "t6", "t17", "t24"}},
     {"b.c.c", {"t5", "t6", "t18", "t21", "t22", "t23", "t24", "t26"}},
     {"a.a.a.a.a", {"t5", "t6", "t11", "t12", "t21", "t22", "t23", "t24"}},
@@ -360,12 +383,15 @@ static void topic_expect(eb_bus *bus, const char *phase, const expect_row *rows,
                 strcat(exp, k_bindings[i].queue);
             }
         }
-        CHECK(strcmp(got, exp) == 0, "%s: routing key \"%s\": queues reached {%s }, RabbitMQ "
-              "expects {%s }", phase, row->key, got, exp);
-        CHECK(per_binding_ok, "%s: routing key \"%s\": some binding ran other than exactly once "
-              "(or a removed binding ran)", phase, row->key);
-        CHECK(topic_ok, "%s: routing key \"%s\": a handler saw a different topic", phase,
-              row->key);
+        CHECK(strcmp(got, exp) == 0,
+              "%s: routing key \"%s\": queues reached {%s }, RabbitMQ "
+              "expects {%s }",
+              phase, row->key, got, exp);
+        CHECK(per_binding_ok,
+              "%s: routing key \"%s\": some binding ran other than exactly once "
+              "(or a removed binding ran)",
+              phase, row->key);
+        CHECK(topic_ok, "%s: routing key \"%s\": a handler saw a different topic", phase, row->key);
         CHECK(res.matched == want && res.delivered == want && res.failed == 0 &&
                   res.first_error == EB_OK,
               "%s: routing key \"%s\": result matched=%u delivered=%u failed=%u first_error=%d, "
@@ -401,8 +427,7 @@ static void test_topic_routing(void)
     }
     CHECK(sub_fail == 0, "%d of %zu bindings could not be subscribed", sub_fail, N_BINDINGS);
 
-    topic_expect(bus, "all bindings", k_expect_all,
-                 sizeof k_expect_all / sizeof k_expect_all[0]);
+    topic_expect(bus, "all bindings", k_expect_all, sizeof k_expect_all / sizeof k_expect_all[0]);
 
     int unsub_fail = 0;
     for (size_t k = 0; k < sizeof k_removed / sizeof k_removed[0]; k++) {
@@ -776,8 +801,8 @@ static void check_result(const char *what, int rc, const eb_publish_result *r, u
     CHECK(r->matched == matched && r->delivered == delivered && r->failed == failed &&
               r->first_error == first_error,
           "%s: matched=%u delivered=%u failed=%u first_error=%d (%s); want %u/%u/%u/%d", what,
-          r->matched, r->delivered, r->failed, r->first_error, eb_err_name(r->first_error),
-          matched, delivered, failed, first_error);
+          r->matched, r->delivered, r->failed, r->first_error, eb_err_name(r->first_error), matched,
+          delivered, failed, first_error);
 }
 
 static void test_wait_results(void)
@@ -842,11 +867,15 @@ static void test_wait_results(void)
     long cbs = wait_ge(&dl.callbacks, 1, 5000);
     long evs = wait_ge(&dl.events, 1, 5000);
     CHECK(cbs == 1, "on_deadletter called %ld times, want 1", cbs);
-    CHECK(atomic_load(&dl.cb_bad) == 0, "on_deadletter info not as expected (subscription "
-          "\"%s\", want \"card-gateway\"; error -77; attempts 3; topic pay.card)", dl.last_cb_sub);
+    CHECK(atomic_load(&dl.cb_bad) == 0,
+          "on_deadletter info not as expected (subscription "
+          "\"%s\", want \"card-gateway\"; error -77; attempts 3; topic pay.card)",
+          dl.last_cb_sub);
     CHECK(evs == 1, "$deadletter.# subscriber got %ld events, want 1", evs);
-    CHECK(atomic_load(&dl.ev_bad) == 0, "$deadletter event not as expected (topic \"%s\", want "
-          "\"$deadletter.pay.card\" with eb_event_deadletter_info filled)", dl.last_ev_topic);
+    CHECK(atomic_load(&dl.ev_bad) == 0,
+          "$deadletter event not as expected (topic \"%s\", want "
+          "\"$deadletter.pay.card\" with eb_event_deadletter_info filled)",
+          dl.last_ev_topic);
 
     /* 2. all succeed */
     memset(&r, 0xAB, sizeof r);
@@ -887,8 +916,10 @@ static void test_wait_results(void)
     int64_t t0 = now_ns();
     rc = eb_publish_wait(bus, "slow.job", NULL, 0, &quick, &r);
     int64_t took = now_ns() - t0;
-    CHECK(rc == EB_ETIMEDOUT, "publish_wait on a stuck handler with 50 ms timeout = %s, want "
-          "EB_ETIMEDOUT", eb_err_name(rc));
+    CHECK(rc == EB_ETIMEDOUT,
+          "publish_wait on a stuck handler with 50 ms timeout = %s, want "
+          "EB_ETIMEDOUT",
+          eb_err_name(rc));
     CHECK(took >= MS(40) && took < MS(5000), "the 50 ms wait took %lld ms",
           (long long)(took / 1000000));
     CHECK(memcmp(&r, &untouched, sizeof r) == 0, "result was written on EB_ETIMEDOUT");
@@ -1024,7 +1055,8 @@ static void run_nested(bool all_at_once)
           atomic_load(&s->inner_calls), E_HANDLERS);
     CHECK(atomic_load(&s->bad_index) == 0, "outer handler got a bad payload");
     if (all_at_once) {
-        CHECK(atomic_load(&s->max_in_flight) == E_HANDLERS && atomic_load(&s->inner_gate_timeouts) == 0,
+        CHECK(atomic_load(&s->max_in_flight) == E_HANDLERS &&
+                  atomic_load(&s->inner_gate_timeouts) == 0,
               "only %ld of %d handlers were ever in flight at once on 2 workers (waiting "
               "workers must keep running other work)",
               atomic_load(&s->max_in_flight), E_HANDLERS);
@@ -1144,8 +1176,10 @@ static void unsub_variant(const char *label, eb_delivery delivery, unsigned lane
     atomic_store(&u.unsubscribed, 1);
     long calls_at_return = atomic_load(&u.calls);
     CHECK(rc == EB_OK, "%s: eb_unsubscribe = %s", label, eb_err_name(rc));
-    CHECK(in_flight_after == 0, "%s: %ld handler calls still running when eb_unsubscribe "
-          "returned", label, in_flight_after);
+    CHECK(in_flight_after == 0,
+          "%s: %ld handler calls still running when eb_unsubscribe "
+          "returned",
+          label, in_flight_after);
 
     long keep_before = atomic_load(&keep);
     sleep_us(200000); /* publishing goes on */
@@ -1242,8 +1276,8 @@ static void test_bad_input(void)
         {"unknown flags", bus, "a.b", pl, sizeof pl, &badflags},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        rc = eb_publish(cases[i].bus, cases[i].topic, cases[i].payload, cases[i].len,
-                        cases[i].opts);
+        rc =
+            eb_publish(cases[i].bus, cases[i].topic, cases[i].payload, cases[i].len, cases[i].opts);
         CHECK(rc == EB_EINVAL, "eb_publish(%s) = %s, want EB_EINVAL", cases[i].what,
               eb_err_name(rc));
 
@@ -1278,8 +1312,7 @@ static void test_bad_input(void)
     rc = eb_subscribe(bus, "a.b", NULL, &seen, NULL, &s);
     CHECK(rc == EB_EINVAL && s == sentinel, "eb_subscribe(NULL handler) = %s", eb_err_name(rc));
     rc = eb_subscribe(bus, t256, count_handler, &seen, NULL, &s);
-    CHECK(rc == EB_EINVAL && s == sentinel, "eb_subscribe(256-byte pattern) = %s",
-          eb_err_name(rc));
+    CHECK(rc == EB_EINVAL && s == sentinel, "eb_subscribe(256-byte pattern) = %s", eb_err_name(rc));
     eb_subscribe_options so;
     eb_subscribe_options_init(&so);
     so.lanes = 2; /* SERIAL must be 0 or 1 */
@@ -1407,14 +1440,16 @@ static void test_full_ring(void)
     int64_t took = now_ns() - t0;
     if (rc == EB_OK)
         accepted++;
-    CHECK(rc == EB_ETIMEDOUT, "publish with a 20 ms timeout on a full ring = %s, want "
-          "EB_ETIMEDOUT", eb_err_name(rc));
+    CHECK(rc == EB_ETIMEDOUT,
+          "publish with a 20 ms timeout on a full ring = %s, want "
+          "EB_ETIMEDOUT",
+          eb_err_name(rc));
     CHECK(took >= MS(15) && took < MS(5000), "the 20 ms publish took %lld ms",
           (long long)(took / 1000000));
 
     rc = eb_bus_stats_get(bus, &st);
-    CHECK(rc == EB_OK && st.published == (uint64_t)accepted,
-          "stats published=%llu, accepted %ld", (unsigned long long)st.published, accepted);
+    CHECK(rc == EB_OK && st.published == (uint64_t)accepted, "stats published=%llu, accepted %ld",
+          (unsigned long long)st.published, accepted);
     CHECK(atomic_load(&f->handled) == 0, "handler finished %ld events with its gate shut",
           atomic_load(&f->handled));
 
@@ -1428,8 +1463,10 @@ static void test_full_ring(void)
     long handled = atomic_load(&f->handled);
     CHECK(handled == accepted, "eb_bus_destroy returned with %ld of %ld accepted events handled",
           handled, accepted);
-    CHECK(took >= MS(250), "eb_bus_destroy returned after %lld ms, before the handler could "
-          "finish", (long long)(took / 1000000));
+    CHECK(took >= MS(250),
+          "eb_bus_destroy returned after %lld ms, before the handler could "
+          "finish",
+          (long long)(took / 1000000));
     CHECK(atomic_load(&f->gate_timeouts) == 0, "handler gate timed out");
     CHECK(atomic_load(&f->late_publish) > 0 &&
               atomic_load(&f->late_closed) == atomic_load(&f->late_publish),
@@ -1488,7 +1525,10 @@ static void test_short_lived_publishers(void)
 
 static const char *g_only; /* sections to run, NULL: all */
 
-static bool selected(char letter) { return g_only == NULL || strchr(g_only, letter) != NULL; }
+static bool selected(char letter)
+{
+    return g_only == NULL || strchr(g_only, letter) != NULL;
+}
 
 int main(int argc, char **argv)
 {
@@ -1500,8 +1540,7 @@ int main(int argc, char **argv)
 
     section("version", 10);
     char want[32];
-    snprintf(want, sizeof want, "%d.%d.%d", EB_VERSION_MAJOR, EB_VERSION_MINOR,
-             EB_VERSION_PATCH);
+    snprintf(want, sizeof want, "%d.%d.%d", EB_VERSION_MAJOR, EB_VERSION_MINOR, EB_VERSION_PATCH);
     const char *v = eb_version();
     CHECK(v != NULL && strcmp(v, want) == 0, "eb_version() = \"%s\", header says \"%s\"",
           v ? v : "(null)", want);

@@ -47,7 +47,7 @@ struct srec {
     atomic_uint key_overlap; /* two calls of one key at once */
     atomic_uint bad_payload;
     eb_subscription *sub;
-    bool late_check;        /* churn: count calls after unsubscribe returned */
+    bool late_check; /* churn: count calls after unsubscribe returned */
     atomic_int unsubscribed;
     atomic_uint late_calls;
 };
@@ -172,8 +172,7 @@ static void *publisher(void *arg)
             if (rc == EB_OK) {
                 unsigned want = 0;
                 for (unsigned s = 0; s < r->nsubs; s++) {
-                    if (r->subs[s].only_producer < 0 ||
-                        r->subs[s].only_producer == (int)a->id) {
+                    if (r->subs[s].only_producer < 0 || r->subs[s].only_producer == (int)a->id) {
                         want++;
                     }
                 }
@@ -290,13 +289,11 @@ static void run_check(struct run *r, bool completed)
         cr_assert_eq(n, s->expected, "sub %u: %u deliveries, expected %u", si, n, s->expected);
 
         if (s->mode == EB_DELIVERY_SERIAL) {
-            cr_assert_eq(atomic_load(&s->max_in_flight), 1, "sub %u: SERIAL ran concurrently",
-                         si);
+            cr_assert_eq(atomic_load(&s->max_in_flight), 1, "sub %u: SERIAL ran concurrently", si);
             uint32_t next[MAX_PUBS] = {0};
             for (unsigned i = 0; i < n; i++) {
                 if (i > 0) {
-                    cr_assert_gt(s->seq[i], s->seq[i - 1], "sub %u: seq went back at %u", si,
-                                 i);
+                    cr_assert_gt(s->seq[i], s->seq[i - 1], "sub %u: seq went back at %u", si, i);
                 }
                 cr_assert_eq(s->pseq[i], next[s->prod[i]],
                              "sub %u: producer %u's event %u arrived when %u was due", si,
@@ -320,8 +317,8 @@ static void run_check(struct run *r, bool completed)
                 }
             }
         } else if (s->mode == EB_DELIVERY_KEYED) {
-            cr_assert_eq(atomic_load(&s->key_overlap), 0,
-                         "sub %u: one key ran two calls at once", si);
+            cr_assert_eq(atomic_load(&s->key_overlap), 0, "sub %u: one key ran two calls at once",
+                         si);
             uint64_t last_seq[MAX_KEYS] = {0};
             int64_t last_pseq[MAX_KEYS][MAX_PUBS];
             for (unsigned k = 0; k < MAX_KEYS; k++) {

@@ -10,16 +10,14 @@ static int greet(const eb_event *ev, void *ctx)
     size_t len = 0;
     const char *p = eb_event_payload(ev, &len);
     int *ok = ctx;
-    *ok = len == 5 && memcmp(p, "hello", 5) == 0 &&
-          strcmp(eb_event_topic(ev), "greet.world") == 0;
+    *ok = len == 5 && memcmp(p, "hello", 5) == 0 && strcmp(eb_event_topic(ev), "greet.world") == 0;
     return 0;
 }
 
 int main(void)
 {
     char want[32];
-    snprintf(want, sizeof want, "%d.%d.%d", EB_VERSION_MAJOR, EB_VERSION_MINOR,
-             EB_VERSION_PATCH);
+    snprintf(want, sizeof want, "%d.%d.%d", EB_VERSION_MAJOR, EB_VERSION_MINOR, EB_VERSION_PATCH);
     if (strcmp(eb_version(), want) != 0) {
         printf("consumer: library %s, header %s\n", eb_version(), want);
         return 1;
@@ -48,7 +46,7 @@ int main(void)
 
     int ok = rc == EB_OK && res.matched == 1 && res.delivered == 1 && payload_ok;
     printf("consumer: eventbus %s, publish_wait %s, matched=%u delivered=%u payload %s: %s\n",
-           eb_version(), eb_err_name(rc), res.matched, res.delivered,
-           payload_ok ? "ok" : "wrong", ok ? "ok" : "FAILED");
+           eb_version(), eb_err_name(rc), res.matched, res.delivered, payload_ok ? "ok" : "wrong",
+           ok ? "ok" : "FAILED");
     return ok ? 0 : 1;
 }
