@@ -12,23 +12,39 @@ scripts/deps.sh
 jobs=$(nproc)
 status=0
 
+passed=0
+failed=0
 run_suite() { # build-dir label [extra cmake args...]
   local dir=$1 label=$2; shift 2
   echo "== $label ==" >&2
   cmake -S . -B "$dir" -DEB_WERROR=ON -DEB_BUILD_BENCH=OFF "$@" >/dev/null
   cmake --build "$dir" -j"$jobs" >/dev/null
   (cd "$dir" && ctest --output-on-failure -j1) || status=1
+  # Criterion's own summary line of every test program, and their sum.
+  local log=$dir/Testing/Temporary/LastTest.log
+  grep -h "Synthesis:" "$log" || true
+  local p f
+  p=$(grep -ho "Passing: [0-9]*" "$log" | awk '{s+=$2} END {print s+0}')
+  f=$(grep -hoE "(Failing|Crashing): [0-9]*" "$log" | awk '{s+=$2} END {print s+0}')
+  passed=$((passed + p))
+  failed=$((failed + f))
 }
 
 run_suite build-test "release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 echo "== examples ==" >&2
 build-test/examples/eventbus-demo >/dev/null || { echo "demo failed" >&2; status=1; }
 echo "== outside program (pkg-config, find_package) ==" >&2
-tests/outside/run.sh || status=1
+outside_log=$(mktemp)
+tests/outside/run.sh | tee "$outside_log" || status=1
+op=$(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$outside_log" | tail -n 1)
+passed=$((passed + ${op%% *}))
+failed=$((failed + ${op##* }))
+rm -f "$outside_log"
 if [ "${EB_TEST_QUICK:-0}" != 1 ]; then
   run_suite build-asan "ASan+UBSan" -DCMAKE_BUILD_TYPE=Debug -DEB_SANITIZER=address -DEB_BUILD_EXAMPLES=OFF
   TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
     run_suite build-tsan "TSan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEB_SANITIZER=thread -DEB_BUILD_EXAMPLES=OFF
 fi
-if [ $status -eq 0 ]; then echo "all test suites passed" >&2; else echo "SOME TEST SUITES FAILED" >&2; fi
+if [ $status -ne 0 ] && [ $failed -eq 0 ]; then failed=1; fi # a build or a run broke
+echo "tests: $passed passed, $failed failed"
 exit $status
