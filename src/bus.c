@@ -253,8 +253,7 @@ static void lane_finish(eb_bus *b, eb__lane *l, int rc)
     eb_event *ev = l->cur;
     l->cur = NULL;
     l->attempt = 1;
-    atomic_store_explicit(&l->done, atomic_load_explicit(&l->done, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+    eb__count(&l->done, 1);
     track_finish(b, ev, rc, true);
     eb__event_unref(ev, &b->depot);
 }
@@ -312,14 +311,43 @@ static eb__lane *pick_lane(struct eb_subscription *s, const eb_event *ev)
     }
 }
 
-/* Pushes one delivery of ev (whose reference for it is already taken). */
-static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s)
+/*
+ * Lanes that received deliveries in this dispatch step are scheduled once,
+ * at the end of the step (touch_flush), instead of one atomic exchange per
+ * delivery. Correct because scheduling only has to follow the push: the
+ * runner's "store IDLE, re-check the mailbox" meets our later exchange.
+ */
+static void lane_touch(eb_bus *b, eb__lane *l)
+{
+    if (l->touch == b->touch_gen)
+        return;
+    l->touch = b->touch_gen;
+    b->touched[b->ntouched++] = l;
+    if (b->ntouched == EB__TOUCH_MAX) {
+        for (unsigned i = 0; i < b->ntouched; i++)
+            lane_schedule(b, b->touched[i]);
+        b->ntouched = 0;
+        b->touch_gen++;
+    }
+}
+
+static void touch_flush(eb_bus *b)
+{
+    for (unsigned i = 0; i < b->ntouched; i++)
+        lane_schedule(b, b->touched[i]);
+    b->ntouched = 0;
+    b->touch_gen++;
+}
+
+/* Pushes one delivery of ev (whose reference for it is already taken; an
+   untracked ev must not be touched once pushed: a runner may free it). */
+static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s, bool tracked)
 {
     eb__lane *l = pick_lane(s, ev);
     while (!eb__ring_push_sp(&l->mbox, ev)) {
         if (s->overflow == EB_OVERFLOW_DROP_NEWEST) {
-            atomic_fetch_add_explicit(&b->dropped, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&s->dropped, 1, memory_order_relaxed);
+            eb__count(&b->dropped, 1);
+            eb__count(&s->dropped, 1);
             delivery_abort(b, ev, EB_EOVERFLOW);
             return PUSH_OK;
         }
@@ -328,9 +356,9 @@ static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s)
             /* Races with the runner's multi-consumer pop; whoever wins the
                CAS owns the item. If the runner won, the push now fits. */
             if (eb__ring_pop_mc(&l->mbox, &old)) {
-                atomic_fetch_add_explicit(&b->dropped, 1, memory_order_relaxed);
-                atomic_fetch_add_explicit(&s->dropped, 1, memory_order_relaxed);
-                atomic_fetch_add_explicit(&l->evicted, 1, memory_order_relaxed);
+                eb__count(&b->dropped, 1);
+                eb__count(&s->dropped, 1);
+                eb__count(&l->evicted, 1);
                 delivery_abort(b, old, EB_EOVERFLOW);
             }
             continue;
@@ -346,18 +374,18 @@ static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s)
         atomic_store_explicit(&b->stall_lane, NULL, memory_order_relaxed);
         break;
     }
-    atomic_store_explicit(&l->pushed, atomic_load_explicit(&l->pushed, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-    if (ev->flags & EB__EV_TRACKED) {
+    eb__count(&l->pushed, 1);
+    if (tracked) {
         /* Pairs with worker_wait's store of wait_ticket then scan of its
-           lanes' mailboxes: one of us sees the other. */
+           lanes' mailboxes: one of us sees the other. (The ticket's
+           reference keeps a tracked event alive here.) */
         eb__fence_seq_cst();
         if (atomic_load_explicit(&l->wait_ticket, memory_order_relaxed) == ev) {
             atomic_store_explicit(&ev->deadlock, true, memory_order_seq_cst);
             wake_pool(b);
         }
     }
-    lane_schedule(b, l);
+    lane_touch(b, l);
     return PUSH_OK;
 }
 
@@ -379,13 +407,17 @@ static void pending_clear(eb_bus *b)
    event is then pending and holds the token holder's attention). */
 static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
 {
-    for (; i < m->n; i++) {
+    /* Read first: the intake's reference went to the first delivery, so an
+       untracked event may be freed as soon as its last delivery is pushed. */
+    bool tracked = (ev->flags & EB__EV_TRACKED) != 0;
+    unsigned n = m->n;
+    for (; i < n; i++) {
         struct eb_subscription *s = m->subs[i];
         if (atomic_load_explicit(&s->cancelled, memory_order_relaxed)) {
             delivery_abort(b, ev, EB_ECANCELED);
             continue;
         }
-        if (push_one(b, ev, s) == PUSH_FULL) {
+        if (push_one(b, ev, s, tracked) == PUSH_FULL) {
             if (b->pend_ev == NULL) {
                 /* Keep the match set and its subscriptions alive while the
                    event waits; routing changes may drop them meanwhile. */
@@ -402,11 +434,11 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
     if (b->pend_ev == ev)
         pending_clear(b);
     /* Counted once every delivery is in its mailbox (or dropped). */
-    atomic_store_explicit(&b->dispatched,
-                          atomic_load_explicit(&b->dispatched, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-    track_finish(b, ev, EB_OK, false); /* the guard */
-    eb__event_unref(ev, &b->depot);    /* the intake's reference */
+    eb__count(&b->dispatched, 1);
+    if (tracked)
+        track_finish(b, ev, EB_OK, false); /* the guard */
+    if (n == 0)
+        eb__event_unref(ev, &b->depot); /* the intake's reference */
     return true;
 }
 
@@ -426,10 +458,11 @@ static bool route_event(eb_bus *b, eb_event *ev)
         ev->matched = m->n;
         atomic_fetch_add_explicit(&ev->remaining, m->n, memory_order_relaxed);
     }
+    /* One reference per delivery: the intake's becomes the first one. */
     if (m->n == 0)
-        atomic_fetch_add_explicit(&b->unrouted, 1, memory_order_relaxed);
-    else
-        eb__event_ref(ev, m->n);
+        eb__count(&b->unrouted, 1);
+    else if (m->n > 1)
+        eb__event_ref(ev, m->n - 1);
     return push_from(b, ev, m, 0);
 }
 
@@ -463,9 +496,18 @@ static bool dispatch_held(eb_bus *b)
     return true;
 }
 
+static bool dispatch_batch(eb_bus *b);
+
 /* One dispatch step; the caller holds the token. Returns whether it did
    anything. */
 static bool dispatch_locked(eb_bus *b)
+{
+    bool progress = dispatch_batch(b);
+    touch_flush(b);
+    return progress;
+}
+
+static bool dispatch_batch(eb_bus *b)
 {
     bool progress = false;
     if (atomic_load_explicit(&b->ctl_pending, memory_order_acquire) > 0) {
@@ -737,7 +779,7 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
               eb_strerror(rc));
         return;
     }
-    atomic_fetch_add_explicit(&w->dead_lettered, 1, memory_order_relaxed);
+    eb__count(&w->dead_lettered, 1);
     eb_deadletter_info info = {.subscription = s->name,
                                .topic = ev->topic,
                                .error = rc,
@@ -800,8 +842,8 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
         }
         int rc = s->fn(l->cur, s->ctx);
         if (rc == 0) {
-            atomic_fetch_add_explicit(&s->delivered, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&w->delivered, 1, memory_order_relaxed);
+            eb__count(&l->delivered, 1);
+            eb__count(&w->delivered, 1);
             lane_finish(b, l, EB_OK);
             continue;
         }
@@ -809,14 +851,14 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
             rc = EB_EHANDLER;
         if (l->attempt < s->max_attempts &&
             !atomic_load_explicit(&s->cancelled, memory_order_acquire)) {
-            atomic_fetch_add_explicit(&s->retried, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&w->retried, 1, memory_order_relaxed);
+            eb__count(&l->retried, 1);
+            eb__count(&w->retried, 1);
             l->attempt++;
             backoff = true;
             break;
         }
-        atomic_fetch_add_explicit(&s->failed, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&w->failed, 1, memory_order_relaxed);
+        eb__count(&l->failed, 1);
+        eb__count(&w->failed, 1);
         deadletter(b, w, l, l->cur, rc);
         lane_finish(b, l, rc);
     }
@@ -880,7 +922,8 @@ static void park(eb_bus *b, int64_t limit)
 /* Under the token: is everything accepted delivered? Then stop the pool. */
 static bool try_finish(eb_bus *b)
 {
-    if (atomic_load_explicit(&b->inflight, memory_order_seq_cst) != 0 || !token_take(b))
+    if ((atomic_load_explicit(&b->gate, memory_order_seq_cst) & EB__INFLIGHT_MASK) != 0 ||
+        !token_take(b))
         return false;
     /* busy_lanes first: once it is 0 no handler runs, so nothing can publish
        internally any more; then the queues cannot refill behind our back. */
@@ -1044,15 +1087,15 @@ static bool opts_ok(const eb_publish_options *o)
     return o->key_len <= 255 && (o->key != NULL || o->key_len == 0) && o->flags == 0;
 }
 
-/* Counts the caller in `inflight` unless the bus is closing. seq_cst pairs
-   with destroy's store of closing and the workers' load of inflight: a
+/* Counts the caller as in flight unless the bus is closing. seq_cst pairs
+   with destroy's store of closing and the workers' load of the gate: a
    publish that saw closing == 0 is counted before anyone concludes that
    nothing is on its way. */
 static int publish_enter(eb_bus *b)
 {
-    atomic_fetch_add_explicit(&b->inflight, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&b->gate, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&b->closing, memory_order_seq_cst)) {
-        atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_seq_cst);
+        atomic_fetch_sub_explicit(&b->gate, 1, memory_order_seq_cst);
         return EB_ECLOSED;
     }
     return EB_OK;
@@ -1060,11 +1103,11 @@ static int publish_enter(eb_bus *b)
 
 static void publish_exit(eb_bus *b, size_t accepted)
 {
-    if (accepted > 0)
-        atomic_fetch_add_explicit(&b->published, accepted, memory_order_relaxed);
-    /* seq_cst RMW: also orders the ring push before the load of idle (Dekker
-       with park), so a parked worker is always woken. */
-    atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_seq_cst);
+    /* One RMW leaves the in-flight count and counts what was published. It
+       is seq_cst: it also orders the ring push before the load of idle
+       (Dekker with park), so a parked worker is always woken. */
+    atomic_fetch_add_explicit(&b->gate, ((uint64_t)accepted << EB__INFLIGHT_BITS) - 1,
+                              memory_order_seq_cst);
     if (accepted > 0 && atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
         wake_pool(b);
 }
@@ -1398,12 +1441,12 @@ EB_API int eb_subscription_stats_get(eb_subscription *sub, eb_subscription_stats
     if (sub == NULL || out == NULL)
         return EB_EINVAL;
     eb_subscription_stats st = {0};
-    st.delivered = atomic_load_explicit(&sub->delivered, memory_order_relaxed);
-    st.failed = atomic_load_explicit(&sub->failed, memory_order_relaxed);
-    st.retried = atomic_load_explicit(&sub->retried, memory_order_relaxed);
     st.dropped = atomic_load_explicit(&sub->dropped, memory_order_relaxed);
     for (unsigned i = 0; i < sub->nlanes; i++) {
         const eb__lane *l = &sub->lanes[i];
+        st.delivered += atomic_load_explicit(&l->delivered, memory_order_relaxed);
+        st.failed += atomic_load_explicit(&l->failed, memory_order_relaxed);
+        st.retried += atomic_load_explicit(&l->retried, memory_order_relaxed);
         uint64_t done = atomic_load_explicit(&l->done, memory_order_relaxed) +
                         atomic_load_explicit(&l->evicted, memory_order_relaxed);
         uint64_t pushed = atomic_load_explicit(&l->pushed, memory_order_relaxed);
@@ -1451,6 +1494,7 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
     memset(b, 0, sizeof(*b));
     b->cfg = c;
     b->nworkers = c.workers;
+    b->touch_gen = 1; /* lanes start with touch 0: "not touched" */
     if (getrandom(&b->nonce, sizeof(b->nonce), 0) != sizeof(b->nonce))
         b->nonce = (uint64_t)eb__now_real_ns() ^ (uint64_t)(uintptr_t)b;
     eb__ec_init(&b->work_ec);
@@ -1517,7 +1561,7 @@ EB_API void eb_bus_destroy(eb_bus *b)
 {
     if (b == NULL)
         return;
-    /* seq_cst: pairs with publish_common's increment of inflight then load
+    /* seq_cst: pairs with publish_enter's increment of the gate then load
        of closing. */
     atomic_store_explicit(&b->closing, 1, memory_order_seq_cst);
     wake_pool(b);
@@ -1552,7 +1596,7 @@ EB_API int eb_bus_stats_get(eb_bus *b, eb_bus_stats *out)
     if (b == NULL || out == NULL)
         return EB_EINVAL;
     eb_bus_stats st = {0};
-    st.published = atomic_load_explicit(&b->published, memory_order_relaxed);
+    st.published = atomic_load_explicit(&b->gate, memory_order_relaxed) >> EB__INFLIGHT_BITS;
     st.dispatched = atomic_load_explicit(&b->dispatched, memory_order_relaxed);
     st.unrouted = atomic_load_explicit(&b->unrouted, memory_order_relaxed);
     st.dropped = atomic_load_explicit(&b->dropped, memory_order_relaxed);

@@ -24,7 +24,10 @@
 #include "timer.h"
 
 #define EB__DISPATCH_BATCH 128 /* events routed per token hold */
-#define EB__MAX_NEST 64        /* lanes a worker may run nested inside waits */
+#define EB__TOUCH_MAX 256      /* lanes scheduled at the end of a step */
+#define EB__INFLIGHT_BITS 20
+#define EB__INFLIGHT_MASK ((UINT64_C(1) << EB__INFLIGHT_BITS) - 1)
+#define EB__MAX_NEST 64 /* lanes a worker may run nested inside waits */
 #define EB__CACHELINE 64
 
 typedef struct eb__worker {
@@ -43,8 +46,10 @@ typedef struct eb__worker {
 struct eb_bus {
     /* Publisher-side line: touched by every publish. */
     eb__ring intake;
-    alignas(EB__CACHELINE) atomic_long inflight; /* publishes between check and push */
-    _Atomic uint64_t published;
+    /* Low EB__INFLIGHT_BITS: publish calls between their closing check and
+       the end of their push; above: events accepted so far. One word, so a
+       publish pays one locked RMW for both. */
+    alignas(EB__CACHELINE) _Atomic uint64_t gate;
     atomic_int closing;
 
     /* Dispatcher state: protected by the token (acquire on take, release on
@@ -56,6 +61,10 @@ struct eb_bus {
     eb_event *pend_ev; /* event stalled on a full mailbox */
     eb__match *pend_m; /* its match set (pinned) */
     unsigned pend_i;   /* next subscription of pend_m to push to */
+    /* Lanes pushed to in this step, scheduled at its end; see lane_touch. */
+    eb__lane *touched[EB__TOUCH_MAX];
+    unsigned ntouched;
+    uint64_t touch_gen;
     /* Events popped in the current batch, stamped, not yet routed. */
     eb_event *held[EB__DISPATCH_BATCH + EB__CARRIER_MAX];
     unsigned held_i, held_n;

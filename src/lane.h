@@ -28,6 +28,7 @@ typedef struct eb__lane {
     eb__ring mbox;
     struct eb_subscription *sub;
     unsigned index;
+    uint64_t touch;           /* bus->touch_gen when last touched; token-protected */
     _Atomic uint64_t pushed;  /* written by the dispatcher only (relaxed) */
     _Atomic uint64_t evicted; /* dropped from the mailbox by DROP_OLDEST; ditto */
     atomic_int state;         /* 0 idle, 1 scheduled; see above */
@@ -42,9 +43,12 @@ typedef struct eb__lane {
     struct eb__lane *rq_next, *rq_prev; /* protected by bus->rq_lock */
     eb_event *cur;                      /* delivery in progress or waiting for retry */
     unsigned attempt;                   /* attempt number of cur, from 1 */
-    _Atomic uint64_t done;              /* deliveries finished (relaxed, one writer) */
-    atomic_bool in_backoff;             /* a timer will put the lane back on the run queue */
-    _Atomic uint64_t timer_gen;         /* generation of the armed backoff timer */
+    /* Counters of finished deliveries. One writer at a time (the runner;
+       the lane's state exchange hands it over), so bumped with a relaxed
+       load and store, not a locked add; read relaxed by the stats. */
+    _Atomic uint64_t done, delivered, failed, retried;
+    atomic_bool in_backoff;     /* a timer will put the lane back on the run queue */
+    _Atomic uint64_t timer_gen; /* generation of the armed backoff timer */
 } eb__lane;
 
 struct eb_subscription {
@@ -81,8 +85,7 @@ struct eb_subscription {
     /* Registry links; protected by bus->reg_lock. */
     struct eb_subscription *reg_prev, *reg_next;
 
-    /* Counters: each is written by one kind of thread at a time. */
-    _Atomic uint64_t delivered, failed, retried, dropped;
+    _Atomic uint64_t dropped; /* one writer: the token holder */
 };
 
 /* Allocates a subscription with its lanes and mailboxes; NULL if out of

@@ -63,6 +63,14 @@ static inline void eb__fence_seq_cst(void)
 }
 #endif
 
+/* Adds n to a counter that only one thread writes at a time (readers may
+   be concurrent): a relaxed load and store instead of a locked RMW. */
+static inline void eb__count(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
 typedef struct eb__ring {
     ck_ring_t ring;
     ck_ring_buffer_t *buf;
