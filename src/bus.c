@@ -53,6 +53,11 @@
 
 static __thread eb__worker *tls_worker;
 
+/* Timer entries are lanes (backoff) or, tagged in bit 0, delayed events. */
+#define EV_TIMER_TAG(ev) ((void *)((uintptr_t)(ev) | 1u))
+#define IS_EV_TIMER(p) (((uintptr_t)(p)&1u) != 0)
+#define EV_TIMER_UNTAG(p) ((eb_event *)((uintptr_t)(p) & ~(uintptr_t)1u))
+
 static void runq_push(eb_bus *b, eb__lane *l);
 static bool help_once(eb_bus *b, eb__worker *w);
 
@@ -759,13 +764,26 @@ static bool timers_fire(eb_bus *b)
     eb__timer_entry e;
     bool any = false;
     while (eb__timers_pop_due(&b->timers, now, &e)) {
+        any = true;
+        if (IS_EV_TIMER(e.what)) {
+            /* A delayed event is due: into the intake (or the side list),
+               never blocking a worker. */
+            eb_event *ev = EV_TIMER_UNTAG(e.what);
+            atomic_fetch_sub_explicit(&b->scheduled, 1, memory_order_relaxed);
+            if (enqueue_internal(b, ev) != EB_OK) {
+                logf_(b, EB_LOG_ERROR, "no memory to dispatch scheduled %s; retrying", ev->topic);
+                bool earlier;
+                if (eb__timers_push(&b->timers, now + 1000000, e.what, 0, &earlier) == 0)
+                    atomic_fetch_add_explicit(&b->scheduled, 1, memory_order_relaxed);
+            }
+            continue;
+        }
         eb__lane *l = e.what;
         struct eb_subscription *s = l->sub;
         if (e.gen == atomic_load_explicit(&l->timer_gen, memory_order_acquire) &&
             atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
             runq_push(b, l);
         sub_unref(b, s);
-        any = true;
     }
     return any;
 }
@@ -1084,7 +1102,22 @@ static int intake_push(eb_bus *b, void *ev, int64_t timeout_ns)
 
 static bool opts_ok(const eb_publish_options *o)
 {
-    return o->key_len <= 255 && (o->key != NULL || o->key_len == 0) && o->flags == 0;
+    return o->key_len <= 255 && (o->key != NULL || o->key_len == 0) && o->flags == 0 &&
+           o->delay_ns >= 0;
+}
+
+/* Accepts ev for dispatch after delay_ns: it waits in the timer heap. */
+static int schedule_event(eb_bus *b, eb_event *ev, int64_t delay_ns)
+{
+    bool earlier = false;
+    int64_t now = eb__now_mono_ns();
+    int64_t at = delay_ns > INT64_MAX - now ? INT64_MAX - 1 : now + delay_ns;
+    if (eb__timers_push(&b->timers, at, EV_TIMER_TAG(ev), 0, &earlier) != 0)
+        return EB_ENOMEM;
+    atomic_fetch_add_explicit(&b->scheduled, 1, memory_order_relaxed);
+    if (earlier)
+        wake_pool(b);
+    return EB_OK;
 }
 
 /* Counts the caller as in flight unless the bus is closing. seq_cst pairs
@@ -1173,7 +1206,8 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
         eb__event_track_init(ev);
         eb__event_ref(ev, 1); /* the ticket's reference */
     }
-    rc = intake_push(b, ev, opts->timeout_ns);
+    rc = opts->delay_ns > 0 ? schedule_event(b, ev, opts->delay_ns)
+                            : intake_push(b, ev, opts->timeout_ns);
     if (rc != EB_OK) {
         if (track)
             eb__event_unref(ev, &b->depot);
@@ -1224,7 +1258,20 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             }
             c->ev[c->n] = ev;
         }
-        int prc = c->n > 0 ? intake_push(bus, EB__CARRIER_TAG(c), opts->timeout_ns) : EB_OK;
+        int prc = EB_OK;
+        if (c->n > 0 && opts->delay_ns > 0) {
+            /* Delayed: each event waits in the timer heap on its own. */
+            unsigned k = 0;
+            while (k < c->n && (prc = schedule_event(bus, c->ev[k], opts->delay_ns)) == EB_OK)
+                k++;
+            for (unsigned i = k; i < c->n; i++)
+                unbuild_event(bus, c->ev[i]);
+            done += k;
+            rc = prc;
+            c->n = 0;
+        } else if (c->n > 0) {
+            prc = intake_push(bus, EB__CARRIER_TAG(c), opts->timeout_ns);
+        }
         if (prc != EB_OK) {
             for (unsigned i = 0; i < c->n; i++)
                 unbuild_event(bus, c->ev[i]);
@@ -1568,10 +1615,26 @@ EB_API void eb_bus_destroy(eb_bus *b)
     for (unsigned i = 0; i < b->nworkers; i++)
         pthread_join(b->workers[i].thread, NULL);
 
-    /* Timer entries left behind by cancelled backoffs hold references. */
+    /* Timer entries left behind by cancelled backoffs hold references;
+       delayed events not yet due are released undelivered. */
     eb__timer_entry e;
-    while (eb__timers_pop_due(&b->timers, INT64_MAX, &e))
+    size_t unfired = 0;
+    while (eb__timers_pop_due(&b->timers, INT64_MAX, &e)) {
+        if (IS_EV_TIMER(e.what)) {
+            eb_event *ev = EV_TIMER_UNTAG(e.what);
+            if (ev->flags & EB__EV_TRACKED) {
+                atomic_store_explicit(&ev->first_error, EB_ECLOSED, memory_order_relaxed);
+                eb__event_finish(ev, EB_ECLOSED, false);
+            }
+            eb__event_unref(ev, &b->depot);
+            unfired++;
+            continue;
+        }
         sub_unref(b, ((eb__lane *)e.what)->sub);
+    }
+    if (unfired > 0)
+        logf_(b, EB_LOG_WARN, "%zu scheduled events were not due at shutdown and were dropped",
+              unfired);
     struct eb_subscription *s = b->reg_head;
     while (s != NULL) {
         struct eb_subscription *next = s->reg_next;
@@ -1610,6 +1673,7 @@ EB_API int eb_bus_stats_get(eb_bus *b, eb_bus_stats *out)
     st.intake_depth = eb__ring_size(&b->intake);
     st.intake_capacity = eb__ring_capacity(&b->intake);
     st.workers = b->nworkers;
+    st.scheduled = atomic_load_explicit(&b->scheduled, memory_order_relaxed);
     pthread_mutex_lock(&b->reg_lock);
     st.subscriptions = b->nsubs;
     for (struct eb_subscription *s = b->reg_head; s != NULL; s = s->reg_next) {

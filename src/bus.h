@@ -101,6 +101,7 @@ struct eb_bus {
     atomic_bool stop;
 
     eb__timers timers;
+    _Atomic uint64_t scheduled; /* delayed events in the timer heap */
     eb__depot depot;
 
     pthread_mutex_t reg_lock;

@@ -105,9 +105,25 @@ void eb__ec_inc(eb__ec *e)
     ck_ec32_inc(&e->ec, &ec_mode);
 }
 
+/*
+ * ck_ec's slow path sleeps in growing steps (2 ms, 16 ms, 128 ms, ...) and,
+ * in Concurrency Kit 0.7.1, may sleep a whole step past the caller's
+ * deadline (measured: a 3 ms deadline woke after 16 ms). The predicate is
+ * called before each step with that step's deadline and may shorten it: we
+ * clamp it to the caller's.
+ */
+static int clamp_to_deadline(const struct ck_ec_wait_state *state, struct timespec *step)
+{
+    const struct timespec *user = state->data;
+    if (user != NULL && (user->tv_sec < step->tv_sec ||
+                         (user->tv_sec == step->tv_sec && user->tv_nsec < step->tv_nsec)))
+        *step = *user;
+    return 0;
+}
+
 int eb__ec_wait(eb__ec *e, uint32_t old, const struct timespec *deadline)
 {
-    return ck_ec32_wait(&e->ec, &ec_mode, old, deadline);
+    return ck_ec32_wait_pred(&e->ec, &ec_mode, old, clamp_to_deadline, (void *)deadline, deadline);
 }
 
 int64_t eb__now_mono_ns(void)

@@ -191,6 +191,7 @@ typedef struct eb_bus_stats {
     uint32_t workers;
     uint32_t subscriptions; /* live subscriptions */
     uint64_t max_lag;       /* largest per-subscription lag (see below) */
+    uint64_t scheduled;     /* delayed events waiting for their time */
 } eb_bus_stats;
 
 /*
@@ -305,6 +306,13 @@ typedef struct eb_publish_options {
                                       event being handled, else none */
     const uint8_t *causation_id;   /* 16 bytes, or NULL: the id of the event
                                       being handled, else none */
+    int64_t delay_ns;              /* > 0: dispatch no earlier than this long after the
+                                      call (the event waits in the bus's timer heap, not on
+                                      the intake, so it never blocks or gets EB_EAGAIN);
+                                      0: now; < 0: EB_EINVAL. Not durable: scheduled events
+                                      not yet due when the bus is destroyed are released
+                                      undelivered (their waiters get first_error
+                                      EB_ECLOSED) */
 } eb_publish_options;
 
 /* Fills opts with the defaults (timeout_ns = -1). Thread-safe: yes. */

@@ -1,0 +1,157 @@
+/*
+ * Delayed publishing (eb_publish_options.delay_ns): not before its time,
+ * waited for like any other event, refused when negative, and released (not
+ * delivered, nothing leaked) when the bus is destroyed first.
+ */
+#include "common.h"
+
+TestSuite(schedule, .timeout = EB_CRITERION_TIMEOUT);
+
+struct stamp_rec {
+    atomic_uint calls;
+    _Atomic int64_t at_ns; /* monotonic time of the last call */
+};
+
+static int stamp_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct stamp_rec *r = ctx;
+    atomic_store(&r->at_ns, t_now_ns());
+    atomic_fetch_add(&r->calls, 1);
+    return 0;
+}
+
+Test(schedule, a_delayed_event_is_not_dispatched_before_its_delay)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct stamp_rec r = {0};
+    t_sub(bus, "later", stamp_handler, &r, EB_DELIVERY_SERIAL, 0);
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.delay_ns = 50 * T_MS;
+    int64_t t0 = t_now_ns();
+    cr_assert_eq(eb_publish(bus, "later", "x", 1, &o), EB_OK);
+    eb_bus_stats st;
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    cr_assert_eq(st.published, 1);
+    cr_assert(t_wait_ge(&r.calls, 1));
+    cr_assert_geq(atomic_load(&r.at_ns) - t0, 50 * T_MS, "delivered %lld ns after publish",
+                  (long long)(atomic_load(&r.at_ns) - t0));
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 0);
+    eb_bus_destroy(bus);
+}
+
+Test(schedule, publish_wait_on_a_delayed_event_returns_after_delivery)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct stamp_rec r = {0};
+    t_sub(bus, "later", stamp_handler, &r, EB_DELIVERY_SERIAL, 0);
+    eb_publish_options o = t_bounded_opts();
+    o.delay_ns = 20 * T_MS;
+    int64_t t0 = t_now_ns();
+    eb_publish_result res;
+    cr_assert_eq(eb_publish_wait(bus, "later", "x", 1, &o, &res), EB_OK);
+    cr_assert_geq(t_now_ns() - t0, 20 * T_MS);
+    cr_assert_eq(res.matched, 1);
+    cr_assert_eq(res.delivered, 1);
+    cr_assert_eq(atomic_load(&r.calls), 1);
+    eb_bus_destroy(bus);
+}
+
+Test(schedule, delayed_events_fire_in_deadline_order)
+{
+    eb_bus *bus = t_bus_new(1);
+    t_counter c;
+    t_counter_init(&c);
+    t_sub(bus, "d", t_count_handler, &c, EB_DELIVERY_SERIAL, 0);
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    for (uint32_t i = 0; i < 3; i++) {
+        uint32_t v = 3 - i; /* published 3, 2, 1 with delays 30, 20, 10 ms */
+        o.delay_ns = (int64_t)v * 10 * T_MS;
+        cr_assert_eq(eb_publish(bus, "d", &v, sizeof v, &o), EB_OK);
+    }
+    cr_assert(t_wait_ge(&c.calls, 3));
+    eb_bus_destroy(bus);
+    cr_assert_eq(c.rec[0], 1);
+    cr_assert_eq(c.rec[1], 2);
+    cr_assert_eq(c.rec[2], 3);
+}
+
+Test(schedule, a_negative_delay_is_refused_and_publishes_nothing)
+{
+    eb_bus *bus = t_bus_new(1);
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.delay_ns = -1;
+    cr_assert_eq(eb_publish(bus, "d", "x", 1, &o), EB_EINVAL);
+    eb_message m = {.topic = "d", .payload = "x", .len = 1};
+    size_t accepted = 99;
+    cr_assert_eq(eb_publish_batch(bus, &m, 1, &o, &accepted), EB_EINVAL);
+    eb_bus_stats st;
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    cr_assert_eq(st.published, 0);
+    cr_assert_eq(st.scheduled, 0);
+    eb_bus_destroy(bus);
+}
+
+Test(schedule, a_delayed_batch_is_delivered_whole)
+{
+    eb_bus *bus = t_bus_new(2);
+    t_counter c;
+    t_counter_init(&c);
+    t_sub(bus, "b", t_count_handler, &c, EB_DELIVERY_SERIAL, 0);
+    enum { N = 100 };
+    uint32_t vals[N];
+    eb_message m[N];
+    for (uint32_t i = 0; i < N; i++) {
+        vals[i] = i;
+        m[i] = (eb_message){.topic = "b", .payload = &vals[i], .len = sizeof vals[i]};
+    }
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.delay_ns = 5 * T_MS;
+    size_t accepted = 0;
+    cr_assert_eq(eb_publish_batch(bus, m, N, &o, &accepted), EB_OK);
+    cr_assert_eq(accepted, N);
+    cr_assert(t_wait_ge(&c.calls, N));
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&c.calls), N);
+}
+
+static atomic_uint freed;
+static void count_free(void *p)
+{
+    (void)p;
+    atomic_fetch_add(&freed, 1);
+}
+
+Test(schedule, events_not_due_at_destroy_are_released_undelivered)
+{
+    atomic_store(&freed, 0);
+    eb_bus *bus = t_bus_new(2);
+    t_counter c;
+    t_counter_init(&c);
+    t_sub(bus, "far", t_count_handler, &c, EB_DELIVERY_SERIAL, 0);
+    static char payload[] = "zero-copy";
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.delay_ns = 3600 * T_SEC;
+    o.payload_free = count_free;
+    cr_assert_eq(eb_publish(bus, "far", payload, sizeof payload, &o), EB_OK);
+    eb_ticket *t = NULL;
+    cr_assert_eq(eb_publish_async(bus, "far", payload, sizeof payload, &o, &t), EB_OK);
+    eb_bus_stats st;
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 2);
+    eb_bus_destroy(bus); /* must not wait an hour */
+    cr_assert_eq(atomic_load(&c.calls), 0);
+    eb_publish_result res;
+    cr_assert_eq(eb_ticket_wait(t, 0, &res), EB_OK);
+    cr_assert_eq(res.matched, 0);
+    cr_assert_eq(res.delivered, 0);
+    cr_assert_eq(res.first_error, EB_ECLOSED);
+    eb_ticket_release(t);
+    cr_assert_eq(atomic_load(&freed), 2, "payload_free called %u times", atomic_load(&freed));
+}
