@@ -42,7 +42,7 @@
 #include <unistd.h>
 
 #define LANE_BATCH 64   /* deliveries run per lane turn */
-#define IDLE_SPINS 256  /* loops before a worker parks */
+#define IDLE_SPINS 2048 /* idle loops (~100 us) before a spinning worker parks */
 #define WAIT_SPINS 2000 /* loops before an outside waiter sleeps */
 #define MAX_WORKERS 256
 #define MAX_LANES 1024
@@ -964,8 +964,13 @@ static void *worker_main(void *arg)
     eb_bus *b = w->bus;
     tls_worker = w;
     unsigned spins = 0;
+    bool spinning = false;
     for (;;) {
         if (help_once(b, w)) {
+            if (spinning) {
+                atomic_fetch_sub_explicit(&b->spinners, 1, memory_order_relaxed);
+                spinning = false;
+            }
             spins = 0;
             continue;
         }
@@ -973,9 +978,22 @@ static void *worker_main(void *arg)
             break;
         if (atomic_load_explicit(&b->closing, memory_order_acquire) && try_finish(b))
             break;
-        if (++spins < IDLE_SPINS) {
+        /* Idle: at most max_spinners workers spin waiting for work (so a
+           publish finds one awake without a futex wake); the others park at
+           once instead of taking CPU from publishers and busy workers. */
+        if (!spinning) {
+            unsigned n = atomic_load_explicit(&b->spinners, memory_order_relaxed);
+            spinning = n < b->max_spinners &&
+                       atomic_compare_exchange_strong_explicit(
+                           &b->spinners, &n, n + 1, memory_order_relaxed, memory_order_relaxed);
+        }
+        if (spinning && ++spins < IDLE_SPINS) {
             eb__cpu_relax();
             continue;
+        }
+        if (spinning) {
+            atomic_fetch_sub_explicit(&b->spinners, 1, memory_order_relaxed);
+            spinning = false;
         }
         spins = 0;
         /* While closing, look again now and then: the last worker to go idle
@@ -1542,6 +1560,7 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
     b->cfg = c;
     b->nworkers = c.workers;
     b->touch_gen = 1; /* lanes start with touch 0: "not touched" */
+    b->max_spinners = c.workers > 3 ? c.workers / 2 : 1;
     if (getrandom(&b->nonce, sizeof(b->nonce), 0) != sizeof(b->nonce))
         b->nonce = (uint64_t)eb__now_real_ns() ^ (uint64_t)(uintptr_t)b;
     eb__ec_init(&b->work_ec);

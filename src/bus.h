@@ -95,7 +95,9 @@ struct eb_bus {
     /* Parking. */
     alignas(EB__CACHELINE) eb__ec work_ec; /* bumped when there is new work */
     atomic_int idle;                       /* workers parked or about to */
-    eb__ec space_ec;                       /* bumped after intake space frees */
+    atomic_uint spinners;                  /* idle workers spinning, not parked */
+    unsigned max_spinners;
+    eb__ec space_ec; /* bumped after intake space frees */
 
     alignas(EB__CACHELINE) atomic_long busy_lanes; /* lanes SCHEDULED */
     atomic_bool stop;
