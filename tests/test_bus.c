@@ -543,3 +543,72 @@ Test(bus, an_idle_bus_uses_no_cpu)
     cr_assert_lt(cpu, wall / 4, "idle bus used %lld ns of CPU in %lld ns", (long long)cpu,
                  (long long)wall);
 }
+
+/* ---- log callback ---- */
+
+struct log_rec {
+    atomic_uint warn, error, other;
+    char last[256];
+    pthread_mutex_t lock;
+};
+
+static void log_sink(eb_log_level level, const char *msg, void *ctx)
+{
+    struct log_rec *r = ctx;
+    if (level == EB_LOG_WARN)
+        atomic_fetch_add(&r->warn, 1);
+    else if (level == EB_LOG_ERROR)
+        atomic_fetch_add(&r->error, 1);
+    else
+        atomic_fetch_add(&r->other, 1);
+    pthread_mutex_lock(&r->lock);
+    snprintf(r->last, sizeof r->last, "%s", msg);
+    pthread_mutex_unlock(&r->lock);
+}
+
+static int always_fails(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    (void)ctx;
+    return EB_EIO;
+}
+
+static void dead_letter_with_log_level(eb_log_level level, struct log_rec *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->lock, NULL);
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.log = log_sink;
+    cfg.log_ctx = r;
+    cfg.log_level = level;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = 1;
+    o.name = "logged";
+    cr_assert_eq(eb_subscribe(bus, "log.me", always_fails, NULL, &o, NULL), EB_OK);
+    eb_publish_result res = t_pub_wait(bus, "log.me", "x", 1);
+    cr_assert_eq(res.failed, 1);
+    eb_bus_destroy(bus);
+    pthread_mutex_destroy(&r->lock);
+}
+
+Test(bus, a_dead_letter_is_reported_to_the_log_callback)
+{
+    struct log_rec r;
+    dead_letter_with_log_level(EB_LOG_WARN, &r);
+    cr_assert_eq(atomic_load(&r.warn), 1, "%u warnings", atomic_load(&r.warn));
+    cr_assert(strstr(r.last, "log.me") != NULL, "message: %s", r.last);
+    cr_assert(strstr(r.last, "logged") != NULL, "message: %s", r.last);
+}
+
+Test(bus, the_log_level_filters_messages_below_it)
+{
+    struct log_rec r;
+    dead_letter_with_log_level(EB_LOG_ERROR, &r);
+    cr_assert_eq(atomic_load(&r.warn), 0);
+    cr_assert_eq(atomic_load(&r.other), 0);
+}
