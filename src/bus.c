@@ -242,7 +242,7 @@ static void track_finish(eb_bus *b, eb_event *ev, int rc, bool count)
     if (!(ev->flags & EB__EV_TRACKED))
         return;
     if (eb__event_finish(ev, rc, count) &&
-        atomic_load_explicit(&ev->waiter_worker, memory_order_seq_cst))
+        atomic_load_explicit(&ev->ext->waiter_worker, memory_order_seq_cst))
         wake_pool(b);
 }
 
@@ -299,7 +299,7 @@ static eb__lane *pick_lane(struct eb_subscription *s, const eb_event *ev)
 {
     switch (s->delivery) {
     case EB_DELIVERY_KEYED:
-        return &s->lanes[ev->key ? eb__key_lane(ev->key, ev->key_len, s->nlanes) : 0];
+        return &s->lanes[ev->key_len ? eb__key_lane(eb__event_key(ev), ev->key_len, s->nlanes) : 0];
     case EB_DELIVERY_CONCURRENT: {
         /* Round robin, skipping full lanes so one slow delivery does not
            stall dispatch while another lane has room. */
@@ -386,7 +386,7 @@ static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s, bool tra
            reference keeps a tracked event alive here.) */
         eb__fence_seq_cst();
         if (atomic_load_explicit(&l->wait_ticket, memory_order_relaxed) == ev) {
-            atomic_store_explicit(&ev->deadlock, true, memory_order_seq_cst);
+            atomic_store_explicit(&ev->ext->deadlock, true, memory_order_seq_cst);
             wake_pool(b);
         }
     }
@@ -460,8 +460,8 @@ static bool route_event(eb_bus *b, eb_event *ev)
         return false;
     }
     if (ev->flags & EB__EV_TRACKED) {
-        ev->matched = m->n;
-        atomic_fetch_add_explicit(&ev->remaining, m->n, memory_order_relaxed);
+        ev->ext->matched = m->n;
+        atomic_fetch_add_explicit(&ev->ext->remaining, m->n, memory_order_relaxed);
     }
     /* One reference per delivery: the intake's becomes the first one. */
     if (m->n == 0)
@@ -814,8 +814,8 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
         tl = sizeof(topic) - 1;
     size_t nl = strlen(s->name);
     size_t extra = sizeof(eb__deadletter) + nl + 1 + ev->topic_len + 1;
-    eb_event *d = eb__event_new(b, &b->depot, topic, tl, ev->key, ev->key ? ev->key_len : 0,
-                                ev->payload, ev->payload_len, true, extra);
+    eb_event *d = eb__event_new(b, &b->depot, topic, tl, eb__event_key(ev), ev->key_len,
+                                ev->payload, ev->payload_len, true, true, extra);
     if (d == NULL) {
         logf_(b, EB_LOG_ERROR, "no memory for the dead letter of %s", ev->topic);
         return;
@@ -827,10 +827,10 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
     dl->info = info;
     dl->info.subscription = names;
     dl->info.topic = names + nl + 1;
-    d->dl = dl;
+    d->ext->dl = dl;
     d->flags |= EB__EV_DEADLETTER | EB__EV_CAUS | EB__EV_CORR;
-    memcpy(d->caus, ev->id, 16);
-    memcpy(d->corr, (ev->flags & EB__EV_CORR) ? ev->corr : ev->id, 16);
+    memcpy(d->ext->caus, ev->id, 16);
+    memcpy(d->ext->corr, (ev->flags & EB__EV_CORR) ? ev->ext->corr : ev->id, 16);
     if (enqueue_internal(b, d) != EB_OK) {
         logf_(b, EB_LOG_ERROR, "no memory to queue the dead letter of %s", ev->topic);
         eb__event_unref(d, &b->depot);
@@ -1015,7 +1015,7 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
 {
     eb_event *saved[EB__MAX_NEST + 1];
     int rc = EB_OK;
-    atomic_store_explicit(&ev->waiter_worker, true, memory_order_seq_cst);
+    atomic_store_explicit(&ev->ext->waiter_worker, true, memory_order_seq_cst);
     for (unsigned i = 0; i < w->depth; i++) {
         saved[i] = atomic_load_explicit(&w->stack[i]->wait_ticket, memory_order_relaxed);
         atomic_store_explicit(&w->stack[i]->wait_ticket, ev, memory_order_seq_cst);
@@ -1028,7 +1028,7 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
             rc = EB_EDEADLK;
     }
     while (rc == EB_OK && !eb__event_done(ev)) {
-        if (atomic_load_explicit(&ev->deadlock, memory_order_seq_cst)) {
+        if (atomic_load_explicit(&ev->ext->deadlock, memory_order_seq_cst)) {
             rc = EB_EDEADLK;
             break;
         }
@@ -1062,16 +1062,16 @@ static int wait_event(eb_bus *b, eb_event *ev, int64_t deadline)
         eb__cpu_relax();
     }
     for (;;) {
-        uint32_t snap = eb__ec_value(&ev->done);
+        uint32_t snap = eb__ec_value(&ev->ext->done);
         if (eb__event_done(ev))
             return EB_OK;
         if (deadline != INT64_MAX && eb__now_mono_ns() >= deadline)
             return EB_ETIMEDOUT;
         if (deadline == INT64_MAX) {
-            eb__ec_wait(&ev->done, snap, NULL);
+            eb__ec_wait(&ev->ext->done, snap, NULL);
         } else {
             struct timespec ts = mono_ts(deadline);
-            eb__ec_wait(&ev->done, snap, &ts);
+            eb__ec_wait(&ev->ext->done, snap, &ts);
         }
     }
 }
@@ -1167,37 +1167,42 @@ static void publish_exit(eb_bus *b, size_t accepted)
    from the event the calling handler is processing. */
 static eb_event *build_event(eb_bus *b, const char *topic, size_t tl, const void *payload,
                              size_t len, const void *key, size_t key_len,
-                             const eb_publish_options *opts)
+                             const eb_publish_options *opts, bool track)
 {
-    eb_event *ev = eb__event_new(b, &b->depot, topic, tl, key, key_len, payload, len,
-                                 opts->payload_free == NULL, 0);
-    if (ev == NULL)
-        return NULL;
-    if (opts->payload_free != NULL)
-        ev->payload_free = opts->payload_free;
     eb__worker *w = tls_worker;
     const eb_event *cause = w != NULL && w->depth > 0 ? w->stack[w->depth - 1]->cur : NULL;
+    bool ext = track || cause != NULL || opts->payload_free != NULL ||
+               opts->correlation_id != NULL || opts->causation_id != NULL;
+    eb_event *ev = eb__event_new(b, &b->depot, topic, tl, key, key_len, payload, len,
+                                 opts->payload_free == NULL, ext, 0);
+    if (ev == NULL || !ext)
+        return ev;
+    eb__event_ext *x = ev->ext;
+    x->payload_free = opts->payload_free;
     if (opts->correlation_id != NULL) {
-        memcpy(ev->corr, opts->correlation_id, 16);
+        memcpy(x->corr, opts->correlation_id, 16);
         ev->flags |= EB__EV_CORR;
     } else if (cause != NULL) {
-        memcpy(ev->corr, (cause->flags & EB__EV_CORR) ? cause->corr : cause->id, 16);
+        memcpy(x->corr, (cause->flags & EB__EV_CORR) ? cause->ext->corr : cause->id, 16);
         ev->flags |= EB__EV_CORR;
     }
     if (opts->causation_id != NULL) {
-        memcpy(ev->caus, opts->causation_id, 16);
+        memcpy(x->caus, opts->causation_id, 16);
         ev->flags |= EB__EV_CAUS;
     } else if (cause != NULL) {
-        memcpy(ev->caus, cause->id, 16);
+        memcpy(x->caus, cause->id, 16);
         ev->flags |= EB__EV_CAUS;
     }
+    if (track)
+        eb__event_track_init(ev);
     return ev;
 }
 
 /* Drops an event that was never published: the caller keeps its payload. */
 static void unbuild_event(eb_bus *b, eb_event *ev)
 {
-    ev->payload_free = NULL;
+    if (ev->ext != NULL)
+        ev->ext->payload_free = NULL;
     eb__event_unref(ev, &b->depot);
 }
 
@@ -1215,15 +1220,13 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     int rc = publish_enter(b);
     if (rc != EB_OK)
         return rc;
-    eb_event *ev = build_event(b, topic, tl, payload, len, opts->key, opts->key_len, opts);
+    eb_event *ev = build_event(b, topic, tl, payload, len, opts->key, opts->key_len, opts, track);
     if (ev == NULL) {
         publish_exit(b, 0);
         return EB_ENOMEM;
     }
-    if (track) {
-        eb__event_track_init(ev);
+    if (track)
         eb__event_ref(ev, 1); /* the ticket's reference */
-    }
     rc = opts->delay_ns > 0 ? schedule_event(b, ev, opts->delay_ns)
                             : intake_push(b, ev, opts->timeout_ns);
     if (rc != EB_OK) {
@@ -1269,7 +1272,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
         for (c->n = 0; c->n < want; c->n++) {
             const eb_message *m = &msgs[done + c->n];
             eb_event *ev = build_event(bus, m->topic, strlen(m->topic), m->payload, m->len, m->key,
-                                       m->key_len, opts);
+                                       m->key_len, opts, false);
             if (ev == NULL) {
                 rc = EB_ENOMEM;
                 break;
@@ -1642,7 +1645,7 @@ EB_API void eb_bus_destroy(eb_bus *b)
         if (IS_EV_TIMER(e.what)) {
             eb_event *ev = EV_TIMER_UNTAG(e.what);
             if (ev->flags & EB__EV_TRACKED) {
-                atomic_store_explicit(&ev->first_error, EB_ECLOSED, memory_order_relaxed);
+                atomic_store_explicit(&ev->ext->first_error, EB_ECLOSED, memory_order_relaxed);
                 eb__event_finish(ev, EB_ECLOSED, false);
             }
             eb__event_unref(ev, &b->depot);

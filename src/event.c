@@ -197,11 +197,12 @@ static size_t align16(size_t n)
 
 eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t topic_len,
                         const void *key, size_t key_len, const void *payload, size_t len, bool copy,
-                        size_t extra)
+                        bool with_ext, size_t extra)
 {
-    size_t off_topic = sizeof(eb_event);
-    size_t off_key = off_topic + topic_len + 1;
-    size_t off_extra = align16(off_key + key_len);
+    if (key == NULL)
+        key_len = 0;
+    size_t off_ext = align16(sizeof(eb_event) + topic_len + 1 + key_len);
+    size_t off_extra = off_ext + (with_ext ? align16(sizeof(eb__event_ext)) : 0);
     size_t off_payload = align16(off_extra + extra);
     size_t total = off_payload + (copy ? len : 0) + 1;
     int cls = -1;
@@ -215,8 +216,8 @@ eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t top
     if (b == NULL)
         return NULL;
     eb_event *ev = (eb_event *)b;
-    /* Only the header fields every event uses are written; tracking fields
-       are initialised by eb__event_track_init when a waiter needs them. */
+    /* Only what every event uses is written here; the dispatcher stamps
+       seq, ts and id. */
     atomic_init(&ev->refs, 1);
     ev->flags = cls >= 0 ? 0 : EB__EV_HEAP;
     ev->cls = (uint8_t)(cls >= 0 ? cls : 0);
@@ -224,16 +225,14 @@ eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t top
     ev->key_len = (uint16_t)key_len;
     ev->payload_len = len;
     ev->bus = bus;
-    ev->dl = NULL;
-    ev->payload_free = NULL;
-    memcpy(b + off_topic, topic, topic_len);
-    b[off_topic + topic_len] = '\0';
-    ev->topic = b + off_topic;
-    if (key != NULL && key_len > 0) {
-        memcpy(b + off_key, key, key_len);
-        ev->key = b + off_key;
-    } else {
-        ev->key = NULL;
+    memcpy(ev->topic, topic, topic_len);
+    ev->topic[topic_len] = '\0';
+    if (key_len > 0)
+        memcpy(ev->topic + topic_len + 1, key, key_len);
+    ev->ext = NULL;
+    if (with_ext) {
+        ev->ext = (eb__event_ext *)(b + off_ext);
+        memset(ev->ext, 0, sizeof(*ev->ext));
     }
     if (copy) {
         if (len > 0)
@@ -249,8 +248,8 @@ eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t top
 
 void *eb__event_extra(eb_event *ev)
 {
-    size_t off_key = sizeof(eb_event) + ev->topic_len + 1;
-    return (char *)ev + align16(off_key + ev->key_len);
+    size_t off_ext = align16(sizeof(eb_event) + ev->topic_len + 1 + ev->key_len);
+    return (char *)ev + off_ext + (ev->ext != NULL ? align16(sizeof(eb__event_ext)) : 0);
 }
 
 void eb__event_unref(eb_event *ev, eb__depot *d)
@@ -261,8 +260,8 @@ void eb__event_unref(eb_event *ev, eb__depot *d)
        ThreadSanitizer understands it (it does not model fences). */
     if (atomic_fetch_sub_explicit(&ev->refs, 1, memory_order_acq_rel) != 1)
         return;
-    if ((ev->flags & EB__EV_ZERO_COPY) && ev->payload_free != NULL)
-        ev->payload_free((void *)ev->payload);
+    if ((ev->flags & EB__EV_ZERO_COPY) && ev->ext != NULL && ev->ext->payload_free != NULL)
+        ev->ext->payload_free((void *)ev->payload);
     if (ev->flags & EB__EV_HEAP)
         free(ev);
     else
@@ -289,50 +288,53 @@ void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
 
 void eb__event_track_init(eb_event *ev)
 {
+    eb__event_ext *x = ev->ext; /* the publisher allocated it with the event */
     ev->flags |= EB__EV_TRACKED;
-    atomic_init(&ev->remaining, 1); /* the dispatcher's guard */
-    atomic_init(&ev->delivered, 0);
-    atomic_init(&ev->failed, 0);
-    atomic_init(&ev->first_error, EB_OK);
-    atomic_init(&ev->deadlock, false);
-    atomic_init(&ev->waiter_worker, false);
-    ev->matched = 0;
-    eb__ec_init(&ev->done);
+    atomic_init(&x->remaining, 1); /* the dispatcher's guard */
+    atomic_init(&x->delivered, 0);
+    atomic_init(&x->failed, 0);
+    atomic_init(&x->first_error, EB_OK);
+    atomic_init(&x->deadlock, false);
+    atomic_init(&x->waiter_worker, false);
+    x->matched = 0;
+    eb__ec_init(&x->done);
 }
 
 bool eb__event_finish(eb_event *ev, int rc, bool count)
 {
+    eb__event_ext *x = ev->ext;
     if (!count) {
         /* the dispatcher's guard */
     } else if (rc == EB_OK) {
-        atomic_fetch_add_explicit(&ev->delivered, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&x->delivered, 1, memory_order_relaxed);
     } else {
         int expected = EB_OK;
-        atomic_fetch_add_explicit(&ev->failed, 1, memory_order_relaxed);
-        atomic_compare_exchange_strong_explicit(&ev->first_error, &expected, rc,
+        atomic_fetch_add_explicit(&x->failed, 1, memory_order_relaxed);
+        atomic_compare_exchange_strong_explicit(&x->first_error, &expected, rc,
                                                 memory_order_relaxed, memory_order_relaxed);
     }
     /* Release: the counters above are visible to whoever sees remaining at 0
        (eb__event_done's acquire). seq_cst: a worker waiter stores
        waiter_worker and then loads remaining; we decrement and then the caller
        loads waiter_worker — one of the two sees the other (Dekker). */
-    if (atomic_fetch_sub_explicit(&ev->remaining, 1, memory_order_seq_cst) != 1)
+    if (atomic_fetch_sub_explicit(&x->remaining, 1, memory_order_seq_cst) != 1)
         return false;
-    eb__ec_inc(&ev->done);
+    eb__ec_inc(&x->done);
     return true;
 }
 
 bool eb__event_done(const eb_event *ev)
 {
-    return atomic_load_explicit(&ev->remaining, memory_order_acquire) == 0;
+    return atomic_load_explicit(&ev->ext->remaining, memory_order_acquire) == 0;
 }
 
 void eb__event_result(const eb_event *ev, eb_publish_result *out)
 {
-    out->matched = ev->matched;
-    out->delivered = atomic_load_explicit(&ev->delivered, memory_order_relaxed);
-    out->failed = atomic_load_explicit(&ev->failed, memory_order_relaxed);
-    out->first_error = atomic_load_explicit(&ev->first_error, memory_order_relaxed);
+    const eb__event_ext *x = ev->ext;
+    out->matched = x->matched;
+    out->delivered = atomic_load_explicit(&x->delivered, memory_order_relaxed);
+    out->failed = atomic_load_explicit(&x->failed, memory_order_relaxed);
+    out->first_error = atomic_load_explicit(&x->first_error, memory_order_relaxed);
 }
 
 /* ---- public accessors ------------------------------------------------- */
@@ -354,8 +356,8 @@ EB_API const void *eb_event_payload(const eb_event *ev, size_t *len)
 EB_API const void *eb_event_key(const eb_event *ev, size_t *len)
 {
     if (len != NULL)
-        *len = ev && ev->key ? ev->key_len : 0;
-    return ev ? ev->key : NULL;
+        *len = ev != NULL ? ev->key_len : 0;
+    return ev != NULL ? eb__event_key(ev) : NULL;
 }
 
 EB_API uint64_t eb_event_seq(const eb_event *ev)
@@ -383,12 +385,12 @@ static bool copy_opt_id(const eb_event *ev, unsigned flag, const uint8_t *src, u
 
 EB_API bool eb_event_correlation_id(const eb_event *ev, uint8_t id[16])
 {
-    return copy_opt_id(ev, EB__EV_CORR, ev ? ev->corr : NULL, id);
+    return copy_opt_id(ev, EB__EV_CORR, ev && ev->ext ? ev->ext->corr : NULL, id);
 }
 
 EB_API bool eb_event_causation_id(const eb_event *ev, uint8_t id[16])
 {
-    return copy_opt_id(ev, EB__EV_CAUS, ev ? ev->caus : NULL, id);
+    return copy_opt_id(ev, EB__EV_CAUS, ev && ev->ext ? ev->ext->caus : NULL, id);
 }
 
 EB_API int64_t eb_event_timestamp(const eb_event *ev)
@@ -401,7 +403,7 @@ EB_API bool eb_event_deadletter_info(const eb_event *ev, eb_deadletter_info *inf
     if (ev == NULL || !(ev->flags & EB__EV_DEADLETTER))
         return false;
     if (info != NULL)
-        *info = ev->dl->info;
+        *info = ev->ext->dl->info;
     return true;
 }
 
