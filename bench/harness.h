@@ -1,0 +1,100 @@
+/*
+ * harness.h — scenarios, cases and the figures they produce (C only).
+ *
+ * A scenario (e.g. "throughput") has cases (e.g. "pub1": one publisher);
+ * a case has implementations (eventbus and its peers) and metrics. The
+ * runner in main.c runs every implementation of a case once per round,
+ * interleaved (round 1: A B C, round 2: A B C, ...) so that a change of
+ * machine load hits all of them alike; it then reports, per metric, the
+ * median and min-max over the rounds, and every "ours" implementation's
+ * ratio against each other one.
+ */
+#ifndef EB_BENCH_HARNESS_H
+#define EB_BENCH_HARNESS_H
+
+#include "bench.h"
+
+#define BN_MAX_METRICS 6
+#define BN_MAX_IMPLS 16
+#define BN_MAX_RUNS 50
+
+enum bn_role {
+    BN_OURS,    /* an eventbus figure: gets ratios against the others */
+    BN_PEER,    /* a peer library or hand-written equivalent */
+    BN_BASELINE /* a reference point that is neither (e.g. 0 subscriptions) */
+};
+
+struct bn_metric {
+    const char *name; /* JSON key, e.g. "events_per_s" */
+    const char *unit; /* "events/s", "ns", ... */
+    int lower_better;
+    int info; /* reported, but no ratio */
+};
+
+struct bn_sample {
+    int ok;
+    char err[BN_ERR_LEN];
+    double v[BN_MAX_METRICS];
+};
+
+struct bn_impl;
+typedef void (*bn_run_fn)(const struct bn_impl *im, struct bn_sample *out);
+
+/* What the run functions need; one of these is used per kind of impl. */
+struct bn_spec {
+    const struct tp_peer *tp;
+    const struct rt_peer *rt;
+    struct tp_cfg tcfg;
+    struct rt_cfg rcfg;
+    int idle_kind; /* idle: 0 baseline, 1 eventbus */
+    double idle_seconds;
+};
+
+struct bn_impl {
+    const char *name;
+    enum bn_role role;
+    const char *skip; /* non-NULL: not measured, and why */
+    bn_run_fn run;
+    struct bn_spec spec;
+    /* results, filled by the runner */
+    int nruns;
+    double v[BN_MAX_RUNS][BN_MAX_METRICS];
+    int failed;
+    char err[BN_ERR_LEN];
+};
+
+struct bn_case {
+    const char *scenario; /* "throughput" */
+    const char *name;     /* "pub1" */
+    const char *title;    /* one line for people */
+    int nmetrics;
+    struct bn_metric metric[BN_MAX_METRICS];
+    int nimpl;
+    struct bn_impl impl[BN_MAX_IMPLS];
+    /* optional: build shared state before the first run, free it after */
+    int (*setup)(struct bn_case *c, char *err, size_t errlen);
+    void (*teardown)(struct bn_case *c);
+    void *state;
+};
+
+struct bn_options {
+    int quick;
+    int runs;
+};
+
+struct bn_scenario {
+    const char *name;  /* "throughput" */
+    const char *title; /* "1. Fire-and-forget throughput" */
+    /* Appends this scenario's cases. */
+    void (*build)(const struct bn_options *o, struct bn_case **cases, int *n, int *cap);
+};
+
+extern const struct bn_scenario bn_scenarios[];
+extern const int bn_nscenarios;
+
+/* Appends a case and returns it (zeroed). */
+struct bn_case *bn_case_add(struct bn_case **cases, int *n, int *cap);
+/* Appends an implementation to a case. */
+struct bn_impl *bn_impl_add(struct bn_case *c, const char *name, enum bn_role role, bn_run_fn run);
+
+#endif /* EB_BENCH_HARNESS_H */

@@ -1,0 +1,550 @@
+#!/usr/bin/env python3
+"""Render an eventbus-bench JSON file: bench/RESULTS.md and gnuplot plots.
+
+    render.py RESULTS.json [--md bench/RESULTS.md] [--plots bench/results]
+
+RESULTS.md is regenerated from the JSON, except the text between the
+"notes:begin" and "notes:end" markers, which is carried over from the
+existing file (that is where the reasons for missed targets are written).
+With --plots, one PNG and one SVG per scenario are drawn with gnuplot into
+the given directory (the data and scripts are kept next to them).
+Standard library only.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+NOTES_BEGIN = "<!-- notes:begin -->"
+NOTES_END = "<!-- notes:end -->"
+DEFAULT_NOTES = ("_Why each missed target is missed, and what the design will do about it: "
+                 "to be written by the lead engineer. This section is kept when the file is "
+                 "regenerated._")
+
+
+# ---- lookups -----------------------------------------------------------------
+
+class Results:
+    def __init__(self, data):
+        self.data = data
+        self.cases = {}
+        for s in data.get("scenarios", []):
+            for c in s["cases"]:
+                self.cases[(s["name"], c["name"])] = c
+
+    def result(self, scenario, case, impl):
+        c = self.cases.get((scenario, case))
+        if c is None:
+            return None
+        for r in c["results"]:
+            if r["impl"] == impl:
+                return r
+        return None
+
+    def median(self, scenario, case, impl, metric):
+        r = self.result(scenario, case, impl)
+        if r is None or r.get("status") != "ok":
+            return None
+        m = r.get("metrics", {}).get(metric)
+        return None if m is None else m["median"]
+
+    def status(self, scenario, case, impl):
+        r = self.result(scenario, case, impl)
+        if r is None:
+            return "not run"
+        if r["status"] == "ok":
+            return "ok"
+        return "%s (%s)" % (r["status"], r.get("error", ""))
+
+
+# ---- formatting ------------------------------------------------------------------
+
+def si(v):
+    for div, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(v) >= div:
+            return "%.2f%s" % (v / div, suffix)
+    return "%.1f " % v
+
+
+def fmt(v, unit):
+    if v is None:
+        return "—"
+    if unit == "ns":
+        if v >= 1e6:
+            return "%.2f ms" % (v / 1e6)
+        if v >= 1e3:
+            return "%.2f µs" % (v / 1e3)
+        return "%.0f ns" % v
+    if unit.endswith("/s") and not unit.startswith("ms"):
+        return si(v) + unit
+    if unit == "calls/event":
+        if v == 0:
+            return "0"
+        return "%.1e" % v if v < 1e-4 else "%.4f" % v if v < 0.01 else "%.3f" % v
+    return "%.3f %s" % (v, unit)
+
+
+def fmt_cell(m, unit):
+    """median [min – max], the range in the median's scale."""
+    med = fmt(m["median"], unit)
+    scale, digits = 1.0, 3
+    if unit == "ns":
+        if m["median"] >= 1e6:
+            scale, digits = 1e6, 2
+        elif m["median"] >= 1e3:
+            scale, digits = 1e3, 2
+        else:
+            digits = 0
+    elif unit.endswith("/s") and not unit.startswith("ms"):
+        for div in (1e9, 1e6, 1e3):
+            if abs(m["median"]) >= div:
+                scale, digits = div, 2
+                break
+        else:
+            digits = 1
+    lo, hi = m["min"] / scale, m["max"] / scale
+    return "%s [%.*f – %.*f]" % (med, digits, lo, digits, hi)
+
+
+def fmt_ratio(r):
+    if r >= 10:
+        return "×%.1f" % r
+    if r >= 0.1:
+        return "×%.2f" % r
+    return "×%.3f" % r
+
+
+def md_escape(s):
+    return s.replace("|", "\\|")
+
+
+# ---- targets -------------------------------------------------------------------------
+
+def target_rows(R):
+    """Each row: (id, target, required, measured, verdict)."""
+    rows = []
+
+    def verdict_ge(ratio, need):
+        if ratio is None:
+            return "not measured"
+        if ratio >= need:
+            return "**met**"
+        return "**missed** by ×%.2f (needs %.0f%% more)" % (need / ratio, (need / ratio - 1) * 100)
+
+    def verdict_le(ratio, limit):
+        if ratio is None:
+            return "not measured"
+        if ratio <= limit:
+            return "**met**"
+        return "**missed** by ×%.2f (%.0f%% over)" % (ratio / limit, (ratio / limit - 1) * 100)
+
+    # 1. throughput, 1 publisher.
+    eb = R.median("throughput", "pub1", "eventbus", "events_per_s")
+    peers = ["mutex+condvar", "GThreadPool", "GAsyncQueue", "ZeroMQ PUSH/PULL", "ZeroMQ PUB/SUB"]
+    best, best_name = None, None
+    for p in peers:
+        v = R.median("throughput", "pub1", p, "events_per_s")
+        if v is not None and (best is None or v > best):
+            best, best_name = v, p
+    ratio = eb / best if eb and best else None
+    rows.append(("1a", "Scenario 1, 1 publisher: vs the best of the mutex+condvar queue, GLib "
+                 "(GThreadPool, GAsyncQueue) and ZeroMQ (PUSH/PULL, PUB/SUB)", "≥ ×1.50",
+                 "×%.2f (eventbus %s vs %s %s)" % (ratio, fmt(eb, "events/s"), best_name,
+                                                  fmt(best, "events/s")) if ratio else "—",
+                 verdict_ge(ratio, 1.5)))
+    ck = R.median("throughput", "pub1", "ck_ring mpmc", "events_per_s")
+    ratio = eb / ck if eb and ck else None
+    rows.append(("1b", "Scenario 1, 1 publisher: vs raw ck_ring MPMC, one event per operation",
+                 "≥ ×2.00", "×%.2f (ck_ring %s)" % (ratio, fmt(ck, "events/s")) if ratio else "—",
+                 verdict_ge(ratio, 2.0)))
+    one = R.median("throughput", "pub1", "eventbus, workers=1", "events_per_s")
+    if one and best and ck:
+        rows.append(("1", "For information: the same bus with workers=1 (not the default)",
+                     "—", "%s: ×%.2f vs %s, ×%.2f vs ck_ring" % (fmt(one, "events/s"), one / best,
+                                                                  best_name, one / ck), "—"))
+
+    for case, n in (("pub2", 2), ("pub4", 4)):
+        e = R.median("throughput", case, "eventbus", "events_per_s")
+        bp, bn = None, None
+        for p in peers:
+            v = R.median("throughput", case, p, "events_per_s")
+            if v is not None and (bp is None or v > bp):
+                bp, bn = v, p
+        if e and bp:
+            rows.append(("1", "For information (no target): %d publishers, vs the best of the same "
+                         "peers" % n, "—", "×%.2f (eventbus %s vs %s %s)" % (
+                             e / bp, fmt(e, "events/s"), bn, fmt(bp, "events/s")), "—"))
+
+    # 2. fan-out to 4.
+    for case, ours, peer, label in (
+            ("sub4_serial", "eventbus SERIAL", "mutex+condvar, 1 worker", "SERIAL"),
+            ("sub4_concurrent", "eventbus CONCURRENT", "mutex+condvar, 1 worker per CPU",
+             "CONCURRENT")):
+        e = R.median("fanout", case, ours, "deliveries_per_s")
+        m = R.median("fanout", case, peer, "deliveries_per_s")
+        ratio = e / m if e and m else None
+        rows.append(("2" + label[0].lower(), "Scenario 2, 4 %s subscribers: deliveries/s vs the "
+                     "hand-written mutex+condvar fan-out (%s)" % (label, peer), "≥ ×1.50",
+                     "×%.2f (%s vs %s)" % (ratio, fmt(e, "deliveries/s"), fmt(m, "deliveries/s"))
+                     if ratio else "—", verdict_ge(ratio, 1.5)))
+
+    # 3. round trip.
+    e = R.median("roundtrip", "pub1", "eventbus", "p50_ns")
+    s = R.median("roundtrip", "pub1", "spin ping-pong (floor)", "p50_ns")
+    m = R.median("roundtrip", "pub1", "mutex+condvar", "p50_ns")
+    ratio = e / s if e and s else None
+    rows.append(("3a", "Scenario 3: p50 within 2.5× of the two-thread spin ping-pong floor",
+                 "≤ ×2.50 of the floor",
+                 "×%.2f (eventbus %s, floor %s)" % (ratio, fmt(e, "ns"), fmt(s, "ns"))
+                 if ratio else "—", verdict_le(ratio, 2.5)))
+    ratio = m / e if e and m else None
+    rows.append(("3b", "Scenario 3: p50 at least 5× faster than the mutex+condvar round trip",
+                 "≥ ×5.00", "×%.2f (mutex+condvar %s)" % (ratio, fmt(m, "ns")) if ratio else "—",
+                 verdict_ge(ratio, 5.0)))
+    p1 = R.median("roundtrip", "pub1", "eventbus", "p999_ns")
+    p2 = R.median("roundtrip", "pub2", "eventbus", "p999_ns")
+    rows.append(("3c", "Scenario 3: p99.9 reported", "reported",
+                 "1 publisher %s, 2 publishers %s" % (fmt(p1, "ns"), fmt(p2, "ns")),
+                 "**met**" if p1 is not None and p2 is not None else "not measured"))
+
+    # 4. batch.
+    e = R.median("batch", "batch64", "eventbus eb_publish_batch", "events_per_s")
+    b = R.median("batch", "batch64", "moodycamel bulk", "events_per_s")
+    ratio = e / b if e and b else None
+    rows.append(("4", "Scenario 4: eb_publish_batch at least 50% of moodycamel's bulk "
+                 "enqueue/dequeue", "≥ ×0.50",
+                 "×%.2f (%s vs %s)" % (ratio, fmt(e, "events/s"), fmt(b, "events/s"))
+                 if ratio else "—", verdict_ge(ratio, 0.5)))
+
+    # 5. routing: flat within 10% (our reading of "must stay flat").
+    for case in ("exact_1topic", "exact_16ktopics", "wildcard_1topic", "wildcard_16ktopics"):
+        base = R.median("routing", case, "eventbus, 0 other subscriptions", "events_per_s")
+        worst, worst_name = None, None
+        for impl in ("eventbus, 1k non-matching", "eventbus, 100k non-matching"):
+            v = R.median("routing", case, impl, "events_per_s")
+            if v is not None and base:
+                if worst is None or v / base < worst:
+                    worst, worst_name = v / base, impl.split(", ")[1]
+        rows.append(("5", "Scenario 5, %s: throughput with 1k and 100k non-matching "
+                     "subscriptions vs none (flat: within 10%%)" % case.replace("_", ", "),
+                     "≥ ×0.90", "×%.2f at %s" % (worst, worst_name) if worst else "—",
+                     verdict_ge(worst, 0.9)))
+
+    # 7. allocations.
+    c = R.cases.get(("allocs", "steady"))
+    if c is not None:
+        for r in c["results"]:
+            if r["role"] != "ours":
+                continue
+            v = R.median("allocs", "steady", r["impl"], "allocs_per_event")
+            mx = None if v is None else r["metrics"]["allocs_per_event"]["max"]
+            if v is None:
+                verdict = "not measured" if r["status"] != "failed" else "**FAILED**"
+            elif v == 0 and mx == 0:
+                verdict = "**met**"
+            elif v == 0:
+                verdict = "met in most runs (median 0; worst run %s per event)" % fmt(mx, "calls/event")
+            elif v < 1:
+                verdict = "**missed**: one call per %.0f events" % (1 / v)
+            else:
+                verdict = "**missed**: %.3f calls per event" % v
+            measured = "—" if v is None else "median %s [%s – %s]" % (
+                fmt(v, "calls/event"), fmt(r["metrics"]["allocs_per_event"]["min"], "calls/event"),
+                fmt(mx, "calls/event"))
+            rows.append(("7", "Scenario 7: malloc-family calls per event in steady state, %s"
+                         % r["impl"], "0", measured, verdict))
+
+    # 8. idle.
+    e = R.median("idle", "idle5s", "eventbus (default config, 1 subscription)", "cpu_ms_per_s")
+    case = "idle5s"
+    if e is None:
+        case = "idle1s"
+        e = R.median("idle", case, "eventbus (default config, 1 subscription)", "cpu_ms_per_s")
+    b = R.median("idle", case, "no bus (the process alone)", "cpu_ms_per_s")
+    extra = e - b if e is not None and b is not None else None
+    rows.append(("8", "Scenario 8: CPU used by an idle bus (\"~0\": at most 1 ms of CPU per "
+                 "second, 0.1% of a core, above the process alone)", "≤ 1 ms/s",
+                 "%.3f ms/s (bus %.3f, process alone %.3f)" % (extra, e, b)
+                 if extra is not None else "—",
+                 "not measured" if extra is None else "**met**" if extra <= 1.0
+                 else "**missed** by ×%.2f" % extra))
+    return rows
+
+
+# ---- RESULTS.md ---------------------------------------------------------------------------
+
+def old_notes(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return DEFAULT_NOTES
+    m = re.search(re.escape(NOTES_BEGIN) + r"\n?(.*?)\n?" + re.escape(NOTES_END), text, re.S)
+    return m.group(1).strip() if m else DEFAULT_NOTES
+
+
+def label(m):
+    name = m["name"]
+    if name.endswith("_ns"):
+        return name[:-3].replace("p999", "p99.9")
+    return name.replace("_per_", "/").replace("_", " ")
+
+
+def case_table(case):
+    metrics = case["metrics"]
+    ours = [r for r in case["results"] if r["role"] == "ours" and r["status"] == "ok"]
+    head = ["implementation"]
+    for m in metrics:
+        head.append("%s: median [min – max]" % label(m))
+    comp = [m for m in metrics if not m["info"]]
+    for m in comp:
+        head.append("eventbus advantage (%s)" % label(m))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ratios = {}
+    for r in case.get("ratios", []):
+        ratios[(r["impl"], r["vs"], r["metric"])] = r["advantage"]
+    for r in case["results"]:
+        name = md_escape(r["impl"])
+        if r["role"] == "ours":
+            name = "**%s**" % name
+        elif r["role"] == "baseline":
+            name = "%s _(reference)_" % name
+        cells = [name]
+        if r["status"] != "ok":
+            msg = "**FAILED**: " if r["status"] == "failed" else r["status"] + ": "
+            cells.append(msg + md_escape(r.get("error", "")))
+            cells += [""] * (len(head) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        for m in metrics:
+            cells.append(fmt_cell(r["metrics"][m["name"]], m["unit"]))
+        for m in comp:
+            if r["role"] == "ours":
+                cells.append("—")
+                continue
+            parts = []
+            for o in ours:
+                a = ratios.get((o["impl"], r["impl"], m["name"]))
+                if a is None:
+                    continue
+                parts.append(fmt_ratio(a) if len(ours) == 1
+                             else "%s %s" % (md_escape(o["impl"]), fmt_ratio(a)))
+            cells.append(", ".join(parts) if parts else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_md(data, json_name, md_path, plots_rel):
+    R = Results(data)
+    notes = old_notes(md_path)
+    mach = data.get("machine", {})
+    ver = data.get("versions", {})
+    out = []
+    out.append("# eventbus benchmark results\n")
+    out.append("_Generated by `bench/render.py` from `%s` — regenerate with `bench/run.sh`; only "
+               "the notes section below is kept across regenerations._\n" % json_name)
+    out.append("- Run: %s, %s mode, %d run(s) per figure (median and min – max reported), "
+               "%.0f s%s." % (data.get("date"), data.get("mode"), data.get("runs", 0),
+                               data.get("elapsed_s", 0),
+                               ", revision `%s`" % data["note"] if data.get("note") else ""))
+    out.append("- Machine: %s CPUs, %s, %s; load average (1/5/15 min) %s at the start, %s at "
+               "the end (the machine is shared)." % (
+                   mach.get("nproc"), mach.get("cpu"), mach.get("kernel"),
+                   " / ".join("%.2f" % x for x in mach.get("loadavg_start", [])),
+                   " / ".join("%.2f" % x for x in mach.get("loadavg_end", []))))
+    out.append("- Versions: eventbus %s; %s; GLib %s; ZeroMQ %s; Concurrency Kit %s; moodycamel "
+               "ConcurrentQueue %s." % (ver.get("eventbus"), ver.get("compiler"),
+                                         ver.get("glib") or "—", ver.get("zeromq") or "—",
+                                         ver.get("ck") or "—", ver.get("moodycamel") or "—"))
+    out.append("- Every run checks that each observer received every event exactly once (count "
+               "and checksum of the payloads); a run that fails its check is reported as FAILED, "
+               "never as a number.")
+    out.append("- Ratios (\"eventbus advantage\") are computed from the medians of the same run: "
+               "> 1 means eventbus is better (more throughput, less latency or cost).\n")
+    if not data.get("complete", True):
+        out.append("**The run did not complete:** %s\n" % data.get("fatal"))
+    fails = data.get("failures", [])
+    if fails:
+        out.append("**Failed correctness checks (%d):**\n" % len(fails))
+        for f in fails:
+            out.append("- %s" % f)
+        out.append("")
+
+    out.append("## Targets (issue 3)\n")
+    out.append("Each target is a ratio measured in this run. Where the issue leaves room for "
+               "reading, the reading is stated in the target.\n")
+    out.append("| # | target | required | measured | verdict |")
+    out.append("|---|---|---|---|---|")
+    for row in target_rows(R):
+        out.append("| " + " | ".join(md_escape(str(x)) for x in row) + " |")
+    out.append("")
+    out.append("## Why targets are missed\n")
+    out.append(NOTES_BEGIN)
+    out.append(notes)
+    out.append(NOTES_END)
+    out.append("")
+
+    out.append("## All figures\n")
+    for s in data.get("scenarios", []):
+        out.append("### %s\n" % s["title"])
+        if plots_rel:
+            out.append("![%s](%s/%s.png) ([SVG](%s/%s.svg))\n" % (s["name"], plots_rel, s["name"],
+                                                                 plots_rel, s["name"]))
+        for c in s["cases"]:
+            out.append("**%s** — %s\n" % (c["name"], md_escape(c["title"])))
+            out.append(case_table(c))
+            out.append("")
+    out.append("## How to run\n")
+    out.append("```sh\nEB_DEPS_BENCH=1 scripts/deps.sh      # g++ libglib2.0-dev libzmq3-dev "
+               "libconcurrentqueue-dev gnuplot-nox\n"
+               "bench/run.sh                          # full suite: results/<date>.json, plots, "
+               "this file\n"
+               "bench/run.sh --quick                  # CI smoke test (< 60 s, checks only)\n"
+               "build-bench/bench/eventbus-bench --scenario roundtrip --runs 3   # one scenario\n"
+               "```\n")
+    with open(md_path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(out))
+    os.replace(md_path + ".tmp", md_path)
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+COLORS = {"ours": "#1f77b4", "peer": "#999999", "baseline": "#2ca02c"}
+
+
+def gp_str(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def plot_scenario(s, outdir):
+    """One multiplot per scenario, a panel per case: bars of the first metric
+    (median, with the min-max range as an error bar), or for latencies
+    clustered p50 / p99 / p99.9 bars. A log scale is used when the values of
+    a panel span more than 30x."""
+    cases = [c for c in s["cases"] if any(r["status"] == "ok" for r in c["results"])]
+    if not cases:
+        return None
+    name = s["name"]
+    datafile = os.path.join(outdir, "%s.tsv" % name)
+    blocks = []
+    for c in cases:
+        m = c["metrics"][0]
+        latency = m["unit"] == "ns"
+        rows, values = [], []
+        for r in c["results"]:
+            if r["status"] != "ok":
+                continue
+            color = {"ours": 1, "peer": 2, "baseline": 3}[r["role"]]
+            impl = r["impl"].replace("\t", " ")
+            if latency:
+                vals = [r["metrics"][k]["median"] / 1e3 for k in ("p50_ns", "p99_ns", "p999_ns")
+                        if k in r["metrics"]]
+                rows.append(impl + "".join("\t%g" % v for v in vals))
+                values += vals
+                unit = "µs (median of runs)"
+                continue
+            v = r["metrics"][m["name"]]
+            scale, unit = 1.0, m["unit"]
+            if m["unit"].endswith("/s") and not m["unit"].startswith("ms"):
+                scale, unit = 1e-6, "M" + m["unit"]
+            rows.append("%s\t%g\t%g\t%g\t%d" % (impl, v["median"] * scale, v["min"] * scale,
+                                                 v["max"] * scale, color))
+            values.append(v["median"] * scale)
+        positive = [v for v in values if v > 0]
+        log = (len(positive) == len(values) and positive and
+               max(positive) / min(positive) > 30)
+        blocks.append((c, m, unit, rows, latency, log))
+    with open(datafile, "w", encoding="utf-8") as f:
+        for i, b in enumerate(blocks):
+            if i:
+                f.write("\n\n")
+            f.write("\n".join(b[3]) + "\n")
+    n = len(blocks)
+    cols = min(n, 2) if n > 1 else 1
+    rows_n = (n + cols - 1) // cols
+    width, height = (640 * cols if cols > 1 else 900), 460 * rows_n
+    script = os.path.join(outdir, "%s.gp" % name)
+    with open(script, "w", encoding="utf-8") as f:
+        f.write("# generated by bench/render.py\n")
+        f.write('set datafile separator "\\t"\n')
+        f.write("set style fill solid 0.8 border -1\nset grid ytics\n")
+        f.write("set xtics rotate by -35 left font \",8\" nomirror\n")
+        f.write("set linetype 1 lc rgb '%s'\nset linetype 2 lc rgb '%s'\nset linetype 3 lc rgb '%s'\n"
+                % (COLORS["ours"], COLORS["peer"], COLORS["baseline"]))
+        f.write("set bmargin 9\nset rmargin 10\n")
+        for term, ext in (("pngcairo noenhanced size %d,%d font \",9\"" % (width, height), "png"),
+                          ("svg noenhanced size %d,%d dynamic font \"sans,9\"" % (width, height),
+                           "svg")):
+            f.write("set terminal %s\n" % term)
+            f.write("set output %s\n" % gp_str(os.path.join(outdir, "%s.%s" % (name, ext))))
+            f.write("set multiplot layout %d,%d title %s\n" % (rows_n, cols, gp_str(s["title"])))
+            for i, (c, m, unit, _, latency, log) in enumerate(blocks):
+                better = "lower" if m["lower_better"] else "higher"
+                f.write("set title %s\n" % gp_str("%s: %s" % (c["name"], c["title"][:70 if cols > 1 else 110])))
+                f.write("set ylabel %s\n" % gp_str("%s, %s is better%s" % (
+                    unit, better, " (log scale)" if log else "")))
+                if log:
+                    f.write("set logscale y\nset yrange [*:*]\n")
+                else:
+                    f.write("unset logscale y\nset yrange [0:*]\n")
+                if latency:
+                    f.write("set key top left\nset style data histogram\n"
+                            "set style histogram cluster gap 1\nset boxwidth 0.9 relative\n")
+                    f.write("plot %s index %d using 2:xtic(1) title 'p50', '' index %d using 3 "
+                            "title 'p99', '' index %d using 4 title 'p99.9'\n"
+                            % (gp_str(datafile), i, i, i))
+                    f.write("set style data points\n")
+                else:
+                    f.write("set key off\nset boxwidth 0.7 absolute\n")
+                    f.write("plot %s index %d using 0:2:5:xtic(1) with boxes lc variable, "
+                            "'' index %d using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0\n"
+                            % (gp_str(datafile), i, i))
+            f.write("unset multiplot\nset output\n")
+    return script
+
+
+def make_plots(data, outdir):
+    if shutil.which("gnuplot") is None:
+        print("render.py: gnuplot not found: no plots (apt-get install gnuplot-nox)",
+              file=sys.stderr)
+        return False
+    os.makedirs(outdir, exist_ok=True)
+    ok = True
+    for s in data.get("scenarios", []):
+        script = plot_scenario(s, outdir)
+        if script is None:
+            continue
+        r = subprocess.run(["gnuplot", script], capture_output=True, text=True)
+        if r.returncode != 0:
+            ok = False
+            print("render.py: gnuplot failed on %s:\n%s" % (script, r.stderr), file=sys.stderr)
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json")
+    ap.add_argument("--md", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                 "RESULTS.md"))
+    ap.add_argument("--plots", help="directory for the PNG/SVG plots")
+    args = ap.parse_args()
+    with open(args.json, encoding="utf-8") as f:
+        data = json.load(f)
+    plots_rel = None
+    ok = True
+    if args.plots:
+        ok = make_plots(data, args.plots)
+        plots_rel = os.path.relpath(os.path.abspath(args.plots),
+                                    os.path.dirname(os.path.abspath(args.md)))
+    json_rel = os.path.relpath(os.path.abspath(args.json), os.path.dirname(os.path.abspath(args.md)))
+    write_md(data, json_rel, args.md, plots_rel)
+    print("render.py: wrote %s%s" % (args.md, " and plots in %s" % args.plots if args.plots else ""),
+          file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
