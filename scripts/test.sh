@@ -3,8 +3,10 @@
 #  1. release build (-Werror): unit and stress tests, the examples;
 #  2. the outside program, compiled only against the installed library
 #     through pkg-config (and a find_package consumer);
-#  3. ASan+UBSan build: the test suite again;
-#  4. TSan build: the test suite again, with tests/tsan.supp.
+#  3. the benchmark harness in --quick mode (every scenario's correctness
+#     checks, no thresholds);
+#  4. ASan+UBSan build: the test suite again;
+#  5. TSan build: the test suite again, with tests/tsan.supp.
 # Set EB_TEST_QUICK=1 to skip the sanitizer builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +42,9 @@ op=$(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$outside_log" | 
 passed=$((passed + ${op%% *}))
 failed=$((failed + ${op##* }))
 rm -f "$outside_log"
+echo "== benchmark smoke run (correctness checks, no thresholds) ==" >&2
+EB_DEPS_BENCH=1 scripts/deps.sh
+bench/run.sh --quick >/dev/null || { echo "bench/run.sh --quick failed" >&2; status=1; }
 if [ "${EB_TEST_QUICK:-0}" != 1 ]; then
   run_suite build-asan "ASan+UBSan" -DCMAKE_BUILD_TYPE=Debug -DEB_SANITIZER=address -DEB_BUILD_EXAMPLES=OFF
   TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
