@@ -426,7 +426,7 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
             if (b->pend_ev == NULL) {
                 /* Keep the match set and its subscriptions alive while the
                    event waits; routing changes may drop them meanwhile. */
-                eb__match_pin(m);
+                m = eb__match_keep(b->route, m);
                 for (unsigned j = 0; j < m->n; j++)
                     sub_ref(m->subs[j]);
                 b->pend_ev = ev;

@@ -24,7 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CACHE_MAX 4096 /* cached topics before the cache is dropped */
+/* Cached topics at most. A full cache takes no new topics (no eviction
+   churn, no allocation) until the next add/remove drops it; uncached topics
+   are matched into the scratch set. */
+#define CACHE_MAX 65536
 #define WORDS_MAX (EB__ROUTE_TOPIC_MAX / 2 + 2)
 #define EB__ROUTE_TOPIC_MAX 512
 
@@ -79,8 +82,9 @@ struct eb__route {
     node *root;
     uint64_t stamp;
     unsigned long seed;
-    /* scratch for a match in progress */
+    /* scratch for a match in progress, and the set that wraps it */
     subvec out;
+    eb__match *scratch;
 };
 
 /* ---- ck_hs plumbing --------------------------------------------------- */
@@ -260,11 +264,18 @@ fail_root:
     return NULL;
 }
 
+static void match_free(eb__match *m)
+{
+    if (m->own_subs)
+        free(m->subs);
+    free(m);
+}
+
 static void match_release_cached(eb__match *m)
 {
-    m->cached = 0;
+    m->cached = false;
     if (m->pins == 0)
-        free(m);
+        match_free(m);
 }
 
 static void cache_drop(eb__route *r)
@@ -324,6 +335,7 @@ void eb__route_free(eb__route *r)
     free(r->root->subs.v);
     free(r->root);
     free(r->out.v);
+    free(r->scratch);
     free(r);
 }
 
@@ -554,41 +566,46 @@ eb__match *eb__route_match(eb__route *r, const char *topic, size_t len)
     if (k.oom)
         return NULL;
 
-    eb__match *m = malloc(sizeof(*m) + r->out.n * sizeof(void *));
-    if (m == NULL)
-        return NULL;
-    m->pins = 0;
-    m->cached = 0;
-    m->n = r->out.n;
-    if (r->out.n > 0)
-        memcpy(m->subs, r->out.v, r->out.n * sizeof(void *));
-
-    if (r->cached >= CACHE_MAX)
-        cache_drop(r);
-    c = malloc(sizeof(*c) + len + 1);
-    if (c != NULL) {
-        memcpy(c->buf, topic, len);
-        *c = (centry){.hash = h, .len = len, .topic = c->buf, .match = m};
-        if (ck_hs_put(&r->cache, h, c)) {
-            m->cached = 1;
-            r->cached++;
-            return m;
+    if (r->cached < CACHE_MAX) {
+        eb__match *m = malloc(sizeof(*m) + r->out.n * sizeof(void *));
+        c = malloc(sizeof(*c) + len + 1);
+        if (m != NULL && c != NULL) {
+            *m = (eb__match){.cached = true, .n = r->out.n, .subs = (void **)(m + 1)};
+            if (r->out.n > 0)
+                memcpy(m->subs, r->out.v, r->out.n * sizeof(void *));
+            memcpy(c->buf, topic, len);
+            *c = (centry){.hash = h, .len = len, .topic = c->buf, .match = m};
+            if (ck_hs_put(&r->cache, h, c)) {
+                r->cached++;
+                return m;
+            }
         }
+        free(m);
         free(c);
+        /* No memory to cache it: the scratch set still serves. */
     }
-    /* Out of memory for the cache entry: report it like any allocation
-       failure; the dispatcher retries the event later. */
-    free(m);
-    return NULL;
+    if (r->scratch == NULL && (r->scratch = malloc(sizeof(*r->scratch))) == NULL)
+        return NULL;
+    *r->scratch = (eb__match){.scratch = true, .n = r->out.n, .subs = r->out.v};
+    return r->scratch;
 }
 
-void eb__match_pin(eb__match *m)
+eb__match *eb__match_keep(eb__route *r, eb__match *m)
 {
+    if (m->scratch) {
+        /* Hand the scratch set and its vector over; the route makes new
+           ones at its next uncached match. */
+        r->scratch = NULL;
+        r->out = (subvec){0};
+        m->scratch = false;
+        m->own_subs = true;
+    }
     m->pins++;
+    return m;
 }
 
 void eb__match_unpin(eb__match *m)
 {
     if (--m->pins == 0 && !m->cached)
-        free(m);
+        match_free(m);
 }

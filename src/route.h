@@ -8,21 +8,27 @@
 #ifndef EB_ROUTE_H
 #define EB_ROUTE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 typedef struct eb__route eb__route;
 
 /*
- * The subscriptions one topic matched. Immutable once built. pins counts the
- * users beyond the cache (the dispatcher pins the set of an event it could not
- * finish dispatching); a set dropped from the cache is freed when unpinned.
+ * The subscriptions one topic matched. Immutable once built. A set is either
+ * cached (owned by the cache until it is dropped), or the route's scratch set
+ * (reused by the next match: valid only until then). pins counts the users
+ * that keep a set beyond that (the dispatcher keeps the set of an event it
+ * could not finish dispatching); a kept set is freed at its last unpin once
+ * the cache let go of it.
  */
 typedef struct eb__match {
-    unsigned pins;   /* protected by the dispatch token */
-    unsigned cached; /* 1 while the cache references it */
+    unsigned pins; /* protected by the dispatch token */
+    bool cached;   /* the cache references it */
+    bool scratch;  /* it is the route's scratch set */
+    bool own_subs; /* subs is a separate allocation */
     unsigned n;
-    void *subs[];
+    void **subs;
 } eb__match;
 
 eb__route *eb__route_new(void);
@@ -35,9 +41,12 @@ int eb__route_add(eb__route *r, const char *pattern, size_t len, void *sub);
 void eb__route_remove(eb__route *r, const char *pattern, size_t len, void *sub);
 
 /* Subscriptions matching topic, each once; NULL when out of memory. The set is
-   valid until the next add/remove/match unless pinned. */
+   valid until the next add/remove/match unless kept. No allocation once the
+   topic is cached, or once the cache is full (then the scratch set serves). */
 eb__match *eb__route_match(eb__route *r, const char *topic, size_t len);
-void eb__match_pin(eb__match *m);
+/* Keeps m valid past the next match (never fails: a scratch set is handed
+   over, not copied). Returns m. */
+eb__match *eb__match_keep(eb__route *r, eb__match *m);
 void eb__match_unpin(eb__match *m);
 
 /* True if the pattern contains '*' or '#' words. */

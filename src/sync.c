@@ -25,24 +25,57 @@ int eb__ring_init(eb__ring *r, unsigned min_items)
     r->buf = calloc(size, sizeof(*r->buf));
     if (r->buf == NULL)
         return -1;
+    atomic_init(&r->turn_waiters, 0);
+    if (pthread_mutex_init(&r->mp_lock, NULL) != 0) {
+        free(r->buf);
+        r->buf = NULL;
+        return -1;
+    }
     ck_ring_init(&r->ring, size);
     return 0;
 }
 
 void eb__ring_fini(eb__ring *r)
 {
+    pthread_mutex_destroy(&r->mp_lock);
     free(r->buf);
     r->buf = NULL;
 }
 
 void eb__ring_wait_turn(eb__ring *r, unsigned ticket)
 {
-    for (unsigned spins = 0; ck_pr_load_uint(&r->ring.p_tail) != ticket; spins++) {
-        if (spins < 128)
+    for (unsigned spins = 0;; spins++) {
+        unsigned tail = ck_pr_load_uint(&r->ring.p_tail);
+        if (tail == ticket)
+            return;
+        if (spins < 64) {
             ck_pr_stall();
-        else
-            sched_yield();
+            continue;
+        }
+        atomic_fetch_add_explicit(&r->turn_waiters, 1, memory_order_seq_cst);
+        tail = ck_pr_load_uint(&r->ring.p_tail);
+        if (tail != ticket) {
+            /* Sleeps only while p_tail still holds `tail` (the kernel checks
+               atomically); 50 us bounds a missed wake-up. */
+            struct timespec rel = {.tv_sec = 0, .tv_nsec = 50000};
+            syscall(SYS_futex, &r->ring.p_tail, FUTEX_WAIT | FUTEX_PRIVATE_FLAG, tail, &rel, NULL,
+                    0);
+        }
+        atomic_fetch_sub_explicit(&r->turn_waiters, 1, memory_order_relaxed);
     }
+}
+
+bool eb__ring_push_mp_contended(eb__ring *r, void *p)
+{
+    pthread_mutex_lock(&r->mp_lock);
+    bool ok = eb__ring_push_mp_fast(r, p);
+    pthread_mutex_unlock(&r->mp_lock);
+    return ok;
+}
+
+void eb__ring_wake_turn(eb__ring *r)
+{
+    syscall(SYS_futex, &r->ring.p_tail, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, INT_MAX, NULL, NULL, 0);
 }
 
 bool eb__ring_contains_sc(const eb__ring *r, const void *p)
