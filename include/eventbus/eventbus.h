@@ -85,7 +85,8 @@ EB_API const char *eb_version(void);
     X(EB_EEXIST, -12, "already exists")                                                            \
     X(EB_ENOTSUP, -13, "not supported")                                                            \
     X(EB_EBUSY, -14, "resource busy")                                                              \
-    X(EB_EHANDLER, -15, "handler failed")
+    X(EB_EHANDLER, -15, "handler failed")                                                          \
+    X(EB_ECONFLICT, -16, "stale version: the stored state changed since it was loaded")
 
 enum eb_errno {
 #define EB__ERR_ENUM(name, value, msg) name = value,
@@ -443,6 +444,434 @@ EB_API void eb_event_release(const eb_event *ev);
  * EB_ECLOSED. EB_EAGAIN means the intake ring was full and the caller asked
  * not to wait.
  */
+
+/* ---------------------------------------------------------------------- */
+/* Sagas, aggregates and units of work                                     */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * A saga is a long-running workflow driven by events: for every event it
+ * reacts to, the helper finds the instance the event belongs to (its
+ * correlation key), runs a transition that mutates the instance's state and
+ * queues follow-up commands, persists the new state together with the
+ * queued commands, and only then publishes the commands. Aggregates are
+ * in-memory objects addressed by id that handle commands point to point and
+ * emit events. A scope (unit of work) collects events and publishes them
+ * together on commit, or drops them on abort.
+ *
+ * Guarantees
+ *  - Isolation: a saga is one KEYED subscription, so the events of one
+ *    instance (same event key) are handled one at a time, in dispatch order;
+ *    different instances run concurrently. The same holds for the commands
+ *    of one aggregate id.
+ *  - Persist before dispatch: no queued command or event leaves before the
+ *    store accepted the new state. If the transition or the save fails,
+ *    nothing leaves and the handler fails, so the bus retries the event.
+ *  - At least once: if the save succeeded but publishing failed, the retried
+ *    event does not run the transition again; it publishes the stored
+ *    commands again, with the same ids. Command ids are derived from (saga
+ *    name, instance key, transition number, position), so a redelivered
+ *    transition produces the same ids; handlers deduplicate by
+ *    eb_command_id.
+ *  - One instance per key: a start event for a key that has an instance
+ *    is handled by that instance, so duplicate start events create it once.
+ *
+ * Lifetimes: register sagas and aggregates after the bus was created and
+ * unregister them (eb_saga_unregister, eb_aggregate_unregister or
+ * eb_command_bus_destroy) before eb_bus_destroy. Handles become invalid when
+ * unregistered.
+ */
+
+typedef struct eb_saga eb_saga;
+typedef struct eb_saga_ctx eb_saga_ctx;
+typedef struct eb_saga_store eb_saga_store;
+typedef struct eb_command_bus eb_command_bus;
+typedef struct eb_aggregate eb_aggregate;
+typedef struct eb_aggregate_ctx eb_aggregate_ctx;
+typedef struct eb_scope eb_scope;
+
+/* Longest saga or aggregate name, in bytes. */
+#define EB_NAME_MAX 200
+
+/*
+ * Correlation key: maps an event to the instance it belongs to. Sets *key
+ * and *key_len (the bytes must stay valid until the next call on this
+ * event, e.g. point into its payload; at most 255 bytes) and returns EB_OK;
+ * returns EB_ENOENT if the event belongs to no instance (it is then ignored);
+ * any other negative code fails the delivery (it is retried).
+ * Events of one instance should carry that instance's key as their event
+ * key: the lanes hash the event key, so only then are the instance's events
+ * serialized by the bus. Otherwise two transitions of one instance may run
+ * at once on separate copies of the state; the store's version check lets
+ * the first save win and the other fails with EB_ECONFLICT and is retried.
+ */
+typedef int (*eb_saga_key_fn)(const eb_event *ev, const void **key, size_t *key_len, void *ctx);
+
+/* Fills the state of a new instance (state_size bytes, zeroed before the
+   call) from the event that starts it. */
+typedef void (*eb_saga_init_fn)(void *state, const eb_event *ev, void *ctx);
+
+/*
+ * A transition: mutates state (the instance's state_size bytes; a private
+ * copy, saved only if this returns EB_OK), may queue commands and events
+ * (eb_saga_send, eb_saga_publish, eb_saga_schedule_timeout) and may mark
+ * the instance complete (eb_saga_complete). Returns EB_OK, or a negative
+ * code: then nothing is saved or sent and the bus retries the event. It
+ * runs on a worker thread and must not wait for events of its own saga.
+ */
+typedef int (*eb_saga_transition_fn)(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx);
+
+typedef struct eb_saga_def {
+    const char *name;                /* unique per store; at most EB_NAME_MAX bytes */
+    const char *const *topics;       /* patterns the saga reacts to */
+    size_t n_topics;                 /* at least 1 */
+    const char *const *start_topics; /* patterns of the events that may create an
+                                        instance (an event must also match topics) */
+    size_t n_start_topics;           /* at least 1 */
+    eb_saga_key_fn key;              /* NULL: the event key */
+    size_t state_size;               /* bytes of state per instance; at most 1 MiB */
+    eb_saga_init_fn init;            /* NULL: the state starts zeroed */
+    eb_saga_transition_fn transition;
+    void *ctx; /* passed to key, init and transition */
+} eb_saga_def;
+
+/* What happens to an instance once a transition called eb_saga_complete. */
+typedef enum eb_saga_on_complete {
+    EB_SAGA_REMOVE = 0, /* removed from the store after its commands left (default);
+                           a later start event with its key creates a new instance */
+    EB_SAGA_ARCHIVE     /* kept, marked completed; later events for it are ignored */
+} eb_saga_on_complete;
+
+typedef struct eb_saga_options {
+    eb_saga_store *store;     /* NULL: a private in-memory store. Not owned: it
+                                 must outlive the saga */
+    eb_command_bus *commands; /* non-NULL: eb_saga_send refuses topics that have no
+                                 aggregate there (EB_ENOENT). Must outlive the saga */
+    eb_saga_on_complete on_complete;
+    unsigned lanes;              /* KEYED lanes; 0 = 16; at most 1024 */
+    unsigned max_attempts;       /* per event; 0 = 100; at most 1000 */
+    uint64_t backoff_initial_ns; /* 0 = 1 ms */
+    uint64_t backoff_max_ns;     /* 0 = 1 s */
+    unsigned mailbox_capacity;   /* per lane; 0 = the bus default */
+} eb_saga_options;
+
+/* Fills opts with the defaults. Thread-safe: yes. */
+EB_API void eb_saga_options_init(eb_saga_options *opts);
+
+/*
+ * Registers a saga: subscribes one KEYED subscription (named "saga:<name>")
+ * to the narrowest pattern covering def->topics (their common leading
+ * literal words followed by '#', or the one pattern itself) and ignores the
+ * events that match none of def->topics. def and its strings are copied.
+ * On EB_OK *out is the handle for eb_saga_unregister.
+ * Errors: EB_EINVAL (NULL bus, def, out or transition; a name, topic or
+ * start topic missing, empty or too long; a field out of range), EB_ENOMEM,
+ * EB_ECLOSED, and the errors of eb_subscribe.
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_options *opts,
+                            eb_saga **out);
+
+/*
+ * Unsubscribes the saga (returns once no transition of it runs; events
+ * still queued for it are cancelled) and frees it, and its private store
+ * with every instance in it. NULL is a no-op.
+ * Errors: those of eb_unsubscribe (the saga is freed anyway).
+ * Thread-safe: yes, once per saga. May be called from a handler: yes, but
+ * not from one of this saga's own transitions.
+ */
+EB_API int eb_saga_unregister(eb_saga *saga);
+
+typedef struct eb_saga_stats {
+    uint64_t transitions;  /* transitions saved */
+    uint64_t started;      /* instances created */
+    uint64_t completed;    /* instances marked complete */
+    uint64_t ignored;      /* events for no instance, a completed one, or a
+                              topic the saga does not react to */
+    uint64_t conflicts;    /* saves refused with EB_ECONFLICT or EB_EEXIST */
+    uint64_t failures;     /* deliveries that returned a failure (retried) */
+    uint64_t commands;     /* commands and events published (redispatches included) */
+    uint64_t redispatched; /* redelivered transitions whose stored commands
+                              were published again */
+} eb_saga_stats;
+
+/* Counters of a saga. Errors: EB_EINVAL (NULL argument).
+   Thread-safe: yes. May be called from a handler: yes. */
+EB_API int eb_saga_stats_get(eb_saga *saga, eb_saga_stats *out);
+
+/*
+ * Queues a command for after the save: topic, payload (copied) and key (the
+ * target aggregate's id, copied; required). It is published with correlation
+ * id = the instance id and causation id = its command id (see
+ * eb_command_id). If the saga was registered with a command bus, a topic
+ * with no aggregate registered there is refused with EB_ENOENT.
+ * Errors: EB_EINVAL (NULL sc or topic, topic too long, payload NULL with
+ * len > 0, key NULL or longer than 255 bytes), EB_ENOENT, EB_ENOMEM.
+ * Thread-safe: no — only inside the transition that got sc.
+ */
+EB_API int eb_saga_send(eb_saga_ctx *sc, const char *topic, const void *payload, size_t len,
+                        const void *key, size_t key_len);
+
+/*
+ * Queues an event (no aggregate check; key optional) for after the save,
+ * with the same ids as eb_saga_send. Errors and threads: as eb_saga_send,
+ * without EB_ENOENT.
+ */
+EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *payload, size_t len,
+                           const void *key, size_t key_len);
+
+/*
+ * Queues a timeout: after the save, topic is published with delay_ns
+ * (eb_publish_options.delay_ns) and the instance key as its event key, so
+ * it comes back to this instance if topic matches the saga's topics. A
+ * timeout cannot be cancelled: the transition that receives it decides from
+ * the state whether it still matters (an instance that was removed or
+ * archived ignores it). Timeouts are not durable (see delay_ns).
+ * Errors: EB_EINVAL (NULL sc or topic, delay_ns <= 0, payload NULL with
+ * len > 0), EB_ENOMEM. Thread-safe: no — only inside the transition.
+ */
+EB_API int eb_saga_schedule_timeout(eb_saga_ctx *sc, int64_t delay_ns, const char *topic,
+                                    const void *payload, size_t len);
+
+/* Marks the instance complete once this transition is saved (see
+   eb_saga_on_complete). Thread-safe: no — only inside the transition. */
+EB_API void eb_saga_complete(eb_saga_ctx *sc);
+
+/* The instance key (valid during the transition); *len gets its length. */
+EB_API const void *eb_saga_key(const eb_saga_ctx *sc, size_t *len);
+/* The number this transition will have once saved: 1 for the transition
+   that creates the instance. */
+EB_API uint64_t eb_saga_transition_number(const eb_saga_ctx *sc);
+/* True if this transition creates the instance. */
+EB_API bool eb_saga_is_new(const eb_saga_ctx *sc);
+/* The instance id: 16 bytes derived from (saga name, instance key); the
+   correlation id of everything the saga sends. */
+EB_API void eb_saga_instance_id(const eb_saga_ctx *sc, uint8_t id[16]);
+
+/*
+ * The id of a command: its causation id, which eb_saga_send, eb_saga_publish,
+ * eb_saga_schedule_timeout and eb_command_send set to the command's own id
+ * (derived from saga name, instance key, transition number and position for
+ * saga commands, so a redelivered transition sends the same ids). Returns
+ * false (id zeroed) if the event carries no causation id.
+ * Thread-safe: yes, while the event is valid.
+ */
+EB_API bool eb_command_id(const eb_event *ev, uint8_t id[16]);
+
+/* ---- saga stores ------------------------------------------------------ */
+
+/*
+ * One stored saga instance. state points at state_size bytes. outbox holds
+ * the commands the transition that wrote this version queued (an opaque
+ * byte string the helper writes and reads; NULL/0 if none or already
+ * dispatched); event_id is the id of the event whose transition wrote it.
+ */
+typedef struct eb_saga_record {
+    void *state;
+    size_t state_size;
+    uint64_t version; /* transitions applied; 1 after the first */
+    bool completed;
+    uint8_t event_id[16];
+    void *outbox;
+    size_t outbox_len;
+} eb_saga_record;
+
+/*
+ * A saga store: a table of function pointers a backend fills (the in-memory
+ * store below; a SQLite store later). Records are addressed by (saga name,
+ * key). The functions are called from worker threads concurrently (for
+ * different keys; for one key only as described at eb_saga_key_fn), never
+ * under a lock of the helper, and return EB_OK or a negative code.
+ */
+struct eb_saga_store {
+    /* Copies the record's state into rec->state (rec->state_size bytes, as
+       allocated by the caller) and fills version, completed, event_id and
+       outbox: a malloc'ed copy the caller frees with free(), or NULL.
+       Errors: EB_ENOENT (no such record), EB_EINVAL (another state size). */
+    int (*load)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
+                eb_saga_record *rec);
+    /* Inserts rec (state, version, completed, event_id, outbox copied).
+       Errors: EB_EEXIST (a record with that key exists), EB_ENOMEM. */
+    int (*create)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
+                  const eb_saga_record *rec);
+    /* Replaces the record if its version is still expected_version (state
+       and outbox in one step). Errors: EB_ECONFLICT (another version),
+       EB_ENOENT, EB_EINVAL (another state size), EB_ENOMEM. */
+    int (*save)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
+                uint64_t expected_version, const eb_saga_record *rec);
+    /* Deletes the record if its version is expected_version.
+       Errors: EB_ECONFLICT, EB_ENOENT. */
+    int (*remove)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
+                  uint64_t expected_version);
+    /* Optional (NULL: never called): the outbox of that version was
+       published; the store may drop it. Errors are ignored (the commands
+       may then be published again: at least once). */
+    int (*dispatched)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
+                      uint64_t version);
+    /* Optional: frees the store (eb_saga_store_destroy). */
+    void (*destroy)(eb_saga_store *store);
+};
+
+/*
+ * Creates the in-memory saga store: a hash table striped over 64 locks,
+ * shareable by several sagas (records are keyed by saga name and key).
+ * On EB_OK *out owns the store; free it with eb_saga_store_destroy after
+ * every saga using it was unregistered. Errors: EB_EINVAL (out NULL),
+ * EB_ENOMEM. Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_saga_memory_store_create(eb_saga_store **out);
+
+/* Calls store->destroy if set; NULL is a no-op. Thread-safe: once per
+   store, after no saga uses it. May be called from a handler: yes. */
+EB_API void eb_saga_store_destroy(eb_saga_store *store);
+
+/* ---- aggregates and point-to-point commands ---------------------------- */
+
+/*
+ * Creates a command bus over bus: the registry that makes commands point to
+ * point (one aggregate per command topic). On EB_OK *out owns it.
+ * Errors: EB_EINVAL (NULL argument), EB_ENOMEM.
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_command_bus_create(eb_bus *bus, eb_command_bus **out);
+
+/*
+ * Unregisters every aggregate still registered (see eb_aggregate_unregister)
+ * and frees the command bus. NULL is a no-op. Call before eb_bus_destroy and
+ * after the sagas that name it were unregistered.
+ * Thread-safe: once, with no other call on it running. May be called from a
+ * handler: yes, but not from one of its aggregates' handlers.
+ */
+EB_API void eb_command_bus_destroy(eb_command_bus *cb);
+
+/*
+ * Sends a command to the aggregate registered for topic: publishes it with
+ * opts->key as the aggregate id (required) and causation id =
+ * opts->causation_id if set, else a fresh unique command id (read it back
+ * with eb_command_id). opts's other fields apply as for eb_publish.
+ * Errors: EB_ENOENT (no aggregate handles topic), EB_EINVAL (NULL cb, topic
+ * or opts, no key, and the bad input of eb_publish), and the errors of
+ * eb_publish (nothing was sent).
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_command_send(eb_command_bus *cb, const char *topic, const void *payload, size_t len,
+                           const eb_publish_options *opts);
+
+/* Fills the state of an aggregate the first time a command addresses its id
+   (state_size bytes, zeroed before the call). */
+typedef void (*eb_aggregate_init_fn)(void *state, const void *id, size_t id_len, void *ctx);
+
+/*
+ * A command handler. state is a private copy of the aggregate's state,
+ * stored back only if this returns EB_OK; then the events it emitted with
+ * eb_aggregate_emit are published (if that fails, the state is rolled back
+ * and the command retried). A negative code leaves the aggregate unchanged,
+ * emits nothing, and the bus retries the command.
+ */
+typedef int (*eb_aggregate_fn)(eb_aggregate_ctx *ac, const eb_event *cmd, void *state, void *ctx);
+
+typedef struct eb_aggregate_def {
+    const char *name;            /* at most EB_NAME_MAX bytes */
+    const char *const *commands; /* exact command topics (no wildcards) */
+    size_t n_commands;           /* at least 1 */
+    size_t state_size;           /* bytes per aggregate; at most 1 MiB */
+    eb_aggregate_init_fn init;   /* NULL: the state starts zeroed */
+    eb_aggregate_fn handle;
+    void *ctx; /* passed to init and handle */
+} eb_aggregate_def;
+
+typedef struct eb_aggregate_options {
+    unsigned lanes;              /* KEYED lanes; 0 = 16; at most 1024 */
+    unsigned max_attempts;       /* 0 = 100; at most 1000 */
+    uint64_t backoff_initial_ns; /* 0 = 1 ms */
+    uint64_t backoff_max_ns;     /* 0 = 1 s */
+    unsigned mailbox_capacity;   /* per lane; 0 = the bus default */
+} eb_aggregate_options;
+
+/* Fills opts with the defaults. Thread-safe: yes. */
+EB_API void eb_aggregate_options_init(eb_aggregate_options *opts);
+
+/*
+ * Registers an aggregate type for its command topics: one KEYED
+ * subscription ("aggregate:<name>") by aggregate id (the event key), so the
+ * commands of one aggregate run one at a time and different aggregates run
+ * concurrently. Aggregates are created on their first command and live in
+ * memory until unregistered. Plain subscribers may still observe command
+ * topics; only aggregates are exclusive.
+ * Errors: EB_EEXIST (a command topic already has an aggregate on cb; nothing
+ * is registered), EB_EINVAL (NULL argument, empty or wildcard topic, field
+ * out of range), EB_ENOMEM, and the errors of eb_subscribe.
+ * Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def,
+                                 const eb_aggregate_options *opts, eb_aggregate **out);
+
+/*
+ * Unsubscribes the aggregate type, frees its topics for other aggregates,
+ * and frees every aggregate of it. Errors: those of eb_unsubscribe (freed
+ * anyway). NULL is a no-op. Thread-safe: yes, once. May be called from a
+ * handler: yes, not from one of its own.
+ */
+EB_API int eb_aggregate_unregister(eb_aggregate *agg);
+
+/*
+ * Queues an event (topic, payload and key copied) that is published with
+ * eb_publish_batch when the handler returns EB_OK, right after the new state
+ * was stored, so whoever handles the event finds that state; dropped if the
+ * handler fails. Correlation id: inherited from the command.
+ * Errors: EB_EINVAL (bad topic, payload or key), EB_ENOMEM.
+ * Thread-safe: no — only inside the handler that got ac.
+ */
+EB_API int eb_aggregate_emit(eb_aggregate_ctx *ac, const char *topic, const void *payload,
+                             size_t len, const void *key, size_t key_len);
+
+/* The aggregate id (valid during the handler); *len gets its length. */
+EB_API const void *eb_aggregate_id(const eb_aggregate_ctx *ac, size_t *len);
+
+/*
+ * Copies the stored state of aggregate id into out (size must be the
+ * state_size). Sees the state between two commands, never half of one
+ * (possibly a state whose events are still being published).
+ * Errors: EB_EINVAL (NULL argument, other size), EB_ENOENT (no command
+ * reached that id yet). Thread-safe: yes. May be called from a handler: yes.
+ */
+EB_API int eb_aggregate_read(eb_aggregate *agg, const void *id, size_t id_len, void *out,
+                             size_t size);
+
+/* ---- unit of work ------------------------------------------------------ */
+
+/*
+ * Opens a scope: events published into it are held back until
+ * eb_scope_commit publishes them together (one eb_publish_batch), or
+ * eb_scope_abort drops them — subscribers never see any event of an aborted
+ * scope. On EB_OK *out owns the scope until commit succeeds or abort.
+ * Errors: EB_EINVAL (NULL argument), EB_ENOMEM.
+ * Thread-safe: yes; a scope itself is used by one thread at a time.
+ * May be called from a handler: yes.
+ */
+EB_API int eb_scope_begin(eb_bus *bus, eb_scope **out);
+
+/* Adds an event to the scope (topic, payload and key copied). Nothing is
+   published yet. Errors: EB_EINVAL (NULL scope or topic, topic longer than
+   EB_TOPIC_MAX, payload NULL with len > 0, bad key), EB_ENOMEM.
+   Thread-safe: no (one thread per scope). */
+EB_API int eb_scope_publish(eb_scope *scope, const char *topic, const void *payload, size_t len,
+                            const void *key, size_t key_len);
+
+/*
+ * Publishes the scope's events in order with eb_publish_batch (opts as
+ * there; NULL: defaults) and, on EB_OK, frees the scope. *published (may be
+ * NULL) gets how many events were accepted. On failure the accepted prefix
+ * is published (the in-memory bus cannot take back events it accepted) and
+ * the scope stays open with the events not yet accepted: commit again or
+ * abort. Errors: those of eb_publish_batch.
+ * Thread-safe: no (one thread per scope). May be called from a handler: yes.
+ */
+EB_API int eb_scope_commit(eb_scope *scope, const eb_publish_options *opts, size_t *published);
+
+/* Drops the scope's events unpublished and frees it. NULL is a no-op.
+   Thread-safe: no (one thread per scope). From a handler: yes. */
+EB_API void eb_scope_abort(eb_scope *scope);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,1669 @@
+/*
+ * saga — the saga helper, aggregates with point-to-point commands, units of
+ * work, and the in-memory saga store. Built on the public bus API only: a
+ * saga or an aggregate type is one KEYED subscription, a scope is one
+ * eb_publish_batch.
+ *
+ * Why one subscription each: lanes belong to a subscription, so two
+ * subscriptions of one saga would put one instance's events on two lanes
+ * that run concurrently. A saga therefore subscribes to the narrowest
+ * pattern covering all its topics and filters the rest out itself.
+ *
+ * A saga delivery (on_saga_event, on a worker, one per instance at a time):
+ *   load → (create via init) → transition on a private copy of the state →
+ *   save state + outbox (the queued commands) with the expected version →
+ *   publish the outbox → tell the store it was dispatched → remove if
+ *   complete. Any failure before the publish returns the error and the bus
+ *   retries the event; a failure of the publish leaves the saved outbox in
+ *   the store and the retried event (recognised by its event id, stored
+ *   with the record) publishes it again instead of running the transition
+ *   twice.
+ *
+ * Threads: saga and aggregate handlers run on bus workers, concurrently for
+ * different keys. The in-memory store and the aggregate tables are hash
+ * tables striped over 64 mutexes; a stripe lock is a leaf lock (nothing is
+ * called and no other lock is taken under it). The command registry has a
+ * reader-writer lock, also a leaf. Lock order: none is ever nested. No user
+ * callback and no bus call runs under a lock of ours.
+ *
+ * Hot path: a transition uses stack buffers for the state copy (up to
+ * 512 bytes) and the outbox (up to 1 KiB) and allocates only beyond that;
+ * the memory store copies into the record's existing buffers and grows its
+ * outbox buffer only when a larger outbox comes. Counters are relaxed
+ * atomics: they are statistics and publish nothing.
+ */
+#include "saga.h"
+
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EB__STATE_MAX ((size_t)1 << 20)
+#define EB__STRIPES 64u
+#define EB__INLINE_STATE 512
+#define EB__INLINE_QUEUE 1024
+
+/* ---------------------------------------------------------------------- */
+/* Ids and hashing                                                         */
+/* ---------------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Two FNV-1a lanes with different offsets, each length-prefixed per part
+   so ("ab","c") and ("a","bc") differ, finalised with splitmix64. */
+typedef struct hash2 {
+    uint64_t a, b;
+} hash2;
+
+static void hash2_bytes(hash2 *h, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    uint64_t a = h->a ^ (uint64_t)n, b = h->b + (uint64_t)n;
+    for (size_t i = 0; i < n; i++) {
+        a = (a ^ s[i]) * 0x100000001b3ULL;
+        b = (b ^ s[i]) * 0x100000001b3ULL + 0x9e3779b97f4a7c15ULL;
+    }
+    h->a = mix64(a);
+    h->b = mix64(b ^ h->a);
+}
+
+static uint64_t hash64(const char *name, size_t name_len, const void *key, size_t key_len)
+{
+    hash2 h = {0xcbf29ce484222325ULL, 0x84222325cbf29ce4ULL};
+    hash2_bytes(&h, name, name_len);
+    hash2_bytes(&h, key, key_len);
+    return h.a;
+}
+
+void eb__saga_id(const char *name, const void *key, size_t key_len, bool with_seq,
+                 uint64_t transition, uint32_t position, uint8_t id[16])
+{
+    hash2 h = {0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL};
+    hash2_bytes(&h, name, strlen(name));
+    hash2_bytes(&h, key, key_len);
+    if (with_seq) {
+        unsigned char seq[12];
+        memcpy(seq, &transition, 8);
+        memcpy(seq + 8, &position, 4);
+        hash2_bytes(&h, seq, sizeof(seq));
+    }
+    memcpy(id, &h.a, 8);
+    memcpy(id + 8, &h.b, 8);
+    /* RFC 9562 version 8 (custom) and variant 10: the ids are UUID-shaped
+       like the bus's own v7 event ids, and cannot collide with them. */
+    id[6] = (uint8_t)((id[6] & 0x0f) | 0x80);
+    id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Topic patterns                                                          */
+/* ---------------------------------------------------------------------- */
+
+typedef struct word {
+    const char *p;
+    size_t n;
+} word;
+
+/* Splits s into words; "" has zero words. Returns the count, or -1 if s
+   is longer than EB_TOPIC_MAX (then it has at most 128 words). */
+static int split_words(const char *s, word w[129])
+{
+    size_t len = strlen(s);
+    if (len > EB_TOPIC_MAX)
+        return -1;
+    if (len == 0)
+        return 0;
+    int n = 0;
+    const char *start = s;
+    for (const char *c = s;; c++) {
+        if (*c == '.' || *c == '\0') {
+            w[n].p = start;
+            w[n].n = (size_t)(c - start);
+            n++;
+            if (*c == '\0')
+                break;
+            start = c + 1;
+        }
+    }
+    return n;
+}
+
+static bool word_is(const word *w, char c)
+{
+    return w->n == 1 && w->p[0] == c;
+}
+
+bool eb__topic_match(const char *pattern, const char *topic)
+{
+    word pw[129], tw[129];
+    int np = split_words(pattern, pw), nt = split_words(topic, tw);
+    if (np < 0 || nt < 0)
+        return false;
+    /* Reserved topics ($deadletter...) match only a literal first word. */
+    if (nt > 0 && tw[0].n > 0 && tw[0].p[0] == '$' &&
+        (np == 0 || word_is(&pw[0], '#') || word_is(&pw[0], '*')))
+        return false;
+    /* Glob matching with backtracking to the last '#': '#' is "zero or more
+       words" exactly as '*' is in shell globs, '*' is one word. */
+    int pi = 0, ti = 0, star_p = -1, star_t = 0;
+    while (ti < nt) {
+        if (pi < np && word_is(&pw[pi], '#')) {
+            star_p = pi++;
+            star_t = ti;
+        } else if (pi < np &&
+                   (word_is(&pw[pi], '*') ||
+                    (pw[pi].n == tw[ti].n && memcmp(pw[pi].p, tw[ti].p, tw[ti].n) == 0))) {
+            pi++;
+            ti++;
+        } else if (star_p >= 0) {
+            pi = star_p + 1;
+            ti = ++star_t;
+        } else {
+            return false;
+        }
+    }
+    while (pi < np && word_is(&pw[pi], '#'))
+        pi++;
+    return pi == np;
+}
+
+int eb__cover_pattern(const char *const *patterns, size_t n, char *out)
+{
+    if (patterns == NULL || n == 0)
+        return EB_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (patterns[i] == NULL || strlen(patterns[i]) > EB_TOPIC_MAX)
+            return EB_EINVAL;
+    bool same = true;
+    for (size_t i = 1; i < n && same; i++)
+        same = strcmp(patterns[i], patterns[0]) == 0;
+    if (same) {
+        strcpy(out, patterns[0]);
+        return EB_OK;
+    }
+    word w0[129];
+    int common = split_words(patterns[0], w0);
+    for (size_t i = 1; i < n; i++) {
+        word wi[129];
+        int ni = split_words(patterns[i], wi), k = 0;
+        while (k < common && k < ni && w0[k].n == wi[k].n && memcmp(w0[k].p, wi[k].p, wi[k].n) == 0)
+            k++;
+        common = k;
+    }
+    /* Only literal words may lead: a wildcard (or a '$' word, which '#'
+       alone would not reach anyway) ends the prefix. */
+    int k = 0;
+    while (k < common && !word_is(&w0[k], '*') && !word_is(&w0[k], '#'))
+        k++;
+    size_t len = 0;
+    for (int i = 0; i < k; i++) {
+        memcpy(out + len, w0[i].p, w0[i].n);
+        len += w0[i].n;
+        out[len++] = '.';
+    }
+    /* prefix + "#" is at most as long as the longest pattern + 1 word. */
+    if (len + 2 > EB_TOPIC_MAX + 1)
+        return EB_EINVAL;
+    out[len++] = '#';
+    out[len] = '\0';
+    return EB_OK;
+}
+
+static bool match_any(char *const *patterns, size_t n, const char *topic)
+{
+    for (size_t i = 0; i < n; i++)
+        if (eb__topic_match(patterns[i], topic))
+            return true;
+    return false;
+}
+
+/* Copies n C strings into one allocation: an array of pointers followed by
+   the bytes. NULL if out of memory. */
+static char **copy_strings(const char *const *s, size_t n)
+{
+    size_t bytes = n * sizeof(char *);
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(s[i]) + 1;
+    char **v = malloc(bytes);
+    if (v == NULL)
+        return NULL;
+    char *p = (char *)(v + n);
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(s[i]) + 1;
+        memcpy(p, s[i], l);
+        v[i] = p;
+        p += l;
+    }
+    return v;
+}
+
+static bool topic_ok(const char *topic)
+{
+    return topic != NULL && strlen(topic) <= EB_TOPIC_MAX;
+}
+
+static bool name_ok(const char *name)
+{
+    return name != NULL && name[0] != '\0' && strlen(name) <= EB_NAME_MAX;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Message queue: the outbox and the emit/scope buffers                    */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * A queue is one byte string of entries: a header, then the topic with its
+ * NUL, the key, the payload, padded to 8 bytes. The same bytes are the
+ * saga's outbox as the store keeps it, so the SQLite store can save them in
+ * the state's transaction without knowing their layout.
+ */
+typedef struct qhdr {
+    uint8_t id[16];
+    int64_t delay_ns;
+    uint64_t payload_len;
+    uint32_t topic_len;
+    uint32_t key_len;
+} qhdr;
+
+typedef struct qbuf {
+    unsigned char *p;
+    size_t len, cap;
+    unsigned char *inl; /* caller's inline storage (not freed), or NULL */
+    size_t n;           /* entries */
+} qbuf;
+
+static void qbuf_init(qbuf *q, void *inl, size_t cap)
+{
+    q->p = inl;
+    q->inl = inl;
+    q->len = 0;
+    q->cap = inl != NULL ? cap : 0;
+    q->n = 0;
+}
+
+static void qbuf_fini(qbuf *q)
+{
+    if (q->p != q->inl)
+        free(q->p);
+    qbuf_init(q, q->inl, 0);
+}
+
+static size_t pad8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+/* States are handed to user code as structs: keep them max-aligned. */
+static size_t pad_max(size_t n)
+{
+    return (n + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
+}
+
+static int qbuf_push(qbuf *q, const uint8_t id[16], int64_t delay_ns, const char *topic,
+                     const void *payload, size_t len, const void *key, size_t key_len)
+{
+    size_t tl = strlen(topic);
+    size_t need = sizeof(qhdr) + pad8(tl + 1 + key_len + len);
+    if (q->len + need > q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 256;
+        while (cap < q->len + need)
+            cap *= 2;
+        unsigned char *p = malloc(cap);
+        if (p == NULL)
+            return EB_ENOMEM;
+        if (q->len > 0)
+            memcpy(p, q->p, q->len);
+        if (q->p != q->inl)
+            free(q->p);
+        q->p = p;
+        q->cap = cap;
+    }
+    qhdr h;
+    memset(&h, 0, sizeof(h));
+    if (id != NULL)
+        memcpy(h.id, id, 16);
+    h.delay_ns = delay_ns;
+    h.payload_len = len;
+    h.topic_len = (uint32_t)tl;
+    h.key_len = (uint32_t)key_len;
+    unsigned char *e = q->p + q->len;
+    memcpy(e, &h, sizeof(h));
+    e += sizeof(h);
+    memcpy(e, topic, tl + 1);
+    e += tl + 1;
+    if (key_len > 0)
+        memcpy(e, key, key_len);
+    e += key_len;
+    if (len > 0)
+        memcpy(e, payload, len);
+    q->len += need;
+    q->n++;
+    return EB_OK;
+}
+
+/* One decoded entry; the pointers point into the queue bytes. */
+typedef struct qent {
+    qhdr h;
+    const char *topic;
+    const void *key;
+    const void *payload;
+} qent;
+
+/* Decodes the entry at *off and advances it; false at the end or on bytes
+   that are not a well-formed queue (a store returning foreign data). */
+static bool qbuf_next(const unsigned char *p, size_t len, size_t *off, qent *e)
+{
+    if (*off + sizeof(qhdr) > len)
+        return false;
+    memcpy(&e->h, p + *off, sizeof(qhdr));
+    size_t body = (size_t)e->h.topic_len + 1 + e->h.key_len + e->h.payload_len;
+    if (e->h.topic_len > EB_TOPIC_MAX || e->h.key_len > 255 || body > len - *off - sizeof(qhdr))
+        return false;
+    const unsigned char *b = p + *off + sizeof(qhdr);
+    if (b[e->h.topic_len] != '\0')
+        return false;
+    e->topic = (const char *)b;
+    e->key = e->h.key_len ? b + e->h.topic_len + 1 : NULL;
+    e->payload = b + e->h.topic_len + 1 + e->h.key_len;
+    *off += sizeof(qhdr) + pad8(body);
+    return true;
+}
+
+/* ---------------------------------------------------------------------- */
+/* In-memory saga store                                                    */
+/* ---------------------------------------------------------------------- */
+
+typedef struct ms_node {
+    struct ms_node *next;
+    uint64_t hash;
+    uint64_t version;
+    bool completed;
+    uint8_t event_id[16];
+    unsigned char *outbox; /* malloc'ed; outbox_cap bytes, outbox_len used */
+    size_t outbox_len, outbox_cap;
+    size_t name_len, key_len, state_size;
+    unsigned char *state; /* points into data, after name and key (max-aligned) */
+    max_align_t data[];   /* bytes: name, key, padding, state */
+} ms_node;
+
+typedef struct ms_stripe {
+    pthread_mutex_t lock;
+    ms_node **buckets; /* protected by lock */
+    size_t nbuckets;   /* protected by lock; a power of two */
+    size_t count;      /* protected by lock */
+} ms_stripe;
+
+typedef struct memstore {
+    eb_saga_store base; /* first: the vtable pointer is the store pointer */
+    ms_stripe stripes[EB__STRIPES];
+} memstore;
+
+static ms_node **ms_find(ms_stripe *st, uint64_t hash, const char *name, size_t name_len,
+                         const void *key, size_t key_len)
+{
+    if (st->nbuckets == 0)
+        return NULL;
+    ms_node **pp = &st->buckets[(hash >> 6) & (st->nbuckets - 1)];
+    for (; *pp != NULL; pp = &(*pp)->next) {
+        ms_node *n = *pp;
+        if (n->hash == hash && n->name_len == name_len && n->key_len == key_len &&
+            memcmp(n->data, name, name_len) == 0 &&
+            memcmp((unsigned char *)n->data + name_len, key, key_len) == 0)
+            return pp;
+    }
+    return NULL;
+}
+
+/* Doubles the bucket array when the stripe holds more nodes than buckets.
+   Out of memory keeps the old array: longer chains, still correct. */
+static void ms_grow(ms_stripe *st)
+{
+    if (st->count < st->nbuckets)
+        return;
+    size_t nb = st->nbuckets ? st->nbuckets * 2 : 16;
+    ms_node **b = calloc(nb, sizeof(*b));
+    if (b == NULL)
+        return;
+    for (size_t i = 0; i < st->nbuckets; i++) {
+        ms_node *n = st->buckets[i];
+        while (n != NULL) {
+            ms_node *next = n->next;
+            size_t j = (n->hash >> 6) & (nb - 1);
+            n->next = b[j];
+            b[j] = n;
+            n = next;
+        }
+    }
+    free(st->buckets);
+    st->buckets = b;
+    st->nbuckets = nb;
+}
+
+/* Copies the outbox into the node, growing its buffer only when needed. */
+static int ms_set_outbox(ms_node *n, const eb_saga_record *rec)
+{
+    if (rec->outbox_len > n->outbox_cap) {
+        unsigned char *p = malloc(rec->outbox_len);
+        if (p == NULL)
+            return EB_ENOMEM;
+        free(n->outbox);
+        n->outbox = p;
+        n->outbox_cap = rec->outbox_len;
+    }
+    if (rec->outbox_len > 0)
+        memcpy(n->outbox, rec->outbox, rec->outbox_len);
+    n->outbox_len = rec->outbox_len;
+    return EB_OK;
+}
+
+static ms_stripe *ms_stripe_of(eb_saga_store *s, uint64_t hash)
+{
+    return &((memstore *)s)->stripes[hash & (EB__STRIPES - 1)];
+}
+
+static int ms_load(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                   eb_saga_record *rec)
+{
+    size_t nl = strlen(saga);
+    uint64_t h = hash64(saga, nl, key, key_len);
+    ms_stripe *st = ms_stripe_of(s, h);
+    int rc = EB_OK;
+    void *outbox = NULL;
+    pthread_mutex_lock(&st->lock);
+    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
+    if (pp == NULL) {
+        rc = EB_ENOENT;
+    } else if ((*pp)->state_size != rec->state_size) {
+        rc = EB_EINVAL;
+    } else {
+        ms_node *n = *pp;
+        if (n->outbox_len > 0 && (outbox = malloc(n->outbox_len)) == NULL) {
+            rc = EB_ENOMEM;
+        } else {
+            if (outbox != NULL)
+                memcpy(outbox, n->outbox, n->outbox_len);
+            memcpy(rec->state, n->state, n->state_size);
+            rec->version = n->version;
+            rec->completed = n->completed;
+            memcpy(rec->event_id, n->event_id, 16);
+            rec->outbox = outbox;
+            rec->outbox_len = outbox != NULL ? n->outbox_len : 0;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+static int ms_create(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                     const eb_saga_record *rec)
+{
+    size_t nl = strlen(saga);
+    uint64_t h = hash64(saga, nl, key, key_len);
+    ms_stripe *st = ms_stripe_of(s, h);
+    /* Allocated before the lock: the stripe is held only to look and link. */
+    ms_node *n = calloc(1, sizeof(*n) + pad_max(nl + key_len) + rec->state_size);
+    if (n == NULL)
+        return EB_ENOMEM;
+    n->hash = h;
+    n->name_len = nl;
+    n->key_len = key_len;
+    n->state_size = rec->state_size;
+    memcpy(n->data, saga, nl);
+    if (key_len > 0)
+        memcpy((unsigned char *)n->data + nl, key, key_len);
+    n->state = (unsigned char *)n->data + pad_max(nl + key_len);
+    if (rec->state_size > 0)
+        memcpy(n->state, rec->state, rec->state_size);
+    n->version = rec->version;
+    n->completed = rec->completed;
+    memcpy(n->event_id, rec->event_id, 16);
+    if (ms_set_outbox(n, rec) != EB_OK) {
+        free(n);
+        return EB_ENOMEM;
+    }
+    pthread_mutex_lock(&st->lock);
+    if (ms_find(st, h, saga, nl, key, key_len) != NULL) {
+        pthread_mutex_unlock(&st->lock);
+        free(n->outbox);
+        free(n);
+        return EB_EEXIST;
+    }
+    ms_grow(st);
+    if (st->nbuckets == 0) {
+        pthread_mutex_unlock(&st->lock);
+        free(n->outbox);
+        free(n);
+        return EB_ENOMEM;
+    }
+    ms_node **b = &st->buckets[(h >> 6) & (st->nbuckets - 1)];
+    n->next = *b;
+    *b = n;
+    st->count++;
+    pthread_mutex_unlock(&st->lock);
+    return EB_OK;
+}
+
+static int ms_save(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                   uint64_t expected_version, const eb_saga_record *rec)
+{
+    size_t nl = strlen(saga);
+    uint64_t h = hash64(saga, nl, key, key_len);
+    ms_stripe *st = ms_stripe_of(s, h);
+    int rc = EB_OK;
+    pthread_mutex_lock(&st->lock);
+    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
+    if (pp == NULL) {
+        rc = EB_ENOENT;
+    } else if ((*pp)->version != expected_version) {
+        rc = EB_ECONFLICT;
+    } else if ((*pp)->state_size != rec->state_size) {
+        rc = EB_EINVAL;
+    } else if ((rc = ms_set_outbox(*pp, rec)) == EB_OK) {
+        ms_node *n = *pp;
+        if (n->state_size > 0)
+            memcpy(n->state, rec->state, n->state_size);
+        n->version = rec->version;
+        n->completed = rec->completed;
+        memcpy(n->event_id, rec->event_id, 16);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+static int ms_remove(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                     uint64_t expected_version)
+{
+    size_t nl = strlen(saga);
+    uint64_t h = hash64(saga, nl, key, key_len);
+    ms_stripe *st = ms_stripe_of(s, h);
+    ms_node *gone = NULL;
+    int rc = EB_OK;
+    pthread_mutex_lock(&st->lock);
+    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
+    if (pp == NULL) {
+        rc = EB_ENOENT;
+    } else if ((*pp)->version != expected_version) {
+        rc = EB_ECONFLICT;
+    } else {
+        gone = *pp;
+        *pp = gone->next;
+        st->count--;
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (gone != NULL) {
+        free(gone->outbox);
+        free(gone);
+    }
+    return rc;
+}
+
+static int ms_dispatched(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                         uint64_t version)
+{
+    size_t nl = strlen(saga);
+    uint64_t h = hash64(saga, nl, key, key_len);
+    ms_stripe *st = ms_stripe_of(s, h);
+    int rc = EB_OK;
+    pthread_mutex_lock(&st->lock);
+    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
+    if (pp == NULL)
+        rc = EB_ENOENT;
+    else if ((*pp)->version != version)
+        rc = EB_ECONFLICT;
+    else
+        (*pp)->outbox_len = 0; /* the buffer stays for the next outbox */
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+static void ms_destroy(eb_saga_store *s)
+{
+    memstore *m = (memstore *)s;
+    for (unsigned i = 0; i < EB__STRIPES; i++) {
+        ms_stripe *st = &m->stripes[i];
+        for (size_t b = 0; b < st->nbuckets; b++) {
+            ms_node *n = st->buckets[b];
+            while (n != NULL) {
+                ms_node *next = n->next;
+                free(n->outbox);
+                free(n);
+                n = next;
+            }
+        }
+        free(st->buckets);
+        pthread_mutex_destroy(&st->lock);
+    }
+    free(m);
+}
+
+EB_API int eb_saga_memory_store_create(eb_saga_store **out)
+{
+    if (out == NULL)
+        return EB_EINVAL;
+    memstore *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return EB_ENOMEM;
+    for (unsigned i = 0; i < EB__STRIPES; i++) {
+        if (pthread_mutex_init(&m->stripes[i].lock, NULL) != 0) {
+            while (i-- > 0)
+                pthread_mutex_destroy(&m->stripes[i].lock);
+            free(m);
+            return EB_ENOMEM;
+        }
+    }
+    m->base.load = ms_load;
+    m->base.create = ms_create;
+    m->base.save = ms_save;
+    m->base.remove = ms_remove;
+    m->base.dispatched = ms_dispatched;
+    m->base.destroy = ms_destroy;
+    *out = &m->base;
+    return EB_OK;
+}
+
+EB_API void eb_saga_store_destroy(eb_saga_store *store)
+{
+    if (store != NULL && store->destroy != NULL)
+        store->destroy(store);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Command bus (registry)                                                  */
+/* ---------------------------------------------------------------------- */
+
+typedef struct cmd_route {
+    char *topic;       /* owned */
+    eb_aggregate *agg; /* owner */
+    bool ready;        /* false while the owner is still subscribing */
+} cmd_route;
+
+struct eb_command_bus {
+    eb_bus *bus;
+    pthread_rwlock_t lock;
+    cmd_route *routes;  /* protected by lock; few topics, scanned linearly */
+    size_t n, cap;      /* protected by lock */
+    eb_aggregate *aggs; /* protected by lock: registered aggregate types */
+    /* Fresh command ids: a per-command-bus counter, mixed with the address
+       and creation time so two command buses (or runs) differ. Relaxed:
+       only uniqueness matters, fetch_add gives it. */
+    _Atomic uint64_t next_cmd;
+    uint64_t seed;
+};
+
+/* True if an aggregate is ready for topic. */
+static bool cmd_routed(eb_command_bus *cb, const char *topic)
+{
+    bool found = false;
+    pthread_rwlock_rdlock(&cb->lock);
+    for (size_t i = 0; i < cb->n && !found; i++)
+        found = cb->routes[i].ready && strcmp(cb->routes[i].topic, topic) == 0;
+    pthread_rwlock_unlock(&cb->lock);
+    return found;
+}
+
+EB_API int eb_command_bus_create(eb_bus *bus, eb_command_bus **out)
+{
+    if (bus == NULL || out == NULL)
+        return EB_EINVAL;
+    eb_command_bus *cb = calloc(1, sizeof(*cb));
+    if (cb == NULL)
+        return EB_ENOMEM;
+    if (pthread_rwlock_init(&cb->lock, NULL) != 0) {
+        free(cb);
+        return EB_ENOMEM;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    cb->bus = bus;
+    cb->seed = mix64((uint64_t)(uintptr_t)cb ^
+                     mix64((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec));
+    atomic_init(&cb->next_cmd, 0);
+    *out = cb;
+    return EB_OK;
+}
+
+EB_API int eb_command_send(eb_command_bus *cb, const char *topic, const void *payload, size_t len,
+                           const eb_publish_options *opts)
+{
+    if (cb == NULL || !topic_ok(topic) || opts == NULL || opts->key == NULL || opts->key_len == 0)
+        return EB_EINVAL;
+    if (!cmd_routed(cb, topic))
+        return EB_ENOENT;
+    eb_publish_options o = *opts;
+    uint8_t id[16];
+    if (o.causation_id == NULL) {
+        uint64_t n = atomic_fetch_add_explicit(&cb->next_cmd, 1, memory_order_relaxed);
+        uint64_t a = mix64(cb->seed ^ n), b = mix64(a ^ cb->seed ^ 0x5851f42d4c957f2dULL);
+        memcpy(id, &a, 8);
+        memcpy(id + 8, &b, 8);
+        id[6] = (uint8_t)((id[6] & 0x0f) | 0x80);
+        id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
+        o.causation_id = id;
+    }
+    return eb_publish(cb->bus, topic, payload, len, &o);
+}
+
+EB_API bool eb_command_id(const eb_event *ev, uint8_t id[16])
+{
+    return eb_event_causation_id(ev, id);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Sagas                                                                   */
+/* ---------------------------------------------------------------------- */
+
+struct eb_saga {
+    eb_bus *bus;
+    eb_subscription *sub;
+    eb_saga_store *store;
+    bool own_store;
+    eb_command_bus *commands;
+    eb_saga_on_complete on_complete;
+    eb_saga_key_fn key_fn;
+    eb_saga_init_fn init;
+    eb_saga_transition_fn transition;
+    void *ctx;
+    size_t state_size;
+    char *name;
+    char **topics;
+    size_t n_topics;
+    char **starts;
+    size_t n_starts;
+    /* Statistics, relaxed: nothing is published through them. */
+    _Atomic uint64_t transitions, started, completed, ignored, conflicts, failures, sent,
+        redispatched;
+};
+
+struct eb_saga_ctx {
+    eb_saga *saga;
+    const void *key;
+    size_t key_len;
+    uint64_t number; /* the transition number once saved */
+    bool is_new;
+    bool complete;
+    qbuf q;
+};
+
+static void count(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+EB_API void eb_saga_options_init(eb_saga_options *opts)
+{
+    if (opts != NULL)
+        memset(opts, 0, sizeof(*opts));
+}
+
+static int saga_queue(eb_saga_ctx *sc, int64_t delay_ns, const char *topic, const void *payload,
+                      size_t len, const void *key, size_t key_len)
+{
+    uint8_t id[16];
+    eb__saga_id(sc->saga->name, sc->key, sc->key_len, true, sc->number, (uint32_t)sc->q.n, id);
+    return qbuf_push(&sc->q, id, delay_ns, topic, payload, len, key, key_len);
+}
+
+EB_API int eb_saga_send(eb_saga_ctx *sc, const char *topic, const void *payload, size_t len,
+                        const void *key, size_t key_len)
+{
+    if (sc == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key == NULL ||
+        key_len == 0 || key_len > 255)
+        return EB_EINVAL;
+    if (sc->saga->commands != NULL && !cmd_routed(sc->saga->commands, topic))
+        return EB_ENOENT;
+    return saga_queue(sc, 0, topic, payload, len, key, key_len);
+}
+
+EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *payload, size_t len,
+                           const void *key, size_t key_len)
+{
+    if (sc == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
+        (key == NULL && key_len > 0))
+        return EB_EINVAL;
+    return saga_queue(sc, 0, topic, payload, len, key, key_len);
+}
+
+EB_API int eb_saga_schedule_timeout(eb_saga_ctx *sc, int64_t delay_ns, const char *topic,
+                                    const void *payload, size_t len)
+{
+    if (sc == NULL || delay_ns <= 0 || !topic_ok(topic) || (payload == NULL && len > 0))
+        return EB_EINVAL;
+    return saga_queue(sc, delay_ns, topic, payload, len, sc->key, sc->key_len);
+}
+
+EB_API void eb_saga_complete(eb_saga_ctx *sc)
+{
+    if (sc != NULL)
+        sc->complete = true;
+}
+
+EB_API const void *eb_saga_key(const eb_saga_ctx *sc, size_t *len)
+{
+    if (len != NULL)
+        *len = sc != NULL ? sc->key_len : 0;
+    return sc != NULL ? sc->key : NULL;
+}
+
+EB_API uint64_t eb_saga_transition_number(const eb_saga_ctx *sc)
+{
+    return sc != NULL ? sc->number : 0;
+}
+
+EB_API bool eb_saga_is_new(const eb_saga_ctx *sc)
+{
+    return sc != NULL && sc->is_new;
+}
+
+EB_API void eb_saga_instance_id(const eb_saga_ctx *sc, uint8_t id[16])
+{
+    if (sc != NULL && id != NULL)
+        eb__saga_id(sc->saga->name, sc->key, sc->key_len, false, 0, 0, id);
+}
+
+/*
+ * Publishes an outbox in order: each entry on its own, because its
+ * causation id (its command id) is its own and eb_publish_batch applies one
+ * set of ids to the whole batch. Blocking publishes: from a handler the bus
+ * returns EB_EDEADLK rather than hang, and the retry comes back here.
+ */
+static int saga_dispatch(eb_saga *s, const void *key, size_t key_len, const unsigned char *q,
+                         size_t qlen)
+{
+    uint8_t inst[16];
+    eb__saga_id(s->name, key, key_len, false, 0, 0, inst);
+    size_t off = 0;
+    qent e;
+    while (qbuf_next(q, qlen, &off, &e)) {
+        eb_publish_options o;
+        eb_publish_options_init(&o);
+        o.key = e.key;
+        o.key_len = e.h.key_len;
+        o.correlation_id = inst;
+        o.causation_id = e.h.id;
+        o.delay_ns = e.h.delay_ns;
+        int rc = eb_publish(s->bus, e.topic, e.payload, (size_t)e.h.payload_len, &o);
+        if (rc != EB_OK)
+            return rc;
+        count(&s->sent, 1);
+    }
+    return off == qlen ? EB_OK : EB_ECORRUPT;
+}
+
+/* After a successful dispatch of version v: the store may drop the
+   outbox; a completed instance in REMOVE mode goes. Failures here only
+   cost a repeat (at least once), so they are not the delivery's failure. */
+static void saga_settle(eb_saga *s, const void *key, size_t key_len, uint64_t v, bool completed)
+{
+    if (s->store->dispatched != NULL)
+        (void)s->store->dispatched(s->store, s->name, key, key_len, v);
+    if (completed && s->on_complete == EB_SAGA_REMOVE)
+        (void)s->store->remove(s->store, s->name, key, key_len, v);
+}
+
+static int saga_fail(eb_saga *s, int rc)
+{
+    count(&s->failures, 1);
+    if (rc == EB_ECONFLICT || rc == EB_EEXIST)
+        count(&s->conflicts, 1);
+    return rc;
+}
+
+static int on_saga_event(const eb_event *ev, void *arg)
+{
+    eb_saga *s = arg;
+    const char *topic = eb_event_topic(ev);
+    if (!match_any(s->topics, s->n_topics, topic)) {
+        count(&s->ignored, 1); /* caught by the covering pattern only */
+        return EB_OK;
+    }
+    const void *key;
+    size_t key_len;
+    if (s->key_fn != NULL) {
+        int krc = s->key_fn(ev, &key, &key_len, s->ctx);
+        if (krc == EB_ENOENT || (krc == EB_OK && (key == NULL || key_len == 0 || key_len > 255))) {
+            count(&s->ignored, 1);
+            return EB_OK;
+        }
+        if (krc != EB_OK)
+            return saga_fail(s, krc);
+    } else {
+        key = eb_event_key(ev, &key_len);
+        if (key == NULL || key_len == 0) {
+            count(&s->ignored, 1);
+            return EB_OK;
+        }
+    }
+
+    max_align_t state_inl[EB__INLINE_STATE / sizeof(max_align_t)];
+    max_align_t q_inl[EB__INLINE_QUEUE / sizeof(max_align_t)];
+    void *state = s->state_size <= sizeof(state_inl) ? (void *)state_inl : malloc(s->state_size);
+    if (state == NULL)
+        return saga_fail(s, EB_ENOMEM);
+    uint8_t evid[16];
+    eb_event_id(ev, evid);
+    eb_saga_record rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.state = state;
+    rec.state_size = s->state_size;
+    eb_saga_ctx sc;
+    memset(&sc, 0, sizeof(sc));
+    sc.saga = s;
+    sc.key = key;
+    sc.key_len = key_len;
+    qbuf_init(&sc.q, q_inl, sizeof(q_inl));
+    int rc = s->store->load(s->store, s->name, key, key_len, &rec);
+    if (rc == EB_ENOENT) {
+        if (!match_any(s->starts, s->n_starts, topic)) {
+            count(&s->ignored, 1);
+            rc = EB_OK;
+            goto out;
+        }
+        memset(state, 0, s->state_size);
+        if (s->init != NULL)
+            s->init(state, ev, s->ctx);
+        rec.version = 0;
+        sc.is_new = true;
+    } else if (rc != EB_OK) {
+        rc = saga_fail(s, rc);
+        goto out;
+    } else {
+        bool redelivered = memcmp(rec.event_id, evid, 16) == 0;
+        /* An outbox still in the store was saved but not (known to be)
+           published. The same event again means our publish failed: send
+           that outbox instead of running the transition twice. Another
+           event finds it only if the dispatch of an earlier one failed for
+           good; a store that tracks dispatch then gets it sent first. */
+        if (rec.outbox_len > 0 && (redelivered || s->store->dispatched != NULL)) {
+            rc = saga_dispatch(s, key, key_len, rec.outbox, rec.outbox_len);
+            if (rc != EB_OK) {
+                rc = saga_fail(s, rc);
+                goto out;
+            }
+            count(&s->redispatched, 1);
+            saga_settle(s, key, key_len, rec.version, rec.completed);
+            if (redelivered)
+                goto out;
+        } else if (redelivered) {
+            /* Saved and dispatched already; only the settle may be left. */
+            saga_settle(s, key, key_len, rec.version, rec.completed);
+            goto out;
+        }
+        if (rec.completed) {
+            if (s->on_complete == EB_SAGA_REMOVE)
+                (void)s->store->remove(s->store, s->name, key, key_len, rec.version);
+            count(&s->ignored, 1);
+            goto out;
+        }
+    }
+    free(rec.outbox);
+    rec.outbox = NULL;
+    rec.outbox_len = 0;
+
+    uint64_t loaded = rec.version;
+    sc.number = loaded + 1;
+    rc = s->transition(&sc, ev, state, s->ctx);
+    if (rc != EB_OK) {
+        rc = saga_fail(s, rc < 0 ? rc : EB_EHANDLER);
+        goto out;
+    }
+    if (sc.complete && s->on_complete == EB_SAGA_REMOVE && sc.q.n == 0) {
+        /* Nothing to send and nothing to keep: removing is the save. */
+        if (!sc.is_new && (rc = s->store->remove(s->store, s->name, key, key_len, loaded)) != 0) {
+            rc = saga_fail(s, rc);
+            goto out;
+        }
+    } else {
+        rec.version = sc.number;
+        rec.completed = sc.complete;
+        memcpy(rec.event_id, evid, 16);
+        rec.outbox = sc.q.n > 0 ? sc.q.p : NULL;
+        rec.outbox_len = sc.q.n > 0 ? sc.q.len : 0;
+        rc = sc.is_new ? s->store->create(s->store, s->name, key, key_len, &rec)
+                       : s->store->save(s->store, s->name, key, key_len, loaded, &rec);
+        rec.outbox = NULL; /* it is sc.q's, not a loaded copy */
+        if (rc != EB_OK) {
+            rc = saga_fail(s, rc);
+            goto out;
+        }
+    }
+    count(&s->transitions, 1);
+    if (sc.is_new)
+        count(&s->started, 1);
+    if (sc.complete)
+        count(&s->completed, 1);
+    if (sc.q.n > 0) {
+        /* Persisted: now, and only now, the commands may leave. */
+        rc = saga_dispatch(s, key, key_len, sc.q.p, sc.q.len);
+        if (rc != EB_OK) {
+            rc = saga_fail(s, rc);
+            goto out;
+        }
+        saga_settle(s, key, key_len, sc.number, sc.complete);
+    }
+out:
+    free(rec.outbox);
+    qbuf_fini(&sc.q);
+    if (state != (void *)state_inl)
+        free(state);
+    return rc;
+}
+
+static bool patterns_ok(const char *const *p, size_t n)
+{
+    if (p == NULL || n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!topic_ok(p[i]))
+            return false;
+    return true;
+}
+
+static void saga_free(eb_saga *s)
+{
+    if (s->own_store)
+        eb_saga_store_destroy(s->store);
+    free(s->name);
+    free(s->topics);
+    free(s->starts);
+    free(s);
+}
+
+EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_options *opts,
+                            eb_saga **out)
+{
+    eb_saga_options defaults;
+    if (opts == NULL) {
+        eb_saga_options_init(&defaults);
+        opts = &defaults;
+    }
+    if (bus == NULL || def == NULL || out == NULL || def->transition == NULL ||
+        !name_ok(def->name) || !patterns_ok(def->topics, def->n_topics) ||
+        !patterns_ok(def->start_topics, def->n_start_topics) || def->state_size > EB__STATE_MAX ||
+        opts->lanes > 1024 || opts->max_attempts > 1000 ||
+        (opts->on_complete != EB_SAGA_REMOVE && opts->on_complete != EB_SAGA_ARCHIVE))
+        return EB_EINVAL;
+    if (opts->store != NULL && (opts->store->load == NULL || opts->store->create == NULL ||
+                                opts->store->save == NULL || opts->store->remove == NULL))
+        return EB_EINVAL;
+    char cover[EB_TOPIC_MAX + 1];
+    if (eb__cover_pattern(def->topics, def->n_topics, cover) != EB_OK)
+        return EB_EINVAL;
+    eb_saga *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return EB_ENOMEM;
+    s->bus = bus;
+    s->name = malloc(strlen(def->name) + 1);
+    s->topics = copy_strings(def->topics, def->n_topics);
+    s->starts = copy_strings(def->start_topics, def->n_start_topics);
+    s->store = opts->store;
+    if (s->store == NULL && eb_saga_memory_store_create(&s->store) == EB_OK)
+        s->own_store = true;
+    if (s->name == NULL || s->topics == NULL || s->starts == NULL || s->store == NULL) {
+        saga_free(s);
+        return EB_ENOMEM;
+    }
+    strcpy(s->name, def->name);
+    s->n_topics = def->n_topics;
+    s->n_starts = def->n_start_topics;
+    s->commands = opts->commands;
+    s->on_complete = opts->on_complete;
+    s->key_fn = def->key;
+    s->init = def->init;
+    s->transition = def->transition;
+    s->ctx = def->ctx;
+    s->state_size = def->state_size;
+
+    char subname[EB_NAME_MAX + 16];
+    snprintf(subname, sizeof(subname), "saga:%s", def->name);
+    eb_subscribe_options so;
+    eb_subscribe_options_init(&so);
+    so.delivery = EB_DELIVERY_KEYED;
+    so.lanes = opts->lanes;
+    /* Saga deliveries fail for transient reasons (a full intake seen from a
+       handler is EB_EDEADLK, a version conflict): retry them many times. */
+    so.max_attempts = opts->max_attempts ? opts->max_attempts : 100;
+    so.backoff_initial_ns = opts->backoff_initial_ns;
+    so.backoff_max_ns = opts->backoff_max_ns;
+    so.mailbox_capacity = opts->mailbox_capacity;
+    so.name = subname;
+    int rc = eb_subscribe(bus, cover, on_saga_event, s, &so, &s->sub);
+    if (rc != EB_OK) {
+        saga_free(s);
+        return rc;
+    }
+    *out = s;
+    return EB_OK;
+}
+
+EB_API int eb_saga_unregister(eb_saga *saga)
+{
+    if (saga == NULL)
+        return EB_OK;
+    int rc = eb_unsubscribe(saga->sub);
+    saga_free(saga);
+    return rc;
+}
+
+EB_API int eb_saga_stats_get(eb_saga *saga, eb_saga_stats *out)
+{
+    if (saga == NULL || out == NULL)
+        return EB_EINVAL;
+    out->transitions = atomic_load_explicit(&saga->transitions, memory_order_relaxed);
+    out->started = atomic_load_explicit(&saga->started, memory_order_relaxed);
+    out->completed = atomic_load_explicit(&saga->completed, memory_order_relaxed);
+    out->ignored = atomic_load_explicit(&saga->ignored, memory_order_relaxed);
+    out->conflicts = atomic_load_explicit(&saga->conflicts, memory_order_relaxed);
+    out->failures = atomic_load_explicit(&saga->failures, memory_order_relaxed);
+    out->commands = atomic_load_explicit(&saga->sent, memory_order_relaxed);
+    out->redispatched = atomic_load_explicit(&saga->redispatched, memory_order_relaxed);
+    return EB_OK;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Aggregates                                                              */
+/* ---------------------------------------------------------------------- */
+
+typedef struct ag_node {
+    struct ag_node *next; /* protected by the stripe lock */
+    uint64_t hash;
+    size_t id_len;
+    /* The state is written by the aggregate's lane (under the stripe lock,
+       for eb_aggregate_read) and read by that lane without it: one lane
+       owns an id, and the bus orders one lane's deliveries. */
+    unsigned char *state;
+    max_align_t data[]; /* bytes: id, padding, state (max-aligned) */
+} ag_node;
+
+typedef struct ag_stripe {
+    pthread_mutex_t lock;
+    ag_node **buckets; /* protected by lock */
+    size_t nbuckets;   /* protected by lock */
+    size_t count;      /* protected by lock */
+} ag_stripe;
+
+struct eb_aggregate {
+    eb_command_bus *cb;
+    eb_aggregate *next, *prev; /* protected by cb->lock */
+    eb_subscription *sub;
+    char *name;
+    char **topics;
+    size_t n_topics;
+    size_t state_size;
+    eb_aggregate_init_fn init;
+    eb_aggregate_fn handle;
+    void *ctx;
+    ag_stripe stripes[EB__STRIPES];
+};
+
+struct eb_aggregate_ctx {
+    eb_aggregate *agg;
+    const void *id;
+    size_t id_len;
+    qbuf q;
+};
+
+EB_API void eb_aggregate_options_init(eb_aggregate_options *opts)
+{
+    if (opts != NULL)
+        memset(opts, 0, sizeof(*opts));
+}
+
+static ag_node **ag_find(ag_stripe *st, uint64_t h, const void *id, size_t id_len)
+{
+    if (st->nbuckets == 0)
+        return NULL;
+    ag_node **pp = &st->buckets[(h >> 6) & (st->nbuckets - 1)];
+    for (; *pp != NULL; pp = &(*pp)->next)
+        if ((*pp)->hash == h && (*pp)->id_len == id_len && memcmp((*pp)->data, id, id_len) == 0)
+            return pp;
+    return NULL;
+}
+
+static void ag_grow(ag_stripe *st)
+{
+    if (st->count < st->nbuckets)
+        return;
+    size_t nb = st->nbuckets ? st->nbuckets * 2 : 16;
+    ag_node **b = calloc(nb, sizeof(*b));
+    if (b == NULL)
+        return;
+    for (size_t i = 0; i < st->nbuckets; i++) {
+        ag_node *n = st->buckets[i];
+        while (n != NULL) {
+            ag_node *next = n->next;
+            size_t j = (n->hash >> 6) & (nb - 1);
+            n->next = b[j];
+            b[j] = n;
+            n = next;
+        }
+    }
+    free(st->buckets);
+    st->buckets = b;
+    st->nbuckets = nb;
+}
+
+/* The node of id, created (init outside the lock) on its first command.
+   Only the lane that owns id creates it, so no two threads race to. */
+static ag_node *ag_get(eb_aggregate *a, const void *id, size_t id_len)
+{
+    uint64_t h = hash64("", 0, id, id_len);
+    ag_stripe *st = &a->stripes[h & (EB__STRIPES - 1)];
+    pthread_mutex_lock(&st->lock);
+    ag_node **pp = ag_find(st, h, id, id_len);
+    ag_node *n = pp != NULL ? *pp : NULL;
+    pthread_mutex_unlock(&st->lock);
+    if (n != NULL)
+        return n;
+    n = calloc(1, sizeof(*n) + pad_max(id_len) + a->state_size);
+    if (n == NULL)
+        return NULL;
+    n->hash = h;
+    n->id_len = id_len;
+    memcpy(n->data, id, id_len);
+    n->state = (unsigned char *)n->data + pad_max(id_len);
+    if (a->init != NULL)
+        a->init(n->state, id, id_len, a->ctx);
+    pthread_mutex_lock(&st->lock);
+    ag_grow(st);
+    if (st->nbuckets == 0) {
+        pthread_mutex_unlock(&st->lock);
+        free(n);
+        return NULL;
+    }
+    ag_node **b = &st->buckets[(h >> 6) & (st->nbuckets - 1)];
+    n->next = *b;
+    *b = n;
+    st->count++;
+    pthread_mutex_unlock(&st->lock);
+    return n;
+}
+
+static int on_command(const eb_event *ev, void *arg)
+{
+    eb_aggregate *a = arg;
+    const char *topic = eb_event_topic(ev);
+    bool mine = false;
+    for (size_t i = 0; i < a->n_topics && !mine; i++)
+        mine = strcmp(a->topics[i], topic) == 0;
+    if (!mine)
+        return EB_OK; /* another aggregate's command under our covering pattern */
+    size_t id_len;
+    const void *id = eb_event_key(ev, &id_len);
+    if (id == NULL || id_len == 0)
+        return EB_EINVAL; /* not sent with eb_command_send: dead-lettered */
+    ag_node *n = ag_get(a, id, id_len);
+    if (n == NULL)
+        return EB_ENOMEM;
+    /* Two copies: the one the handler mutates, and the state before, to
+       roll back to if the emitted events cannot be published. */
+    max_align_t state_inl[2 * EB__INLINE_STATE / sizeof(max_align_t)];
+    max_align_t q_inl[EB__INLINE_QUEUE / sizeof(max_align_t)];
+    size_t sz = a->state_size;
+    unsigned char *copy =
+        2 * pad_max(sz) <= sizeof(state_inl) ? (unsigned char *)state_inl : malloc(2 * pad_max(sz));
+    if (copy == NULL)
+        return EB_ENOMEM;
+    unsigned char *old = copy + pad_max(sz);
+    if (sz > 0) {
+        memcpy(copy, n->state, sz);
+        memcpy(old, n->state, sz);
+    }
+    eb_aggregate_ctx ac = {a, n->data, id_len, {0}};
+    qbuf_init(&ac.q, q_inl, sizeof(q_inl));
+    int rc = a->handle(&ac, ev, copy, a->ctx);
+    if (rc > 0)
+        rc = EB_EHANDLER;
+    ag_stripe *st = &a->stripes[n->hash & (EB__STRIPES - 1)];
+    if (rc == EB_OK && sz > 0) {
+        /* Stored before the events leave, so whoever handles an event we
+           emit (and whatever it causes) finds the state that emitted it;
+           the lock is for eb_aggregate_read. */
+        pthread_mutex_lock(&st->lock);
+        memcpy(n->state, copy, sz);
+        pthread_mutex_unlock(&st->lock);
+    }
+    if (rc == EB_OK && ac.q.n > 0) {
+        eb_message msgs_inl[16];
+        eb_message *msgs = ac.q.n <= 16 ? msgs_inl : malloc(ac.q.n * sizeof(*msgs));
+        if (msgs == NULL) {
+            rc = EB_ENOMEM;
+        } else {
+            size_t off = 0, k = 0;
+            qent e;
+            while (qbuf_next(ac.q.p, ac.q.len, &off, &e)) {
+                msgs[k].topic = e.topic;
+                msgs[k].payload = e.payload;
+                msgs[k].len = (size_t)e.h.payload_len;
+                msgs[k].key = e.key;
+                msgs[k].key_len = e.h.key_len;
+                k++;
+            }
+            rc = eb_publish_batch(a->cb->bus, msgs, k, NULL, NULL);
+            if (msgs != msgs_inl)
+                free(msgs);
+        }
+        if (rc != EB_OK && sz > 0) {
+            /* Not all events left: undo, the retried command redoes it and
+               emits them again (at least once). */
+            pthread_mutex_lock(&st->lock);
+            memcpy(n->state, old, sz);
+            pthread_mutex_unlock(&st->lock);
+        }
+    }
+    qbuf_fini(&ac.q);
+    if (copy != (unsigned char *)state_inl)
+        free(copy);
+    return rc;
+}
+
+EB_API int eb_aggregate_emit(eb_aggregate_ctx *ac, const char *topic, const void *payload,
+                             size_t len, const void *key, size_t key_len)
+{
+    if (ac == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
+        (key == NULL && key_len > 0))
+        return EB_EINVAL;
+    return qbuf_push(&ac->q, NULL, 0, topic, payload, len, key, key_len);
+}
+
+EB_API const void *eb_aggregate_id(const eb_aggregate_ctx *ac, size_t *len)
+{
+    if (len != NULL)
+        *len = ac != NULL ? ac->id_len : 0;
+    return ac != NULL ? ac->id : NULL;
+}
+
+EB_API int eb_aggregate_read(eb_aggregate *agg, const void *id, size_t id_len, void *out,
+                             size_t size)
+{
+    if (agg == NULL || id == NULL || id_len == 0 || (out == NULL && size > 0) ||
+        size != agg->state_size)
+        return EB_EINVAL;
+    uint64_t h = hash64("", 0, id, id_len);
+    ag_stripe *st = &agg->stripes[h & (EB__STRIPES - 1)];
+    int rc = EB_OK;
+    pthread_mutex_lock(&st->lock);
+    ag_node **pp = ag_find(st, h, id, id_len);
+    if (pp == NULL)
+        rc = EB_ENOENT;
+    else if (size > 0)
+        memcpy(out, (*pp)->state, size);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
+static void agg_free(eb_aggregate *a)
+{
+    for (unsigned i = 0; i < EB__STRIPES; i++) {
+        ag_stripe *st = &a->stripes[i];
+        for (size_t b = 0; b < st->nbuckets; b++) {
+            ag_node *n = st->buckets[b];
+            while (n != NULL) {
+                ag_node *next = n->next;
+                free(n);
+                n = next;
+            }
+        }
+        free(st->buckets);
+        pthread_mutex_destroy(&st->lock);
+    }
+    free(a->name);
+    free(a->topics);
+    free(a);
+}
+
+/* Drops every route of a; called with cb->lock held for writing. */
+static void routes_drop(eb_command_bus *cb, eb_aggregate *a)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < cb->n; i++) {
+        if (cb->routes[i].agg == a)
+            free(cb->routes[i].topic);
+        else
+            cb->routes[k++] = cb->routes[i];
+    }
+    cb->n = k;
+}
+
+EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def,
+                                 const eb_aggregate_options *opts, eb_aggregate **out)
+{
+    eb_aggregate_options defaults;
+    if (opts == NULL) {
+        eb_aggregate_options_init(&defaults);
+        opts = &defaults;
+    }
+    if (cb == NULL || def == NULL || out == NULL || def->handle == NULL || !name_ok(def->name) ||
+        !patterns_ok(def->commands, def->n_commands) || def->state_size > EB__STATE_MAX ||
+        opts->lanes > 1024 || opts->max_attempts > 1000)
+        return EB_EINVAL;
+    for (size_t i = 0; i < def->n_commands; i++) {
+        word w[129];
+        int nw = split_words(def->commands[i], w);
+        if (nw <= 0)
+            return EB_EINVAL;
+        for (int j = 0; j < nw; j++)
+            if (word_is(&w[j], '*') || word_is(&w[j], '#'))
+                return EB_EINVAL;
+    }
+    char cover[EB_TOPIC_MAX + 1];
+    if (eb__cover_pattern(def->commands, def->n_commands, cover) != EB_OK)
+        return EB_EINVAL;
+    eb_aggregate *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return EB_ENOMEM;
+    unsigned inited = 0;
+    while (inited < EB__STRIPES && pthread_mutex_init(&a->stripes[inited].lock, NULL) == 0)
+        inited++;
+    a->name = malloc(strlen(def->name) + 1);
+    a->topics = copy_strings(def->commands, def->n_commands);
+    if (inited < EB__STRIPES || a->name == NULL || a->topics == NULL) {
+        while (inited < EB__STRIPES)
+            pthread_mutex_init(&a->stripes[inited++].lock, NULL); /* so agg_free is uniform */
+        agg_free(a);
+        return EB_ENOMEM;
+    }
+    strcpy(a->name, def->name);
+    a->cb = cb;
+    a->n_topics = def->n_commands;
+    a->state_size = def->state_size;
+    a->init = def->init;
+    a->handle = def->handle;
+    a->ctx = def->ctx;
+
+    /* Reserve the topics first (not yet ready: sends see EB_ENOENT until the
+       subscription exists, so no command is published unrouted). */
+    int rc = EB_OK;
+    pthread_rwlock_wrlock(&cb->lock);
+    for (size_t i = 0; i < def->n_commands && rc == EB_OK; i++) {
+        for (size_t j = 0; j < cb->n; j++)
+            if (strcmp(cb->routes[j].topic, def->commands[i]) == 0)
+                rc = EB_EEXIST;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(def->commands[j], def->commands[i]) == 0)
+                rc = EB_EINVAL;
+    }
+    if (rc == EB_OK && cb->n + def->n_commands > cb->cap) {
+        size_t cap = cb->cap ? cb->cap : 8;
+        while (cap < cb->n + def->n_commands)
+            cap *= 2;
+        cmd_route *r = realloc(cb->routes, cap * sizeof(*r));
+        if (r == NULL) {
+            rc = EB_ENOMEM;
+        } else {
+            cb->routes = r;
+            cb->cap = cap;
+        }
+    }
+    for (size_t i = 0; i < def->n_commands && rc == EB_OK; i++) {
+        cmd_route r = {a->topics[i], a, false};
+        r.topic = malloc(strlen(a->topics[i]) + 1);
+        if (r.topic == NULL) {
+            rc = EB_ENOMEM;
+            break;
+        }
+        strcpy(r.topic, a->topics[i]);
+        cb->routes[cb->n++] = r;
+    }
+    if (rc != EB_OK)
+        routes_drop(cb, a);
+    pthread_rwlock_unlock(&cb->lock);
+    if (rc != EB_OK) {
+        agg_free(a);
+        return rc;
+    }
+
+    char subname[EB_NAME_MAX + 16];
+    snprintf(subname, sizeof(subname), "aggregate:%s", def->name);
+    eb_subscribe_options so;
+    eb_subscribe_options_init(&so);
+    so.delivery = EB_DELIVERY_KEYED;
+    so.lanes = opts->lanes;
+    so.max_attempts = opts->max_attempts ? opts->max_attempts : 100;
+    so.backoff_initial_ns = opts->backoff_initial_ns;
+    so.backoff_max_ns = opts->backoff_max_ns;
+    so.mailbox_capacity = opts->mailbox_capacity;
+    so.name = subname;
+    rc = eb_subscribe(cb->bus, cover, on_command, a, &so, &a->sub);
+    pthread_rwlock_wrlock(&cb->lock);
+    if (rc != EB_OK) {
+        routes_drop(cb, a);
+    } else {
+        for (size_t i = 0; i < cb->n; i++)
+            if (cb->routes[i].agg == a)
+                cb->routes[i].ready = true;
+        a->next = cb->aggs;
+        if (cb->aggs != NULL)
+            cb->aggs->prev = a;
+        cb->aggs = a;
+    }
+    pthread_rwlock_unlock(&cb->lock);
+    if (rc != EB_OK) {
+        agg_free(a);
+        return rc;
+    }
+    *out = a;
+    return EB_OK;
+}
+
+EB_API int eb_aggregate_unregister(eb_aggregate *agg)
+{
+    if (agg == NULL)
+        return EB_OK;
+    eb_command_bus *cb = agg->cb;
+    /* Routes first, so new sends get EB_ENOENT instead of going nowhere. */
+    pthread_rwlock_wrlock(&cb->lock);
+    routes_drop(cb, agg);
+    if (agg->prev != NULL)
+        agg->prev->next = agg->next;
+    else
+        cb->aggs = agg->next;
+    if (agg->next != NULL)
+        agg->next->prev = agg->prev;
+    pthread_rwlock_unlock(&cb->lock);
+    int rc = eb_unsubscribe(agg->sub);
+    agg_free(agg);
+    return rc;
+}
+
+EB_API void eb_command_bus_destroy(eb_command_bus *cb)
+{
+    if (cb == NULL)
+        return;
+    for (;;) {
+        pthread_rwlock_rdlock(&cb->lock);
+        eb_aggregate *a = cb->aggs;
+        pthread_rwlock_unlock(&cb->lock);
+        if (a == NULL)
+            break;
+        (void)eb_aggregate_unregister(a);
+    }
+    free(cb->routes);
+    pthread_rwlock_destroy(&cb->lock);
+    free(cb);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Unit of work                                                            */
+/* ---------------------------------------------------------------------- */
+
+struct eb_scope {
+    eb_bus *bus;
+    qbuf q;       /* heap only */
+    size_t start; /* byte offset of the first event not yet published */
+    size_t left;  /* events not yet published */
+};
+
+EB_API int eb_scope_begin(eb_bus *bus, eb_scope **out)
+{
+    if (bus == NULL || out == NULL)
+        return EB_EINVAL;
+    eb_scope *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return EB_ENOMEM;
+    s->bus = bus;
+    qbuf_init(&s->q, NULL, 0);
+    *out = s;
+    return EB_OK;
+}
+
+EB_API int eb_scope_publish(eb_scope *scope, const char *topic, const void *payload, size_t len,
+                            const void *key, size_t key_len)
+{
+    if (scope == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
+        (key == NULL && key_len > 0))
+        return EB_EINVAL;
+    int rc = qbuf_push(&scope->q, NULL, 0, topic, payload, len, key, key_len);
+    if (rc == EB_OK)
+        scope->left++;
+    return rc;
+}
+
+EB_API int eb_scope_commit(eb_scope *scope, const eb_publish_options *opts, size_t *published)
+{
+    if (scope == NULL)
+        return EB_EINVAL;
+    eb_message *msgs = NULL;
+    if (scope->left > 0 && (msgs = malloc(scope->left * sizeof(*msgs))) == NULL)
+        return EB_ENOMEM;
+    size_t off = scope->start, k = 0;
+    qent e;
+    while (k < scope->left && qbuf_next(scope->q.p, scope->q.len, &off, &e)) {
+        msgs[k].topic = e.topic;
+        msgs[k].payload = e.payload;
+        msgs[k].len = (size_t)e.h.payload_len;
+        msgs[k].key = e.key;
+        msgs[k].key_len = e.h.key_len;
+        k++;
+    }
+    size_t accepted = 0;
+    int rc = eb_publish_batch(scope->bus, msgs, k, opts, &accepted);
+    if (rc != EB_OK && rc != EB_EINVAL) {
+        /* Skip the accepted prefix: a later commit publishes only the rest. */
+        for (size_t i = 0; i < accepted; i++)
+            (void)qbuf_next(scope->q.p, scope->q.len, &scope->start, &e);
+        scope->left -= accepted;
+    }
+    free(msgs);
+    if (published != NULL)
+        *published = rc == EB_EINVAL ? 0 : accepted;
+    if (rc == EB_OK)
+        eb_scope_abort(scope); /* everything left; only the memory remains */
+    return rc;
+}
+
+EB_API void eb_scope_abort(eb_scope *scope)
+{
+    if (scope == NULL)
+        return;
+    qbuf_fini(&scope->q);
+    free(scope);
+}

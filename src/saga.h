@@ -1,0 +1,38 @@
+/*
+ * saga — sagas, aggregates with point-to-point commands, units of work and
+ * the in-memory saga store, built on the public bus API only (saga.c).
+ *
+ * These internal helpers are exposed to the tests through the internal
+ * library: topic matching as the bus routes (AMQP 0-9-1 topic rules), the
+ * covering pattern a saga or aggregate subscribes to, and the derived ids.
+ */
+#ifndef EB_SAGA_H
+#define EB_SAGA_H
+
+#include <eventbus/eventbus.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* True if topic matches pattern under the bus's rules, including the rule
+   that a topic whose first word starts with '$' is matched only by a
+   pattern whose first word is spelled out. Both are NUL-terminated and at
+   most EB_TOPIC_MAX bytes (longer inputs never match). */
+bool eb__topic_match(const char *pattern, const char *topic);
+
+/*
+ * Writes into out (EB_TOPIC_MAX + 1 bytes) the narrowest single pattern that
+ * matches every topic matched by any of patterns[0..n): the pattern itself
+ * if n == 1 (or all are equal), else their common leading literal words
+ * followed by "#". Returns EB_OK or EB_EINVAL (n == 0, a NULL or too long
+ * pattern).
+ */
+int eb__cover_pattern(const char *const *patterns, size_t n, char *out);
+
+/* 16-byte id (UUID version 8 layout) derived from the saga name, the
+   instance key and, if with_seq, a transition number and a position. */
+void eb__saga_id(const char *name, const void *key, size_t key_len, bool with_seq,
+                 uint64_t transition, uint32_t position, uint8_t id[16]);
+
+#endif /* EB_SAGA_H */

@@ -1,0 +1,889 @@
+/*
+ * Sagas, aggregates and units of work (src/saga.c): persist before dispatch,
+ * one transition at a time per instance, one instance per key, the
+ * compensation and timeout paths of a small order saga, scope abort,
+ * point-to-point command rules and the store's version check.
+ */
+#include "common.h"
+#include "saga.h"
+
+static eb_bus *new_bus(unsigned workers)
+{
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = workers;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    return bus;
+}
+
+/* ---------------------------------------------------------------------- */
+
+Test(saga, topic_match_and_cover_follow_amqp_rules)
+{
+    cr_expect(eb__topic_match("a.*.c", "a.b.c"));
+    cr_expect(!eb__topic_match("a.*", "a.b.c"));
+    cr_expect(eb__topic_match("a.#", "a"));
+    cr_expect(eb__topic_match("#.c", "a.b.c"));
+    cr_expect(eb__topic_match("#", ""));
+    cr_expect(!eb__topic_match("#", "$deadletter.a"));
+    cr_expect(eb__topic_match("$deadletter.#", "$deadletter.a"));
+    char out[EB_TOPIC_MAX + 1];
+    const char *p1[] = {"order.placed", "order.stock.*", "order.payment.#"};
+    cr_assert_eq(eb__cover_pattern(p1, 3, out), EB_OK);
+    cr_expect_str_eq(out, "order.#");
+    const char *p2[] = {"inventory.reserve"};
+    cr_assert_eq(eb__cover_pattern(p2, 1, out), EB_OK);
+    cr_expect_str_eq(out, "inventory.reserve");
+    const char *p3[] = {"a.b", "c.d"};
+    cr_assert_eq(eb__cover_pattern(p3, 2, out), EB_OK);
+    cr_expect_str_eq(out, "#");
+}
+
+/* ---------------------------------------------------------------------- */
+/* Persist before dispatch                                                 */
+/* ---------------------------------------------------------------------- */
+
+/* A store that fails its next `fail` writes, and notes how many commands a
+   subscriber had seen at each failure (must be 0: nothing may leave). */
+typedef struct failstore {
+    eb_saga_store base;
+    eb_saga_store *inner;
+    atomic_int fail;
+    atomic_uint failed;
+    atomic_uint cmds_at_failure;
+    atomic_uint *cmds;
+} failstore;
+
+static int fs_load(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                   eb_saga_record *rec)
+{
+    failstore *f = (failstore *)s;
+    return f->inner->load(f->inner, saga, key, key_len, rec);
+}
+
+static bool fs_should_fail(failstore *f)
+{
+    if (atomic_fetch_sub(&f->fail, 1) <= 0) {
+        atomic_fetch_add(&f->fail, 1);
+        return false;
+    }
+    atomic_fetch_add(&f->failed, 1);
+    atomic_fetch_add(&f->cmds_at_failure, atomic_load(f->cmds));
+    return true;
+}
+
+static int fs_create(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                     const eb_saga_record *rec)
+{
+    failstore *f = (failstore *)s;
+    if (fs_should_fail(f))
+        return EB_EIO;
+    return f->inner->create(f->inner, saga, key, key_len, rec);
+}
+
+static int fs_save(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                   uint64_t expected, const eb_saga_record *rec)
+{
+    failstore *f = (failstore *)s;
+    if (fs_should_fail(f))
+        return EB_EIO;
+    return f->inner->save(f->inner, saga, key, key_len, expected, rec);
+}
+
+static int fs_remove(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                     uint64_t expected)
+{
+    failstore *f = (failstore *)s;
+    return f->inner->remove(f->inner, saga, key, key_len, expected);
+}
+
+static int fs_dispatched(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                         uint64_t version)
+{
+    failstore *f = (failstore *)s;
+    return f->inner->dispatched(f->inner, saga, key, key_len, version);
+}
+
+typedef struct pbd_ctx {
+    atomic_uint transitions;
+    atomic_uint cmds;
+    uint8_t last_id[16]; /* written by the SERIAL command observer only */
+    uint8_t last_corr[16];
+} pbd_ctx;
+
+static int pbd_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    pbd_ctx *c = ctx;
+    (void)ev;
+    atomic_fetch_add(&c->transitions, 1);
+    (*(uint32_t *)state)++;
+    return eb_saga_send(sc, "pbd.cmd", "x", 1, "agg", 3);
+}
+
+static int pbd_on_cmd(const eb_event *ev, void *ctx)
+{
+    pbd_ctx *c = ctx;
+    eb_command_id(ev, c->last_id);
+    eb_event_correlation_id(ev, c->last_corr);
+    atomic_fetch_add(&c->cmds, 1);
+    return 0;
+}
+
+Test(saga, failed_save_sends_nothing_and_the_retried_event_succeeds)
+{
+    eb_bus *bus = new_bus(2);
+    pbd_ctx c;
+    memset(&c, 0, sizeof(c));
+    failstore fs;
+    memset(&fs, 0, sizeof(fs));
+    cr_assert_eq(eb_saga_memory_store_create(&fs.inner), EB_OK);
+    fs.base.load = fs_load;
+    fs.base.create = fs_create;
+    fs.base.save = fs_save;
+    fs.base.remove = fs_remove;
+    fs.base.dispatched = fs_dispatched;
+    fs.cmds = &c.cmds;
+    atomic_store(&fs.fail, 2);
+    cr_assert_eq(eb_subscribe(bus, "pbd.cmd", pbd_on_cmd, &c, NULL, NULL), EB_OK);
+
+    const char *topics[] = {"pbd.start", "pbd.next"};
+    const char *starts[] = {"pbd.start"};
+    eb_saga_def def = {.name = "pbd",
+                       .topics = topics,
+                       .n_topics = 2,
+                       .start_topics = starts,
+                       .n_start_topics = 1,
+                       .state_size = sizeof(uint32_t),
+                       .transition = pbd_transition,
+                       .ctx = &c};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.store = &fs.base;
+    so.on_complete = EB_SAGA_ARCHIVE;
+    eb_saga *saga;
+    cr_assert_eq(eb_saga_register(bus, &def, &so, &saga), EB_OK);
+
+    eb_publish_options po;
+    eb_publish_options_init(&po);
+    po.key = "k1";
+    po.key_len = 2;
+    cr_assert_eq(eb_publish(bus, "pbd.start", NULL, 0, &po), EB_OK);
+    cr_assert(t_wait_ge(&c.cmds, 1));
+    /* The create failed twice before it succeeded on the third attempt. */
+    cr_expect_eq(atomic_load(&fs.failed), 2);
+    cr_expect_eq(atomic_load(&fs.cmds_at_failure), 0, "a command left before the save");
+    cr_expect_eq(atomic_load(&c.transitions), 3);
+    uint8_t want[16];
+    eb__saga_id("pbd", "k1", 2, true, 1, 0, want);
+    cr_expect(memcmp(c.last_id, want, 16) == 0, "command id is derived from the transition");
+    eb__saga_id("pbd", "k1", 2, false, 0, 0, want);
+    cr_expect(memcmp(c.last_corr, want, 16) == 0, "correlation id is the instance id");
+
+    /* A later transition whose save fails once: again nothing leaves first. */
+    atomic_store(&fs.fail, 1);
+    cr_assert_eq(eb_publish(bus, "pbd.next", NULL, 0, &po), EB_OK);
+    cr_assert(t_wait_ge(&c.cmds, 2));
+    cr_expect_eq(atomic_load(&fs.failed), 3);
+    cr_expect_eq(atomic_load(&fs.cmds_at_failure), 1, "a command left before the save");
+    eb__saga_id("pbd", "k1", 2, true, 2, 0, want);
+    cr_expect(memcmp(c.last_id, want, 16) == 0);
+
+    eb_saga_stats st;
+    cr_assert_eq(eb_saga_stats_get(saga, &st), EB_OK);
+    cr_expect_eq(st.transitions, 2);
+    cr_expect_eq(st.failures, 3);
+    cr_expect_eq(st.started, 1);
+
+    uint32_t state = 0;
+    eb_saga_record rec = {.state = &state, .state_size = sizeof(state)};
+    cr_assert_eq(fs.inner->load(fs.inner, "pbd", "k1", 2, &rec), EB_OK);
+    cr_expect_eq(rec.version, 2);
+    cr_expect_eq(state, 2);
+    cr_expect_null(rec.outbox, "dispatched outbox is dropped");
+
+    cr_assert_eq(eb_saga_unregister(saga), EB_OK);
+    eb_bus_destroy(bus);
+    cr_expect_eq(atomic_load(&c.cmds), 2, "each saved transition sent its command once");
+    eb_saga_store_destroy(fs.inner);
+}
+
+/* ---------------------------------------------------------------------- */
+/* One transition at a time per instance                                   */
+/* ---------------------------------------------------------------------- */
+
+#define SER_KEYS 4
+#define SER_THREADS 4
+#define SER_PER_THREAD 150
+
+typedef struct ser_ctx {
+    atomic_int inflight[SER_KEYS];
+    atomic_uint overlaps;
+    atomic_uint max_parallel; /* instances in a transition at once, seen */
+    atomic_int running;
+    eb_bus *bus;
+} ser_ctx;
+
+static int ser_key(const eb_event *ev)
+{
+    size_t len;
+    const char *k = eb_event_key(ev, &len);
+    return k[1] - '0';
+}
+
+static int ser_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    ser_ctx *c = ctx;
+    (void)sc;
+    int k = ser_key(ev);
+    if (atomic_fetch_add(&c->inflight[k], 1) != 0)
+        atomic_fetch_add(&c->overlaps, 1);
+    unsigned par = (unsigned)atomic_fetch_add(&c->running, 1) + 1;
+    unsigned m = atomic_load(&c->max_parallel);
+    while (par > m && !atomic_compare_exchange_weak(&c->max_parallel, &m, par)) {
+    }
+    uint32_t *n = state;
+    uint32_t before = *n;
+    for (int i = 0; i < 200; i++) /* widen the window a race would need */
+        atomic_signal_fence(memory_order_seq_cst);
+    *n = before + 1;
+    atomic_fetch_sub(&c->running, 1);
+    atomic_fetch_sub(&c->inflight[k], 1);
+    return 0;
+}
+
+static void *ser_publisher(void *arg)
+{
+    ser_ctx *c = arg;
+    char key[3] = {'k', '0', 0};
+    for (int i = 0; i < SER_PER_THREAD * SER_KEYS; i++) {
+        key[1] = (char)('0' + i % SER_KEYS);
+        eb_publish_options po;
+        eb_publish_options_init(&po);
+        po.key = key;
+        po.key_len = 2;
+        if (eb_publish(c->bus, "ser.tick", NULL, 0, &po) != EB_OK)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+Test(saga, one_transition_at_a_time_per_instance)
+{
+    ser_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.bus = new_bus(2);
+    eb_saga_store *store;
+    cr_assert_eq(eb_saga_memory_store_create(&store), EB_OK);
+    const char *topics[] = {"ser.tick"};
+    eb_saga_def def = {.name = "ser",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = topics,
+                       .n_start_topics = 1,
+                       .state_size = sizeof(uint32_t),
+                       .transition = ser_transition,
+                       .ctx = &c};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.store = store;
+    eb_saga *saga;
+    cr_assert_eq(eb_saga_register(c.bus, &def, &so, &saga), EB_OK);
+
+    pthread_t th[SER_THREADS];
+    for (int i = 0; i < SER_THREADS; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, ser_publisher, &c), 0);
+    for (int i = 0; i < SER_THREADS; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        cr_expect_null(r);
+    }
+    const uint64_t total = (uint64_t)SER_THREADS * SER_PER_THREAD * SER_KEYS;
+    bool ok;
+    eb_saga_stats st;
+    T_WAIT_FOR(ok, eb_saga_stats_get(saga, &st) == EB_OK && st.transitions >= total);
+    cr_assert(ok, "transitions: %llu of %llu", (unsigned long long)st.transitions,
+              (unsigned long long)total);
+    cr_expect_eq(atomic_load(&c.overlaps), 0, "two transitions of one instance ran at once");
+    cr_expect_eq(st.started, SER_KEYS);
+    for (int k = 0; k < SER_KEYS; k++) {
+        char key[3] = {'k', (char)('0' + k), 0};
+        uint32_t n = 0;
+        eb_saga_record rec = {.state = &n, .state_size = sizeof(n)};
+        cr_assert_eq(store->load(store, "ser", key, 2, &rec), EB_OK);
+        cr_expect_eq(n, SER_THREADS * SER_PER_THREAD, "lost update on %s", key);
+        cr_expect_eq(rec.version, SER_THREADS * SER_PER_THREAD);
+        free(rec.outbox);
+    }
+    cr_assert_eq(eb_saga_unregister(saga), EB_OK);
+    eb_bus_destroy(c.bus);
+    eb_saga_store_destroy(store);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Duplicate start events                                                  */
+/* ---------------------------------------------------------------------- */
+
+typedef struct dup_ctx {
+    atomic_uint inits;
+    atomic_uint transitions;
+} dup_ctx;
+
+static void dup_init(void *state, const eb_event *ev, void *ctx)
+{
+    (void)state;
+    (void)ev;
+    atomic_fetch_add(&((dup_ctx *)ctx)->inits, 1);
+}
+
+static int dup_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    (void)sc;
+    (void)ev;
+    (*(uint32_t *)state)++;
+    atomic_fetch_add(&((dup_ctx *)ctx)->transitions, 1);
+    return 0;
+}
+
+Test(saga, duplicate_start_events_create_one_instance)
+{
+    eb_bus *bus = new_bus(2);
+    dup_ctx c;
+    memset(&c, 0, sizeof(c));
+    eb_saga_store *store;
+    cr_assert_eq(eb_saga_memory_store_create(&store), EB_OK);
+    const char *topics[] = {"dup.placed"};
+    eb_saga_def def = {.name = "dup",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = topics,
+                       .n_start_topics = 1,
+                       .state_size = sizeof(uint32_t),
+                       .init = dup_init,
+                       .transition = dup_transition,
+                       .ctx = &c};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.store = store;
+    eb_saga *saga;
+    cr_assert_eq(eb_saga_register(bus, &def, &so, &saga), EB_OK);
+    eb_message msgs[20];
+    for (int i = 0; i < 20; i++)
+        msgs[i] = (eb_message){"dup.placed", "order 7", 7, "o7", 2};
+    cr_assert_eq(eb_publish_batch(bus, msgs, 20, NULL, NULL), EB_OK);
+    cr_assert(t_wait_ge(&c.transitions, 20));
+    cr_expect_eq(atomic_load(&c.inits), 1, "the instance was created more than once");
+    eb_saga_stats st;
+    cr_assert_eq(eb_saga_stats_get(saga, &st), EB_OK);
+    cr_expect_eq(st.started, 1);
+    uint32_t n = 0;
+    eb_saga_record rec = {.state = &n, .state_size = sizeof(n)};
+    cr_assert_eq(store->load(store, "dup", "o7", 2, &rec), EB_OK);
+    cr_expect_eq(n, 20);
+    cr_assert_eq(eb_saga_unregister(saga), EB_OK);
+    eb_bus_destroy(bus);
+    eb_saga_store_destroy(store);
+}
+
+/* ---------------------------------------------------------------------- */
+/* A small order saga: compensation and timeout                            */
+/* ---------------------------------------------------------------------- */
+
+enum { PAY_CHARGE = 0, PAY_DECLINE, PAY_SILENT };
+enum { OUT_NONE = 0, OUT_COMPLETED, OUT_COMPENSATED, OUT_TIMED_OUT };
+enum { ST_RESERVING = 1, ST_CHARGING, ST_RELEASING };
+
+typedef struct ord_msg {
+    char order[8];
+    int32_t qty;
+} ord_msg;
+
+typedef struct ord_state {
+    ord_msg m;
+    int32_t stage;
+    int32_t timed_out;
+} ord_state;
+
+typedef struct stock_state {
+    int32_t on_hand;
+    int32_t reserved;
+} stock_state;
+
+typedef struct dom {
+    eb_bus *bus;
+    eb_command_bus *cb;
+    eb_aggregate *stock, *pay;
+    eb_saga *saga;
+    int pay_mode;
+    atomic_int outcome;
+    atomic_uint done;
+    atomic_uint timeouts_seen;
+} dom;
+
+static void stock_init(void *state, const void *id, size_t id_len, void *ctx)
+{
+    (void)id;
+    (void)id_len;
+    (void)ctx;
+    ((stock_state *)state)->on_hand = 10;
+}
+
+static int stock_handle(eb_aggregate_ctx *ac, const eb_event *cmd, void *state, void *ctx)
+{
+    (void)ctx;
+    stock_state *s = state;
+    const ord_msg *m = eb_event_payload(cmd, NULL);
+    if (strcmp(eb_event_topic(cmd), "stock.reserve") == 0) {
+        s->on_hand -= m->qty;
+        s->reserved += m->qty;
+        return eb_aggregate_emit(ac, "t.stock.reserved", m, sizeof(*m), m->order, strlen(m->order));
+    }
+    s->on_hand += m->qty; /* stock.release */
+    s->reserved -= m->qty;
+    return eb_aggregate_emit(ac, "t.stock.released", m, sizeof(*m), m->order, strlen(m->order));
+}
+
+static int pay_handle(eb_aggregate_ctx *ac, const eb_event *cmd, void *state, void *ctx)
+{
+    dom *d = ctx;
+    (void)state;
+    const ord_msg *m = eb_event_payload(cmd, NULL);
+    if (d->pay_mode == PAY_SILENT)
+        return 0;
+    return eb_aggregate_emit(ac, d->pay_mode == PAY_CHARGE ? "t.pay.charged" : "t.pay.declined", m,
+                             sizeof(*m), m->order, strlen(m->order));
+}
+
+static int ord_finish(eb_saga_ctx *sc, int outcome)
+{
+    eb_saga_complete(sc);
+    return eb_saga_publish(sc, "t.done", &outcome, sizeof(outcome), NULL, 0);
+}
+
+static int ord_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    (void)ctx;
+    ord_state *s = state;
+    const char *t = eb_event_topic(ev);
+    if (strcmp(t, "t.order.placed") == 0) {
+        if (!eb_saga_is_new(sc))
+            return 0;
+        memcpy(&s->m, eb_event_payload(ev, NULL), sizeof(s->m));
+        s->stage = ST_RESERVING;
+        return eb_saga_send(sc, "stock.reserve", &s->m, sizeof(s->m), "sku1", 4);
+    }
+    if (strcmp(t, "t.stock.reserved") == 0 && s->stage == ST_RESERVING) {
+        s->stage = ST_CHARGING;
+        int rc =
+            eb_saga_send(sc, "pay.charge", &s->m, sizeof(s->m), s->m.order, strlen(s->m.order));
+        if (rc == 0)
+            rc = eb_saga_schedule_timeout(sc, 20 * T_MS, "t.order.timeout", NULL, 0);
+        return rc;
+    }
+    if (strcmp(t, "t.pay.charged") == 0 && s->stage == ST_CHARGING)
+        return ord_finish(sc, OUT_COMPLETED);
+    if ((strcmp(t, "t.pay.declined") == 0 || strcmp(t, "t.order.timeout") == 0) &&
+        s->stage == ST_CHARGING) {
+        s->stage = ST_RELEASING;
+        s->timed_out = t[2] == 'o';
+        return eb_saga_send(sc, "stock.release", &s->m, sizeof(s->m), "sku1", 4);
+    }
+    if (strcmp(t, "t.stock.released") == 0 && s->stage == ST_RELEASING)
+        return ord_finish(sc, s->timed_out ? OUT_TIMED_OUT : OUT_COMPENSATED);
+    return 0; /* late or duplicate: nothing to do */
+}
+
+static int on_done(const eb_event *ev, void *ctx)
+{
+    dom *d = ctx;
+    int out;
+    memcpy(&out, eb_event_payload(ev, NULL), sizeof(out));
+    atomic_store(&d->outcome, out);
+    atomic_fetch_add(&d->done, 1);
+    return 0;
+}
+
+static void dom_setup(dom *d, int pay_mode)
+{
+    memset(d, 0, sizeof(*d));
+    d->pay_mode = pay_mode;
+    d->bus = new_bus(2);
+    cr_assert_eq(eb_command_bus_create(d->bus, &d->cb), EB_OK);
+    const char *stock_cmds[] = {"stock.reserve", "stock.release"};
+    eb_aggregate_def sd = {.name = "stock",
+                           .commands = stock_cmds,
+                           .n_commands = 2,
+                           .state_size = sizeof(stock_state),
+                           .init = stock_init,
+                           .handle = stock_handle};
+    cr_assert_eq(eb_aggregate_register(d->cb, &sd, NULL, &d->stock), EB_OK);
+    const char *pay_cmds[] = {"pay.charge"};
+    eb_aggregate_def pd = {
+        .name = "pay", .commands = pay_cmds, .n_commands = 1, .handle = pay_handle, .ctx = d};
+    cr_assert_eq(eb_aggregate_register(d->cb, &pd, NULL, &d->pay), EB_OK);
+    const char *topics[] = {"t.order.#", "t.stock.*", "t.pay.*"};
+    const char *starts[] = {"t.order.placed"};
+    eb_saga_def od = {.name = "order",
+                      .topics = topics,
+                      .n_topics = 3,
+                      .start_topics = starts,
+                      .n_start_topics = 1,
+                      .state_size = sizeof(ord_state),
+                      .transition = ord_transition,
+                      .ctx = d};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.commands = d->cb;
+    cr_assert_eq(eb_saga_register(d->bus, &od, &so, &d->saga), EB_OK);
+    cr_assert_eq(eb_subscribe(d->bus, "t.done", on_done, d, NULL, NULL), EB_OK);
+}
+
+static void dom_place(dom *d, const char *order, int qty)
+{
+    ord_msg m;
+    memset(&m, 0, sizeof(m));
+    strcpy(m.order, order);
+    m.qty = qty;
+    eb_publish_options po;
+    eb_publish_options_init(&po);
+    po.key = order;
+    po.key_len = strlen(order);
+    cr_assert_eq(eb_publish(d->bus, "t.order.placed", &m, sizeof(m), &po), EB_OK);
+}
+
+static void dom_teardown(dom *d)
+{
+    cr_assert_eq(eb_saga_unregister(d->saga), EB_OK);
+    eb_command_bus_destroy(d->cb);
+    eb_bus_destroy(d->bus);
+}
+
+Test(saga, charged_order_completes_and_keeps_its_stock_reserved)
+{
+    dom d;
+    dom_setup(&d, PAY_CHARGE);
+    dom_place(&d, "o1", 3);
+    cr_assert(t_wait_ge(&d.done, 1));
+    cr_expect_eq(atomic_load(&d.outcome), OUT_COMPLETED);
+    stock_state s;
+    cr_assert_eq(eb_aggregate_read(d.stock, "sku1", 4, &s, sizeof(s)), EB_OK);
+    cr_expect_eq(s.on_hand, 7);
+    cr_expect_eq(s.reserved, 3);
+    eb_saga_stats st;
+    cr_assert_eq(eb_saga_stats_get(d.saga, &st), EB_OK);
+    cr_expect_eq(st.completed, 1);
+    dom_teardown(&d);
+}
+
+Test(saga, declined_payment_compensates_by_releasing_stock)
+{
+    dom d;
+    dom_setup(&d, PAY_DECLINE);
+    dom_place(&d, "o2", 4);
+    cr_assert(t_wait_ge(&d.done, 1));
+    cr_expect_eq(atomic_load(&d.outcome), OUT_COMPENSATED);
+    stock_state s;
+    cr_assert_eq(eb_aggregate_read(d.stock, "sku1", 4, &s, sizeof(s)), EB_OK);
+    cr_expect_eq(s.on_hand, 10, "stock was not released");
+    cr_expect_eq(s.reserved, 0);
+    dom_teardown(&d);
+}
+
+Test(saga, unanswered_payment_times_out_and_releases_stock)
+{
+    dom d;
+    dom_setup(&d, PAY_SILENT);
+    int64_t t0 = t_now_ns();
+    dom_place(&d, "o3", 2);
+    cr_assert(t_wait_ge(&d.done, 1));
+    cr_expect_geq(t_now_ns() - t0, 20 * T_MS, "timed out before its delay");
+    cr_expect_eq(atomic_load(&d.outcome), OUT_TIMED_OUT);
+    stock_state s;
+    cr_assert_eq(eb_aggregate_read(d.stock, "sku1", 4, &s, sizeof(s)), EB_OK);
+    cr_expect_eq(s.on_hand, 10);
+    cr_expect_eq(s.reserved, 0);
+    /* The completed instance was removed: the store holds nothing for it,
+       so a second timeout or late reply would be ignored. */
+    eb_saga_stats st;
+    cr_assert_eq(eb_saga_stats_get(d.saga, &st), EB_OK);
+    cr_expect_eq(st.completed, 1);
+    dom_teardown(&d);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Archive                                                                 */
+/* ---------------------------------------------------------------------- */
+
+static int arc_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    (void)ev;
+    (void)ctx;
+    (*(uint32_t *)state)++;
+    eb_saga_complete(sc);
+    return 0;
+}
+
+Test(saga, archived_instance_is_kept_and_ignores_later_events)
+{
+    eb_bus *bus = new_bus(2);
+    eb_saga_store *store;
+    cr_assert_eq(eb_saga_memory_store_create(&store), EB_OK);
+    const char *topics[] = {"arc.go"};
+    eb_saga_def def = {.name = "arc",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = topics,
+                       .n_start_topics = 1,
+                       .state_size = sizeof(uint32_t),
+                       .transition = arc_transition};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.store = store;
+    so.on_complete = EB_SAGA_ARCHIVE;
+    eb_saga *saga;
+    cr_assert_eq(eb_saga_register(bus, &def, &so, &saga), EB_OK);
+    eb_publish_options po;
+    eb_publish_options_init(&po);
+    po.key = "a";
+    po.key_len = 1;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(eb_publish(bus, "arc.go", NULL, 0, &po), EB_OK);
+    bool ok;
+    eb_saga_stats st;
+    T_WAIT_FOR(ok, eb_saga_stats_get(saga, &st) == EB_OK && st.transitions + st.ignored >= 3);
+    cr_assert(ok);
+    cr_expect_eq(st.transitions, 1);
+    cr_expect_eq(st.ignored, 2);
+    uint32_t n = 0;
+    eb_saga_record rec = {.state = &n, .state_size = sizeof(n)};
+    cr_assert_eq(store->load(store, "arc", "a", 1, &rec), EB_OK);
+    cr_expect(rec.completed);
+    cr_expect_eq(n, 1);
+    cr_assert_eq(eb_saga_unregister(saga), EB_OK);
+    eb_bus_destroy(bus);
+    eb_saga_store_destroy(store);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Unit of work                                                            */
+/* ---------------------------------------------------------------------- */
+
+typedef struct uow_ctx {
+    atomic_uint seen;   /* events other than the markers */
+    atomic_uint marker; /* markers seen */
+    unsigned order_ok;  /* SERIAL handler only */
+    unsigned next;
+} uow_ctx;
+
+static int uow_on(const eb_event *ev, void *ctx)
+{
+    uow_ctx *c = ctx;
+    const char *t = eb_event_topic(ev);
+    if (strcmp(t, "uow.marker") == 0) {
+        atomic_fetch_add(&c->marker, 1);
+        return 0;
+    }
+    unsigned v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof(v));
+    if (v == c->next)
+        c->order_ok++;
+    c->next = v + 1;
+    atomic_fetch_add(&c->seen, 1);
+    return 0;
+}
+
+Test(scope, aborted_scope_shows_nothing_and_committed_scope_everything)
+{
+    eb_bus *bus = new_bus(2);
+    uow_ctx c;
+    memset(&c, 0, sizeof(c));
+    cr_assert_eq(eb_subscribe(bus, "uow.#", uow_on, &c, NULL, NULL), EB_OK);
+
+    eb_scope *s;
+    cr_assert_eq(eb_scope_begin(bus, &s), EB_OK);
+    for (unsigned i = 0; i < 5; i++)
+        cr_assert_eq(eb_scope_publish(s, "uow.item", &i, sizeof(i), NULL, 0), EB_OK);
+    cr_expect_eq(eb_scope_publish(s, NULL, NULL, 0, NULL, 0), EB_EINVAL);
+    eb_scope_abort(s);
+    /* The marker is published after the abort; a SERIAL subscriber sees it
+       after anything published before it, so by then it saw the scope. */
+    eb_publish_result r;
+    cr_assert_eq(eb_publish_wait(bus, "uow.marker", NULL, 0, NULL, &r), EB_OK);
+    cr_expect_eq(atomic_load(&c.seen), 0, "an aborted scope reached a subscriber");
+
+    cr_assert_eq(eb_scope_begin(bus, &s), EB_OK);
+    for (unsigned i = 0; i < 100; i++)
+        cr_assert_eq(eb_scope_publish(s, "uow.item", &i, sizeof(i), "k", 1), EB_OK);
+    cr_expect_eq(atomic_load(&c.seen), 0, "a scope leaked before its commit");
+    size_t published = 0;
+    cr_assert_eq(eb_scope_commit(s, NULL, &published), EB_OK);
+    cr_expect_eq(published, 100);
+    cr_assert_eq(eb_publish_wait(bus, "uow.marker", NULL, 0, NULL, &r), EB_OK);
+    cr_expect_eq(atomic_load(&c.seen), 100);
+    eb_bus_destroy(bus);
+    cr_expect_eq(c.order_ok, 100, "committed events arrived out of order");
+}
+
+/* ---------------------------------------------------------------------- */
+/* Point-to-point commands                                                 */
+/* ---------------------------------------------------------------------- */
+
+typedef struct p2p_ctx {
+    atomic_uint handled;
+    atomic_int send_rc;
+    atomic_uint ran;
+} p2p_ctx;
+
+static int p2p_handle(eb_aggregate_ctx *ac, const eb_event *cmd, void *state, void *ctx)
+{
+    (void)ac;
+    (void)cmd;
+    (*(uint32_t *)state)++;
+    atomic_fetch_add(&((p2p_ctx *)ctx)->handled, 1);
+    return 0;
+}
+
+static int p2p_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    p2p_ctx *c = ctx;
+    (void)ev;
+    (void)state;
+    atomic_store(&c->send_rc, eb_saga_send(sc, "nobody.listens", NULL, 0, "x", 1));
+    atomic_fetch_add(&c->ran, 1);
+    return 0;
+}
+
+Test(command, second_handler_for_a_topic_is_refused_and_unhandled_commands_fail)
+{
+    eb_bus *bus = new_bus(2);
+    p2p_ctx c;
+    memset(&c, 0, sizeof(c));
+    eb_command_bus *cb;
+    cr_assert_eq(eb_command_bus_create(bus, &cb), EB_OK);
+    const char *cmds[] = {"acct.deposit", "acct.withdraw"};
+    eb_aggregate_def def = {.name = "acct",
+                            .commands = cmds,
+                            .n_commands = 2,
+                            .state_size = sizeof(uint32_t),
+                            .handle = p2p_handle,
+                            .ctx = &c};
+    eb_aggregate *a1, *a2 = NULL;
+    cr_assert_eq(eb_aggregate_register(cb, &def, NULL, &a1), EB_OK);
+    const char *clash[] = {"acct.audit", "acct.withdraw"};
+    eb_aggregate_def def2 = def;
+    def2.name = "acct2";
+    def2.commands = clash;
+    cr_expect_eq(eb_aggregate_register(cb, &def2, NULL, &a2), EB_EEXIST);
+    cr_expect_null(a2);
+    const char *wild[] = {"acct.*"};
+    def2.commands = wild;
+    def2.n_commands = 1;
+    cr_expect_eq(eb_aggregate_register(cb, &def2, NULL, &a2), EB_EINVAL);
+
+    eb_publish_options po;
+    eb_publish_options_init(&po);
+    po.key = "alice";
+    po.key_len = 5;
+    /* "acct.audit" was not registered by the refused call. */
+    cr_expect_eq(eb_command_send(cb, "acct.audit", NULL, 0, &po), EB_ENOENT);
+    cr_expect_eq(eb_command_send(cb, "nobody.listens", NULL, 0, &po), EB_ENOENT);
+    cr_expect_eq(eb_command_send(cb, "acct.deposit", NULL, 0, NULL), EB_EINVAL);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(eb_command_send(cb, "acct.deposit", NULL, 0, &po), EB_OK);
+    cr_assert(t_wait_ge(&c.handled, 3));
+    uint32_t n = 0;
+    bool ok;
+    T_WAIT_FOR(ok, eb_aggregate_read(a1, "alice", 5, &n, sizeof(n)) == EB_OK && n == 3);
+    cr_expect(ok);
+    cr_expect_eq(eb_aggregate_read(a1, "bob", 3, &n, sizeof(n)), EB_ENOENT);
+
+    /* A saga given the command bus cannot queue a command nobody handles. */
+    const char *topics[] = {"p2p.go"};
+    eb_saga_def sd = {.name = "p2p",
+                      .topics = topics,
+                      .n_topics = 1,
+                      .start_topics = topics,
+                      .n_start_topics = 1,
+                      .transition = p2p_transition,
+                      .ctx = &c};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.commands = cb;
+    eb_saga *saga;
+    cr_assert_eq(eb_saga_register(bus, &sd, &so, &saga), EB_OK);
+    eb_publish_options ko;
+    eb_publish_options_init(&ko);
+    ko.key = "i1";
+    ko.key_len = 2;
+    cr_assert_eq(eb_publish(bus, "p2p.go", NULL, 0, &ko), EB_OK);
+    cr_assert(t_wait_ge(&c.ran, 1));
+    cr_expect_eq(atomic_load(&c.send_rc), EB_ENOENT);
+
+    /* Once the first aggregate is gone, the topic is free again. */
+    cr_assert_eq(eb_aggregate_unregister(a1), EB_OK);
+    cr_expect_eq(eb_command_send(cb, "acct.deposit", NULL, 0, &po), EB_ENOENT);
+    def2.commands = clash;
+    def2.n_commands = 2;
+    cr_expect_eq(eb_aggregate_register(cb, &def2, NULL, &a2), EB_OK);
+    cr_assert_eq(eb_saga_unregister(saga), EB_OK);
+    eb_command_bus_destroy(cb); /* unregisters a2 */
+    eb_bus_destroy(bus);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Store versions                                                          */
+/* ---------------------------------------------------------------------- */
+
+Test(saga_store, stale_version_is_refused_with_econflict)
+{
+    eb_saga_store *s;
+    cr_assert_eq(eb_saga_memory_store_create(&s), EB_OK);
+    uint32_t v = 10;
+    eb_saga_record rec = {.state = &v, .state_size = sizeof(v), .version = 1};
+    cr_assert_eq(s->create(s, "inv", "k", 1, &rec), EB_OK);
+    cr_expect_eq(s->create(s, "inv", "k", 1, &rec), EB_EEXIST);
+    cr_expect_eq(s->create(s, "other", "k", 1, &rec), EB_OK, "records are per saga name");
+    v = 11;
+    rec.version = 2;
+    cr_assert_eq(s->save(s, "inv", "k", 1, 1, &rec), EB_OK);
+    v = 99;
+    rec.version = 2;
+    cr_expect_eq(s->save(s, "inv", "k", 1, 1, &rec), EB_ECONFLICT, "stale write accepted");
+    cr_expect_eq(s->remove(s, "inv", "k", 1, 1), EB_ECONFLICT);
+    cr_expect_eq(s->save(s, "inv", "nope", 4, 1, &rec), EB_ENOENT);
+    uint32_t got = 0;
+    eb_saga_record out = {.state = &got, .state_size = sizeof(got)};
+    cr_assert_eq(s->load(s, "inv", "k", 1, &out), EB_OK);
+    cr_expect_eq(got, 11);
+    cr_expect_eq(out.version, 2);
+    cr_expect_eq(s->remove(s, "inv", "k", 1, 2), EB_OK);
+    cr_expect_eq(s->load(s, "inv", "k", 1, &out), EB_ENOENT);
+    cr_expect_str_eq(eb_err_name(EB_ECONFLICT), "EB_ECONFLICT");
+    eb_saga_store_destroy(s);
+}
+
+Test(saga, register_refuses_bad_definitions)
+{
+    eb_bus *bus = new_bus(1);
+    const char *topics[] = {"a.b"};
+    eb_saga_def def = {.name = "x",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = topics,
+                       .n_start_topics = 1,
+                       .transition = dup_transition};
+    eb_saga *saga = NULL;
+    eb_saga_def bad = def;
+    bad.transition = NULL;
+    cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL);
+    bad = def;
+    bad.n_start_topics = 0;
+    cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL);
+    bad = def;
+    bad.name = "";
+    cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL);
+    cr_expect_eq(eb_saga_register(NULL, &def, NULL, &saga), EB_EINVAL);
+    cr_expect_null(saga);
+    cr_expect_eq(eb_saga_unregister(NULL), EB_OK);
+    eb_bus_destroy(bus);
+}
