@@ -581,6 +581,7 @@ static bool dispatch_batch(eb_bus *b)
             eb__carrier *c = EB__CARRIER_UNTAG(p);
             memcpy(&b->held[n], c->ev, c->n * sizeof(c->ev[0]));
             n += c->n;
+            atomic_fetch_sub_explicit(&b->carried, c->n, memory_order_relaxed);
             eb__carrier_free(&b->depot, c);
         } else {
             b->held[n++] = p;
@@ -1087,9 +1088,34 @@ static bool topic_ok(const char *t, size_t *len)
 }
 
 /* Pushes ev on the intake, waiting as opts allow. */
-static int intake_push(eb_bus *b, void *ev, int64_t timeout_ns)
+/*
+ * One attempt to put an entry on the intake. A carrier of n events also
+ * needs room in the `carried` budget: carriers would otherwise let the intake
+ * hold 48 times as many events as its capacity. Single events do not touch
+ * the budget (no extra atomic on their path).
+ */
+static bool intake_try(eb_bus *b, void *entry, unsigned n)
 {
-    if (eb__ring_push_mp(&b->intake, ev))
+    if (n > 0) {
+        uint64_t cap = eb__ring_capacity(&b->intake);
+        uint64_t now = atomic_fetch_add_explicit(&b->carried, n, memory_order_relaxed);
+        if (now > 0 && now + n > cap) {
+            atomic_fetch_sub_explicit(&b->carried, n, memory_order_relaxed);
+            return false;
+        }
+    }
+    if (eb__ring_push_mp(&b->intake, entry))
+        return true;
+    if (n > 0)
+        atomic_fetch_sub_explicit(&b->carried, n, memory_order_relaxed);
+    return false;
+}
+
+/* Pushes an entry (an event, or a carrier of n events) on the intake, waiting
+   as timeout_ns allows. */
+static int intake_push(eb_bus *b, void *ev, unsigned n, int64_t timeout_ns)
+{
+    if (intake_try(b, ev, n))
         return EB_OK;
     if (timeout_ns == 0)
         return EB_EAGAIN;
@@ -1104,14 +1130,14 @@ static int intake_push(eb_bus *b, void *ev, int64_t timeout_ns)
                 park(b, eb__now_mono_ns() + 1000000);
         } else {
             uint32_t snap = eb__ec_value(&b->space_ec);
-            if (eb__ring_push_mp(&b->intake, ev))
+            if (intake_try(b, ev, n))
                 return EB_OK;
             wake_if_idle(b);
             struct timespec ts = mono_ts(
                 deadline < eb__now_mono_ns() + 10000000 ? deadline : eb__now_mono_ns() + 10000000);
             eb__ec_wait(&b->space_ec, snap, &ts);
         }
-        if (eb__ring_push_mp(&b->intake, ev))
+        if (intake_try(b, ev, n))
             return EB_OK;
         if (deadline != INT64_MAX && eb__now_mono_ns() >= deadline)
             return EB_ETIMEDOUT;
@@ -1228,7 +1254,7 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     if (track)
         eb__event_ref(ev, 1); /* the ticket's reference */
     rc = opts->delay_ns > 0 ? schedule_event(b, ev, opts->delay_ns)
-                            : intake_push(b, ev, opts->timeout_ns);
+                            : intake_push(b, ev, 0, opts->timeout_ns);
     if (rc != EB_OK) {
         if (track)
             eb__event_unref(ev, &b->depot);
@@ -1291,7 +1317,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             rc = prc;
             c->n = 0;
         } else if (c->n > 0) {
-            prc = intake_push(bus, EB__CARRIER_TAG(c), opts->timeout_ns);
+            prc = intake_push(bus, EB__CARRIER_TAG(c), c->n, opts->timeout_ns);
         }
         if (prc != EB_OK) {
             for (unsigned i = 0; i < c->n; i++)
@@ -1576,7 +1602,8 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
         goto fail_route;
     if (eb__timers_init(&b->timers) != 0)
         goto fail_timers;
-    if (eb__depot_init(&b->depot) != 0)
+    /* As many blocks as the intake holds, at most 4096 (1.8 MiB). */
+    if (eb__depot_init(&b->depot, c.intake_capacity < 4096 ? c.intake_capacity : 4096) != 0)
         goto fail_depot;
     pthread_mutex_init(&b->ctl_lock, NULL);
     pthread_mutex_init(&b->side_lock, NULL);

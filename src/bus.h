@@ -50,6 +50,7 @@ struct eb_bus {
        the end of their push; above: events accepted so far. One word, so a
        publish pays one locked RMW for both. */
     alignas(EB__CACHELINE) _Atomic uint64_t gate;
+    _Atomic uint64_t carried; /* events in carriers on the intake */
     atomic_int closing;
 
     /* Dispatcher state: protected by the token (acquire on take, release on

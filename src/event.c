@@ -73,10 +73,27 @@ static tcache *tc_get(void)
     return &tc;
 }
 
-int eb__depot_init(eb__depot *d)
+int eb__depot_init(eb__depot *d, unsigned prefill)
 {
     memset(d, 0, sizeof(*d));
-    return pthread_mutex_init(&d->lock, NULL) == 0 ? 0 : -1;
+    if (pthread_mutex_init(&d->lock, NULL) != 0)
+        return -1;
+    /* Full magazines of class-0 blocks up front, so that publishing does not
+       malloc while the number of events in flight is still growing towards
+       its peak (it is bounded by the intake and mailbox capacities). */
+    for (unsigned made = 0; made < prefill; made += EB__MAG_SIZE) {
+        eb__mag *m = malloc(sizeof(*m));
+        if (m == NULL)
+            break; /* a cold cache only costs a few mallocs later */
+        for (m->n = 0; m->n < EB__MAG_SIZE; m->n++) {
+            if ((m->items[m->n] = malloc(class_size[0])) == NULL)
+                break;
+        }
+        m->next = d->full[0];
+        d->full[0] = m;
+        d->nfull[0]++;
+    }
+    return 0;
 }
 
 void eb__depot_fini(eb__depot *d)
