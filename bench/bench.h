@@ -201,6 +201,38 @@ extern const struct rt_peer rt_eventbus;
 extern const struct rt_peer rt_spin;  /* two threads spinning: the floor */
 extern const struct rt_peer rt_mutex; /* mutex + condvar both ways */
 
+/* ---- saga workload (saga.c, scenario 9) -------------------------------- */
+
+/* Where the saga keeps its instances. */
+enum bn_saga_store {
+    BN_SAGA_STORE_MEMORY = 0, /* the saga's private in-memory store */
+    /* BN_SAGA_STORE_SQLITE: to be added with the durable sink (the SQLite
+       saga store); scenarios.c lists it as skipped until then. */
+};
+
+struct saga_cfg {
+    int store;            /* enum bn_saga_store */
+    uint32_t warm_orders; /* untimed, placed first */
+    uint32_t orders;      /* timed */
+    uint32_t window;      /* orders open at once, at most */
+    double fail_rate;     /* share of payments declined (compensated) */
+    uint64_t max_ns;      /* 0, or: stop placing timed orders after this long */
+};
+
+struct saga_out {
+    int ok;
+    char err[BN_ERR_LEN];
+    double seconds;                            /* timed phase */
+    uint64_t orders;                           /* timed orders, all final */
+    uint64_t transitions;                      /* saga transitions saved in the timed phase */
+    uint64_t completed, compensated, rejected; /* timed orders by outcome */
+    uint64_t retries;                          /* failed or conflicting deliveries (retried) */
+    double transitions_per_s, orders_per_s;
+};
+
+/* One run on a fresh bus; see saga.c. */
+void saga_run(const struct saga_cfg *cfg, struct saga_out *out);
+
 /* eventbus routing scenario: a bus prepared with non-matching subscriptions
    (tp_cfg.setup). kind: 0 exact patterns, 1 wildcard patterns. */
 struct eb_bus;

@@ -46,6 +46,7 @@ struct bn_spec {
     const struct rt_peer *rt;
     struct tp_cfg tcfg;
     struct rt_cfg rcfg;
+    struct saga_cfg scfg;
     int idle_kind; /* idle: 0 baseline, 1 eventbus */
     double idle_seconds;
 };

@@ -208,6 +208,8 @@ static void fmt_value(const struct bn_metric *m, double v, char *out, size_t n)
             snprintf(out, n, "%.1f k%s", v / 1e3, u);
         else
             snprintf(out, n, "%.1f %s", v, u);
+    } else if (strcmp(m->unit, "orders") == 0 || strcmp(m->unit, "deliveries") == 0) {
+        snprintf(out, n, "%.0f %s", v, m->unit); /* counts (saga) */
     } else {
         snprintf(out, n, "%.3f %s", v, m->unit);
     }

@@ -10,6 +10,7 @@
  *  6 payload     16 B / 256 B / 4 KiB, copy vs zero-copy
  *  7 allocs      malloc-family calls per event in steady state
  *  8 idle        CPU used by an idle bus
+ *  9 saga        order-fulfillment saga transitions/s and orders/s (saga.c)
  *
  * Event counts: full mode sizes a run to roughly 0.2-1 s on this machine;
  * --quick divides them so that the whole suite stays under a minute.
@@ -147,6 +148,20 @@ static void run_idle(const struct bn_impl *im, struct bn_sample *out)
     out->ok = 1;
     if (bus != NULL && bn_eventbus_idle_stop(bus, out->err, sizeof(out->err)) != 0)
         out->ok = 0;
+}
+
+static void run_saga(const struct bn_impl *im, struct bn_sample *out)
+{
+    struct saga_out r;
+    saga_run(&im->spec.scfg, &r);
+    out->ok = r.ok;
+    snprintf(out->err, sizeof(out->err), "%s", r.err);
+    out->v[0] = r.transitions_per_s;
+    out->v[1] = r.orders_per_s;
+    out->v[2] = (double)r.orders;
+    out->v[3] = (double)r.compensated;
+    out->v[4] = (double)r.rejected;
+    out->v[5] = (double)r.retries;
 }
 
 /* ---- helpers to build cases -------------------------------------------- */
@@ -608,6 +623,46 @@ static void build_idle(const struct bn_options *o, struct bn_case **cases, int *
     im->spec.idle_seconds = o->quick ? 1.0 : 5.0;
 }
 
+/* ---- 9. saga ------------------------------------------------------------------ */
+
+static void build_saga(const struct bn_options *o, struct bn_case **cases, int *n, int *cap)
+{
+    static char title[256];
+    struct saga_cfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.orders = (uint32_t)pick(o, 100000, 10000);
+    cfg.warm_orders = cfg.orders / 10;
+    cfg.window = 2000;
+    cfg.fail_rate = 0.2;
+    cfg.max_ns = time_limit(o);
+    snprintf(title, sizeof(title),
+             "order saga over inventory (32 SKUs) and payment aggregates: %u orders (+%u warm-up), "
+             "20%% of payments declined and compensated, default workers",
+             cfg.orders, cfg.warm_orders);
+    struct bn_case *c = bn_case_add(cases, n, cap);
+    c->scenario = "saga";
+    c->name = "orders";
+    c->title = title;
+    metric(c, "transitions_per_s", "transitions/s", 0, 0);
+    metric(c, "orders_per_s", "orders/s", 0, 0);
+    metric(c, "orders", "orders", 0, 1);
+    metric(c, "compensated", "orders", 0, 1);
+    metric(c, "rejected", "orders", 0, 1);
+    metric(c, "retries", "deliveries", 1, 1);
+    /* No peer: absolute figures only (both are "ours", so no ratio). */
+    struct bn_impl *im = bn_impl_add(c, "eventbus saga, in-memory store", BN_OURS, run_saga);
+    im->spec.scfg = cfg;
+    im->spec.scfg.store = BN_SAGA_STORE_MEMORY;
+    /* The SQLite store comes with the durable sink. When it lands: add
+       BN_SAGA_STORE_SQLITE to bench.h, create the store in saga_run, and
+       replace this skipped entry with
+           im = bn_impl_add(c, "eventbus saga, SQLite store", BN_OURS, run_saga);
+           im->spec.scfg = cfg;
+           im->spec.scfg.store = BN_SAGA_STORE_SQLITE; */
+    im = bn_impl_add(c, "eventbus saga, SQLite store", BN_OURS, NULL);
+    im->skip = "not available yet: the SQLite saga store comes with the durable sink";
+}
+
 const struct bn_scenario bn_scenarios[] = {
     {"throughput", "1. Fire-and-forget throughput", build_throughput},
     {"fanout", "2. Fan-out", build_fanout},
@@ -617,5 +672,6 @@ const struct bn_scenario bn_scenarios[] = {
     {"payload", "6. Payload sizes, copy vs zero-copy", build_payload},
     {"allocs", "7. Allocations per publish", build_allocs},
     {"idle", "8. Idle cost", build_idle},
+    {"saga", "9. Saga transitions", build_saga},
 };
 const int bn_nscenarios = (int)(sizeof(bn_scenarios) / sizeof(bn_scenarios[0]));
