@@ -88,14 +88,28 @@ static void wake_pool(eb_bus *b)
     eb__ec_inc(&b->work_ec);
 }
 
+/*
+ * After new work was made visible and a full fence: wake parked workers only
+ * if nobody spins. A spinner that is about to park decrements `spinners`,
+ * increments `idle` and re-checks for work, all seq_cst after our store, so
+ * if we still saw it spinning it will see the work (Dekker); and a worker
+ * that parked without spinning is not woken for work a spinner takes anyway,
+ * which would cost a futex wake and a context switch per publish.
+ */
+static void wake_for_work(eb_bus *b)
+{
+    if (atomic_load_explicit(&b->idle, memory_order_seq_cst) > 0 &&
+        atomic_load_explicit(&b->spinners, memory_order_seq_cst) == 0)
+        wake_pool(b);
+}
+
 /* Called after making work visible with a store: the seq_cst fence orders
    that store before the load of `idle`, pairing with park()'s increment of
    idle before its re-check for work (Dekker), so no wake-up is lost. */
 static void wake_if_idle(eb_bus *b)
 {
     eb__fence_seq_cst();
-    if (atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
-        wake_pool(b);
+    wake_for_work(b);
 }
 
 static bool token_take(eb_bus *b)
@@ -173,8 +187,7 @@ static void runq_push(eb_bus *b, eb__lane *l)
     /* seq_cst RMW: orders the queue before the load of idle (Dekker with
        park). */
     atomic_fetch_add_explicit(&b->rq_len, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
-        wake_pool(b);
+    wake_for_work(b);
 }
 
 /*
@@ -905,6 +918,17 @@ static bool has_work(eb_bus *b)
            eb__timers_next(&b->timers) <= eb__now_mono_ns();
 }
 
+/* A spinning worker that is about to run handlers stops counting as a
+   spinner first: a handler may block, and publishers skip waking parked
+   workers while someone spins (wake_for_work). */
+static void stop_spinning(eb_bus *b, eb__worker *w)
+{
+    if (w->spinning) {
+        atomic_fetch_sub_explicit(&b->spinners, 1, memory_order_seq_cst);
+        w->spinning = false;
+    }
+}
+
 static bool help_once(eb_bus *b, eb__worker *w)
 {
     bool progress = timers_fire(b);
@@ -912,6 +936,11 @@ static bool help_once(eb_bus *b, eb__worker *w)
     if (w->depth < EB__MAX_NEST) {
         eb__lane *l = runq_pop(b, w->depth > 0);
         if (l != NULL) {
+            stop_spinning(b, w);
+            /* A handler may run long or block: if more work is waiting, make
+               sure a parked worker is awake for it (unless one spins). */
+            if (atomic_load_explicit(&b->rq_len, memory_order_seq_cst) > 0 || dispatch_ready(b))
+                wake_for_work(b);
             run_lane(b, w, l);
             progress = true;
         }
@@ -965,13 +994,9 @@ static void *worker_main(void *arg)
     eb_bus *b = w->bus;
     tls_worker = w;
     unsigned spins = 0;
-    bool spinning = false;
     for (;;) {
         if (help_once(b, w)) {
-            if (spinning) {
-                atomic_fetch_sub_explicit(&b->spinners, 1, memory_order_relaxed);
-                spinning = false;
-            }
+            stop_spinning(b, w);
             spins = 0;
             continue;
         }
@@ -982,20 +1007,18 @@ static void *worker_main(void *arg)
         /* Idle: at most max_spinners workers spin waiting for work (so a
            publish finds one awake without a futex wake); the others park at
            once instead of taking CPU from publishers and busy workers. */
-        if (!spinning) {
+        if (!w->spinning) {
             unsigned n = atomic_load_explicit(&b->spinners, memory_order_relaxed);
-            spinning = n < b->max_spinners &&
-                       atomic_compare_exchange_strong_explicit(
-                           &b->spinners, &n, n + 1, memory_order_relaxed, memory_order_relaxed);
+            w->spinning = n < b->max_spinners &&
+                          atomic_compare_exchange_strong_explicit(
+                              &b->spinners, &n, n + 1, memory_order_seq_cst, memory_order_relaxed);
         }
-        if (spinning && ++spins < IDLE_SPINS) {
+        if (w->spinning && ++spins < IDLE_SPINS) {
             eb__cpu_relax();
             continue;
         }
-        if (spinning) {
-            atomic_fetch_sub_explicit(&b->spinners, 1, memory_order_relaxed);
-            spinning = false;
-        }
+        /* seq_cst, before park's increment of idle: see wake_for_work. */
+        stop_spinning(b, w);
         spins = 0;
         /* While closing, look again now and then: the last worker to go idle
            is the one that sees the bus drained. */
@@ -1185,8 +1208,8 @@ static void publish_exit(eb_bus *b, size_t accepted)
        (Dekker with park), so a parked worker is always woken. */
     atomic_fetch_add_explicit(&b->gate, ((uint64_t)accepted << EB__INFLIGHT_BITS) - 1,
                               memory_order_seq_cst);
-    if (accepted > 0 && atomic_load_explicit(&b->idle, memory_order_relaxed) > 0)
-        wake_pool(b);
+    if (accepted > 0)
+        wake_for_work(b);
 }
 
 /* Builds an event; correlation and causation are explicit, else inherited

@@ -40,7 +40,8 @@ typedef struct eb__worker {
     unsigned depth;
     /* Counters, written by this worker only (relaxed), summed by stats. */
     _Atomic uint64_t delivered, failed, retried, dead_lettered;
-    uint64_t rng; /* xorshift state for backoff jitter */
+    uint64_t rng;  /* xorshift state for backoff jitter */
+    bool spinning; /* counted in bus->spinners */
 } eb__worker;
 
 struct eb_bus {
