@@ -554,9 +554,12 @@ void saga_run(const struct saga_cfg *cfg, struct saga_out *out)
     if (s1.started != placed || s1.completed != placed || out->transitions != want_transitions) {
         snprintf(out->err, sizeof(out->err),
                  "saga: %u orders, but %llu instances started and %llu completed; %llu "
-                 "transitions saved in the timed phase where its outcomes imply %llu",
+                 "transitions saved in the timed phase where its outcomes imply %llu "
+                 "(failures %llu, conflicts %llu, redispatched %llu, ignored %llu)",
                  placed, (unsigned long long)s1.started, (unsigned long long)s1.completed,
-                 (unsigned long long)out->transitions, (unsigned long long)want_transitions);
+                 (unsigned long long)out->transitions, (unsigned long long)want_transitions,
+                 (unsigned long long)s1.failures, (unsigned long long)s1.conflicts,
+                 (unsigned long long)s1.redispatched, (unsigned long long)s1.ignored);
         goto teardown;
     }
     out->retries = (s1.failures - s0.failures) + (s1.conflicts - s0.conflicts);

@@ -280,12 +280,28 @@ static void lane_finish(eb_bus *b, eb__lane *l, int rc)
 
 /* Puts an internal event (dead letter) where the dispatcher will find it,
    without ever blocking: the ring if it has room, else the side list. */
+static int side_push(eb_bus *b, eb_event *ev);
+
 static int enqueue_internal(eb_bus *b, eb_event *ev)
 {
     if (eb__ring_push_mp(&b->intake, ev)) {
         wake_if_idle(b);
         return EB_OK;
     }
+    return side_push(b, ev);
+}
+
+/*
+ * The side list takes events that must not wait for the intake: dead letters
+ * and due delayed events when the intake is full, and events published from
+ * a handler whose own lane holds up dispatch (waiting would deadlock). The
+ * dispatcher routes a batch of side events only after every intake entry
+ * that was there when it took the batch (gate), and while side events are
+ * pending, handlers publish to the side list too: so events keep the order
+ * of the thread that published them.
+ */
+static int side_push(eb_bus *b, eb_event *ev)
+{
     pthread_mutex_lock(&b->side_lock);
     if (b->side_n == b->side_cap) {
         size_t cap = b->side_cap ? b->side_cap * 2 : 64;
@@ -516,6 +532,49 @@ static bool dispatch_held(eb_bus *b)
 
 static bool dispatch_batch(eb_bus *b);
 
+/*
+ * Routes side-list events (see side_push): takes the list when the previous
+ * batch is done and notes the intake's producer position (gate); routes the
+ * batch once the intake has been consumed up to that gate. Returns false when
+ * it stalled; sets *progress when it routed something. The caller holds the
+ * token.
+ */
+static bool dispatch_side(eb_bus *b, bool *progress)
+{
+    if (b->sb_i == b->sb_n && atomic_load_explicit(&b->side_count, memory_order_acquire) > 0) {
+        free(b->sb);
+        pthread_mutex_lock(&b->side_lock);
+        b->sb = b->side;
+        b->sb_n = b->side_n;
+        b->sb_i = 0;
+        b->side = NULL;
+        b->side_n = b->side_cap = 0;
+        atomic_store_explicit(&b->side_count, 0, memory_order_relaxed);
+        pthread_mutex_unlock(&b->side_lock);
+        /* Entries committed before we took the list are below this. */
+        b->sb_gate = eb__ring_produced(&b->intake);
+        atomic_store_explicit(&b->side_busy, true, memory_order_relaxed);
+    }
+    if (b->sb_i == b->sb_n)
+        return true;
+    /* Earlier intake entries first (their leftovers too). */
+    if ((int)(eb__ring_consumed(&b->intake) - b->sb_gate) < 0 || b->held_i != b->held_n)
+        return true;
+    int64_t now = eb__now_real_ns();
+    while (b->sb_i < b->sb_n) {
+        eb_event *ev = b->sb[b->sb_i++];
+        stamp(b, ev, now);
+        *progress = true;
+        if (!route_event(b, ev))
+            return false;
+    }
+    free(b->sb);
+    b->sb = NULL;
+    b->sb_i = b->sb_n = 0;
+    atomic_store_explicit(&b->side_busy, false, memory_order_relaxed);
+    return true;
+}
+
 /* One dispatch step; the caller holds the token. Returns whether it did
    anything. */
 static bool dispatch_locked(eb_bus *b)
@@ -537,52 +596,8 @@ static bool dispatch_batch(eb_bus *b)
             return progress;
         progress = true;
     }
-    int64_t now = 0;
-    if (atomic_load_explicit(&b->side_count, memory_order_acquire) > 0) {
-        pthread_mutex_lock(&b->side_lock);
-        size_t n = b->side_n;
-        eb_event **v = b->side;
-        b->side = NULL;
-        b->side_n = b->side_cap = 0;
-        atomic_store_explicit(&b->side_count, 0, memory_order_relaxed);
-        pthread_mutex_unlock(&b->side_lock);
-        now = eb__now_real_ns();
-        for (size_t i = 0; i < n; i++) {
-            stamp(b, v[i], now);
-            if (!route_event(b, v[i]) && i + 1 < n) {
-                /* Stalled: put the rest back in front (they were first). */
-                pthread_mutex_lock(&b->side_lock);
-                size_t rest = n - i - 1;
-                eb_event **nv = malloc((rest + b->side_n) * sizeof(*nv));
-                if (nv != NULL) {
-                    memcpy(nv, v + i + 1, rest * sizeof(*nv));
-                    memcpy(nv + rest, b->side, b->side_n * sizeof(*nv));
-                    free(b->side);
-                    b->side = nv;
-                    b->side_n += rest;
-                    b->side_cap = b->side_n;
-                    atomic_store_explicit(&b->side_count, b->side_n, memory_order_relaxed);
-                    pthread_mutex_unlock(&b->side_lock);
-                    free(v);
-                    return true;
-                }
-                pthread_mutex_unlock(&b->side_lock);
-                /* No memory to requeue: keep pushing through the stall is not
-                   possible, so leave the rest in v and retry later. */
-                for (size_t j = i + 1; j < n; j++)
-                    enqueue_internal(b, v[j]);
-                free(v);
-                return true;
-            }
-            progress = true;
-            if (b->pend_ev != NULL) {
-                free(v);
-                return true;
-            }
-        }
-        free(v);
-    }
-    if (!dispatch_held(b))
+    /* Leftovers of the last batch, then side events whose gate has passed. */
+    if (!dispatch_held(b) || !dispatch_side(b, &progress))
         return true;
     /* Pop a whole batch first and prefetch the events: they were written on
        the publishers' cores, and issuing all the misses at once overlaps
@@ -600,22 +615,28 @@ static bool dispatch_batch(eb_bus *b)
             b->held[n++] = p;
         }
     }
-    if (n == 0)
-        return progress;
-    for (unsigned i = 0; i < n; i++) {
-        __builtin_prefetch(b->held[i], 1);
-        __builtin_prefetch((char *)b->held[i] + 64, 1);
-        __builtin_prefetch((char *)b->held[i] + 128, 0);
+    if (n > 0) {
+        for (unsigned i = 0; i < n; i++) {
+            __builtin_prefetch(b->held[i], 1);
+            __builtin_prefetch((char *)b->held[i] + 64, 1);
+            __builtin_prefetch((char *)b->held[i] + 128, 0);
+        }
+        int64_t now = eb__now_real_ns(); /* one clock read per batch */
+        for (unsigned i = 0; i < n; i++)
+            stamp(b, b->held[i], now);
+        b->held_n = n;
+        b->held_i = 0;
+        progress = true;
+        if (!dispatch_held(b))
+            return true;
+        /* Publishers asleep on a full intake are woken once it is half
+           empty, not after every batch: each wake-up then buys them room
+           for many events instead of one futex round trip per batch. */
+        if (eb__ring_size(&b->intake) <= eb__ring_capacity(&b->intake) / 2)
+            eb__ec_inc(&b->space_ec);
     }
-    if (now == 0)
-        now = eb__now_real_ns(); /* one clock read per batch */
-    for (unsigned i = 0; i < n; i++)
-        stamp(b, b->held[i], now);
-    b->held_n = n;
-    b->held_i = 0;
-    dispatch_held(b);
-    eb__ec_inc(&b->space_ec);
-    return true;
+    dispatch_side(b, &progress);
+    return progress;
 }
 
 static bool dispatch_ready(eb_bus *b)
@@ -627,7 +648,8 @@ static bool dispatch_ready(eb_bus *b)
     if (atomic_load_explicit(&b->stall_lane, memory_order_relaxed) != NULL)
         return atomic_load_explicit(&b->stall_relief, memory_order_acquire);
     return eb__ring_size(&b->intake) > 0 ||
-           atomic_load_explicit(&b->side_count, memory_order_relaxed) > 0;
+           atomic_load_explicit(&b->side_count, memory_order_relaxed) > 0 ||
+           atomic_load_explicit(&b->side_busy, memory_order_relaxed);
 }
 
 static bool dispatch_step(eb_bus *b)
@@ -979,7 +1001,7 @@ static bool try_finish(eb_bus *b)
                 b->pend_ev == NULL && b->held_i == b->held_n &&
                 atomic_load_explicit(&b->ctl_pending, memory_order_seq_cst) == 0 &&
                 atomic_load_explicit(&b->side_count, memory_order_seq_cst) == 0 &&
-                eb__ring_size(&b->intake) == 0;
+                b->sb_i == b->sb_n && eb__ring_size(&b->intake) == 0;
     if (done)
         atomic_store_explicit(&b->stop, true, memory_order_seq_cst);
     token_drop(b);
@@ -1136,22 +1158,55 @@ static bool intake_try(eb_bus *b, void *entry, unsigned n)
 
 /* Pushes an entry (an event, or a carrier of n events) on the intake, waiting
    as timeout_ns allows. */
+static int side_push_entry(eb_bus *b, void *entry)
+{
+    if (!EB__IS_CARRIER(entry))
+        return side_push(b, entry);
+    eb__carrier *c = EB__CARRIER_UNTAG(entry);
+    for (unsigned i = 0; i < c->n; i++) {
+        int rc = side_push(b, c->ev[i]);
+        if (rc != EB_OK) {
+            /* Accepted so far: i events; the caller owns the rest. */
+            memmove(c->ev, c->ev + i, (c->n - i) * sizeof(c->ev[0]));
+            c->n -= i;
+            return rc;
+        }
+    }
+    eb__carrier_free(&b->depot, c);
+    return EB_OK;
+}
+
 static int intake_push(eb_bus *b, void *ev, unsigned n, int64_t timeout_ns)
 {
+    eb__worker *w = self_worker(b);
+    /* A handler publishing while side events are pending joins them, so its
+       events stay in the order it published them. */
+    if (w != NULL && (atomic_load_explicit(&b->side_count, memory_order_acquire) > 0 ||
+                      atomic_load_explicit(&b->side_busy, memory_order_acquire)))
+        return side_push_entry(b, ev);
     if (intake_try(b, ev, n))
         return EB_OK;
     if (timeout_ns == 0)
         return EB_EAGAIN;
     int64_t deadline = eb__deadline_after(timeout_ns);
-    eb__worker *w = self_worker(b);
     for (;;) {
         if (w != NULL) {
+            /* Only our own lane's progress can free the intake: waiting would
+               deadlock, so the event takes the side list. */
             eb__lane *stall = atomic_load_explicit(&b->stall_lane, memory_order_acquire);
             if (stall != NULL && in_stack(w, stall))
-                return EB_EDEADLK;
+                return side_push_entry(b, ev);
             if (!help_once(b, w))
                 park(b, eb__now_mono_ns() + 1000000);
         } else {
+            /* The workers drain a batch in microseconds: look for room a
+               while before sleeping. */
+            for (unsigned i = 0; i < WAIT_SPINS; i++) {
+                if (eb__ring_size(&b->intake) < eb__ring_capacity(&b->intake) &&
+                    intake_try(b, ev, n))
+                    return EB_OK;
+                eb__cpu_relax();
+            }
             uint32_t snap = eb__ec_value(&b->space_ec);
             if (intake_try(b, ev, n))
                 return EB_OK;
@@ -1328,29 +1383,31 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             }
             c->ev[c->n] = ev;
         }
-        int prc = EB_OK;
-        if (c->n > 0 && opts->delay_ns > 0) {
+        unsigned cn = c->n;
+        if (cn > 0 && opts->delay_ns == 0) {
+            int prc = intake_push(bus, EB__CARRIER_TAG(c), cn, opts->timeout_ns);
+            if (prc == EB_OK) {
+                /* The carrier is the dispatcher's now (it may already be
+                   unpacked and freed): not touched again. */
+                done += cn;
+                continue;
+            }
+            for (unsigned i = 0; i < cn; i++)
+                unbuild_event(bus, c->ev[i]);
+            rc = prc;
+        } else if (cn > 0) {
             /* Delayed: each event waits in the timer heap on its own. */
             unsigned k = 0;
-            while (k < c->n && (prc = schedule_event(bus, c->ev[k], opts->delay_ns)) == EB_OK)
+            int prc = EB_OK;
+            while (k < cn && (prc = schedule_event(bus, c->ev[k], opts->delay_ns)) == EB_OK)
                 k++;
-            for (unsigned i = k; i < c->n; i++)
+            for (unsigned i = k; i < cn; i++)
                 unbuild_event(bus, c->ev[i]);
             done += k;
-            rc = prc;
-            c->n = 0;
-        } else if (c->n > 0) {
-            prc = intake_push(bus, EB__CARRIER_TAG(c), c->n, opts->timeout_ns);
+            if (prc != EB_OK)
+                rc = prc;
         }
-        if (prc != EB_OK) {
-            for (unsigned i = 0; i < c->n; i++)
-                unbuild_event(bus, c->ev[i]);
-            c->n = 0;
-            rc = prc;
-        }
-        done += c->n;
-        if (c->n == 0)
-            eb__carrier_free(&bus->depot, c);
+        eb__carrier_free(&bus->depot, c);
     }
     publish_exit(bus, done);
     if (accepted != NULL)
@@ -1716,6 +1773,7 @@ EB_API void eb_bus_destroy(eb_bus *b)
     eb__route_free(b->route);
     eb__ring_fini(&b->intake);
     free(b->side);
+    free(b->sb);
     free(b->workers);
     eb__timers_fini(&b->timers);
     eb__depot_fini(&b->depot);

@@ -83,11 +83,16 @@ struct eb_bus {
     atomic_uint ctl_pending;
     eb__ec ctl_ec; /* bumped when ops are applied or a cancelled sub drains */
 
-    /* Dead letters that found the intake ring full; dispatched first. */
+    /* Events that must not wait for the intake (see side_push in bus.c). */
     pthread_mutex_t side_lock;
     eb_event **side;         /* protected by side_lock */
     size_t side_n, side_cap; /* protected by side_lock */
     atomic_size_t side_count;
+    /* Side events taken by the dispatcher and not yet all routed: token. */
+    eb_event **sb;
+    size_t sb_i, sb_n;
+    unsigned sb_gate; /* intake p_tail when the batch was taken */
+    atomic_bool side_busy;
 
     /* Run queue of scheduled lanes. */
     alignas(EB__CACHELINE) pthread_mutex_t rq_lock;

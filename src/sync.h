@@ -92,6 +92,17 @@ static inline unsigned eb__ring_capacity(const eb__ring *r)
     return ck_ring_capacity(&r->ring) - 1;
 }
 
+/* Producer and consumer positions (count of items ever committed / taken,
+   mod 2^32). The consumer's is exact for the consumer itself. */
+static inline unsigned eb__ring_produced(const eb__ring *r)
+{
+    return ck_pr_load_uint(&r->ring.p_tail);
+}
+static inline unsigned eb__ring_consumed(const eb__ring *r)
+{
+    return ck_pr_load_uint(&r->ring.c_head);
+}
+
 /* Racy snapshot of the number of items (exact when quiescent). */
 static inline unsigned eb__ring_size(const eb__ring *r)
 {

@@ -148,3 +148,94 @@ Test(batch, zero_copy_payloads_of_a_batch_are_each_freed_once)
     eb_bus_destroy(bus);
     cr_assert_eq(atomic_load(&freed), 100);
 }
+
+/* Regression: a batch publisher read its carrier after handing it to the
+   dispatcher, which may already have unpacked and freed it and a worker
+   reused the block (here: handlers that publish batches themselves). Events
+   were then duplicated or lost. Counts every event of every stage. */
+enum { RB_THREADS = 2, RB_PER = 20000, RB_BATCH = 50 };
+
+struct relay {
+    eb_bus *bus;
+    atomic_uchar seen1[RB_THREADS * RB_PER];
+    atomic_uchar seen2[RB_THREADS * RB_PER];
+    atomic_uint n1, n2, dups, relay_errors;
+};
+
+static int relay_first(const eb_event *ev, void *ctx)
+{
+    struct relay *r = ctx;
+    uint32_t id;
+    memcpy(&id, eb_event_payload(ev, NULL), sizeof id);
+    if (atomic_fetch_add(&r->seen1[id], 1) != 0)
+        atomic_fetch_add(&r->dups, 1);
+    atomic_fetch_add(&r->n1, 1);
+    eb_message m = {.topic = "relay.second", .payload = &id, .len = sizeof id};
+    if (eb_publish_batch(r->bus, &m, 1, NULL, NULL) != EB_OK)
+        atomic_fetch_add(&r->relay_errors, 1);
+    return 0;
+}
+
+static int relay_second(const eb_event *ev, void *ctx)
+{
+    struct relay *r = ctx;
+    uint32_t id;
+    memcpy(&id, eb_event_payload(ev, NULL), sizeof id);
+    if (atomic_fetch_add(&r->seen2[id], 1) != 0)
+        atomic_fetch_add(&r->dups, 1);
+    atomic_fetch_add(&r->n2, 1);
+    return 0;
+}
+
+struct relay_pub {
+    struct relay *r;
+    uint32_t base;
+    int rc;
+};
+
+static void *relay_publisher(void *arg)
+{
+    struct relay_pub *p = arg;
+    static _Thread_local uint32_t ids[RB_BATCH];
+    eb_message m[RB_BATCH];
+    for (uint32_t i = 0; i < RB_PER && p->rc == EB_OK; i += RB_BATCH) {
+        for (uint32_t j = 0; j < RB_BATCH; j++) {
+            ids[j] = p->base + i + j;
+            m[j] = (eb_message){.topic = "relay.first", .payload = &ids[j], .len = sizeof ids[j]};
+        }
+        size_t accepted = 0;
+        p->rc = eb_publish_batch(p->r->bus, m, RB_BATCH, NULL, &accepted);
+        if (p->rc == EB_OK && accepted != RB_BATCH)
+            p->rc = EB_EIO;
+    }
+    return NULL;
+}
+
+Test(batch, carriers_are_not_touched_after_they_are_handed_over)
+{
+    struct relay *r = calloc(1, sizeof *r);
+    r->bus = t_bus_new(2);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.delivery = EB_DELIVERY_CONCURRENT;
+    cr_assert_eq(eb_subscribe(r->bus, "relay.first", relay_first, r, &o, NULL), EB_OK);
+    cr_assert_eq(eb_subscribe(r->bus, "relay.second", relay_second, r, &o, NULL), EB_OK);
+    pthread_t th[RB_THREADS];
+    struct relay_pub p[RB_THREADS];
+    for (unsigned t = 0; t < RB_THREADS; t++) {
+        p[t] = (struct relay_pub){.r = r, .base = t * RB_PER, .rc = EB_OK};
+        cr_assert_eq(pthread_create(&th[t], NULL, relay_publisher, &p[t]), 0);
+    }
+    for (unsigned t = 0; t < RB_THREADS; t++) {
+        pthread_join(th[t], NULL);
+        cr_assert_eq(p[t].rc, EB_OK, "publisher %u: %s", t, eb_err_name(p[t].rc));
+    }
+    unsigned total = RB_THREADS * RB_PER;
+    cr_assert(t_wait_ge(&r->n2, total), "%u of %u relayed", atomic_load(&r->n2), total);
+    eb_bus_destroy(r->bus);
+    cr_assert_eq(atomic_load(&r->dups), 0);
+    cr_assert_eq(atomic_load(&r->relay_errors), 0);
+    cr_assert_eq(atomic_load(&r->n1), total);
+    cr_assert_eq(atomic_load(&r->n2), total);
+    free(r);
+}

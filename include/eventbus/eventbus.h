@@ -24,7 +24,11 @@
  *    EB_ETIMEDOUT when they asked not to wait. A handler that waits (nested
  *    publish-and-wait, ticket wait, unsubscribe) keeps its worker running
  *    other work; a wait that could only finish after the caller's own lane
- *    runs returns EB_EDEADLK instead of hanging. An idle bus uses no CPU.
+ *    runs returns EB_EDEADLK instead of hanging. A publish from a handler
+ *    never waits for its own lane: when the intake is full and dispatch is
+ *    held up by that lane, the event goes to an overflow list the dispatcher
+ *    drains in order (the only case where the intake bound is exceeded; it
+ *    is bounded by what handlers publish). An idle bus uses no CPU.
  *  - Threads: every function is thread-safe unless its comment says
  *    otherwise. Handlers run on the bus's worker threads and may publish,
  *    subscribe and unsubscribe; they must not destroy their own bus.
@@ -332,8 +336,9 @@ typedef struct eb_publish_result {
  * intake ring). The payload is copied unless opts->payload_free is set.
  * Errors: EB_EINVAL (see the last paragraph of this header's notes),
  * EB_ECLOSED, EB_EAGAIN (ring full, timeout_ns == 0), EB_ETIMEDOUT (ring
- * still full after timeout_ns), EB_EDEADLK (called from a handler whose own
- * lane holds up dispatch), EB_ENOMEM. On failure nothing was published.
+ * still full after timeout_ns), EB_ENOMEM. On failure nothing was published.
+ * From a handler, a full intake that only the handler's own lane could free
+ * does not block: the event overflows (see the guarantees above).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_publish(eb_bus *bus, const char *topic, const void *payload, size_t len,
@@ -378,7 +383,7 @@ typedef struct eb_message {
  * Otherwise the messages are accepted in order until one cannot be, and
  * *accepted (may be NULL) gets how many were (their payloads now belong to
  * the bus; the rest stay the caller's).
- * Errors: EB_EINVAL, EB_ECLOSED, EB_EAGAIN, EB_ETIMEDOUT, EB_EDEADLK, EB_ENOMEM
+ * Errors: EB_EINVAL, EB_ECLOSED, EB_EAGAIN, EB_ETIMEDOUT, EB_ENOMEM
  * as for eb_publish, returned with the accepted prefix.
  * Thread-safe: yes. May be called from a handler: yes.
  */
