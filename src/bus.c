@@ -346,16 +346,19 @@ static eb__lane *pick_lane(struct eb_subscription *s, const eb_event *ev)
 }
 
 /*
- * Lanes that received deliveries in this dispatch step are scheduled once,
- * at the end of the step (touch_flush), instead of one atomic exchange per
- * delivery. Correct because scheduling only has to follow the push: the
- * runner's "store IDLE, re-check the mailbox" meets our later exchange.
+ * A lane is scheduled when the step first pushes to it (so a runner can start
+ * at once, in parallel with the rest of the step) and once more at the end of
+ * the step (touch_flush), instead of one atomic exchange per delivery. The
+ * second exchange covers a runner that drained the lane and went IDLE in
+ * between: scheduling only has to follow the last push, and the runner's
+ * "store IDLE, re-check the mailbox" meets our later exchange.
  */
 static void lane_touch(eb_bus *b, eb__lane *l)
 {
     if (l->touch == b->touch_gen)
         return;
     l->touch = b->touch_gen;
+    lane_schedule(b, l);
     b->touched[b->ntouched++] = l;
     if (b->ntouched == EB__TOUCH_MAX) {
         for (unsigned i = 0; i < b->ntouched; i++)
