@@ -20,8 +20,9 @@
  *   twice.
  *
  * Threads: saga and aggregate handlers run on bus workers, concurrently for
- * different keys. The in-memory store and the aggregate tables are hash
- * tables striped over 64 mutexes; a stripe lock is a leaf lock (nothing is
+ * different keys. The in-memory store and the aggregate tables are
+ * Concurrency Kit hash sets (ck_hs) striped over 64 mutexes; a stripe lock is
+ * a leaf lock (nothing is
  * called and no other lock is taken under it). The command registry has a
  * reader-writer lock, also a leaf. Lock order: none is ever nested. No user
  * callback and no bus call runs under a lock of ours.
@@ -33,6 +34,8 @@
  * atomics: they are statistics and publish nothing.
  */
 #include "saga.h"
+
+#include <ck_hs.h>
 
 #include <pthread.h>
 #include <stdalign.h>
@@ -379,12 +382,118 @@ static bool qbuf_next(const unsigned char *p, size_t len, size_t *off, qent *e)
 }
 
 /* ---------------------------------------------------------------------- */
+/* Striped tables                                                          */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * The store and the aggregates keep their nodes in EB__STRIPES stripes, each
+ * a Concurrency Kit hash set (ck_hs) under the stripe's mutex: one thread at
+ * a time per stripe, so ck_hs's single-writer mode is enough and memory is
+ * freed at once. Every node starts with an hkey whose bytes (a, then b) live
+ * in the node; a lookup passes an hkey that points at the caller's bytes.
+ */
+typedef struct hkey {
+    unsigned long hash;
+    const unsigned char *a;
+    size_t a_len;
+    const unsigned char *b;
+    size_t b_len;
+} hkey;
+
+typedef struct stripe {
+    pthread_mutex_t lock;
+    ck_hs_t hs; /* protected by lock */
+} stripe;
+
+static void *hs_malloc(size_t n)
+{
+    return malloc(n);
+}
+static void hs_free(void *p, size_t n, bool defer)
+{
+    (void)n;
+    (void)defer; /* every access holds the stripe lock: nothing reads on */
+    free(p);
+}
+static void *hs_realloc(void *p, size_t o, size_t n, bool defer)
+{
+    (void)o;
+    (void)defer;
+    return realloc(p, n);
+}
+static struct ck_malloc hs_alloc = {.malloc = hs_malloc, .realloc = hs_realloc, .free = hs_free};
+
+static unsigned long hkey_hash(const void *k, unsigned long seed)
+{
+    (void)seed;
+    return ((const hkey *)k)->hash;
+}
+
+static bool hkey_eq(const void *x, const void *y)
+{
+    const hkey *p = x, *q = y;
+    return p->hash == q->hash && p->a_len == q->a_len && p->b_len == q->b_len &&
+           (p->a_len == 0 || memcmp(p->a, q->a, p->a_len) == 0) &&
+           (p->b_len == 0 || memcmp(p->b, q->b, p->b_len) == 0);
+}
+
+static int stripes_init(stripe *st, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        if (pthread_mutex_init(&st[i].lock, NULL) != 0)
+            goto fail;
+        if (!ck_hs_init(&st[i].hs, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT, hkey_hash, hkey_eq,
+                        &hs_alloc, 16, 0)) {
+            pthread_mutex_destroy(&st[i].lock);
+            goto fail;
+        }
+        continue;
+    fail:
+        while (i-- > 0) {
+            ck_hs_destroy(&st[i].hs);
+            pthread_mutex_destroy(&st[i].lock);
+        }
+        return EB_ENOMEM;
+    }
+    return EB_OK;
+}
+
+/* Frees every node with free_node, then the stripes. */
+static void stripes_fini(stripe *st, unsigned n, void (*free_node)(void *))
+{
+    for (unsigned i = 0; i < n; i++) {
+        ck_hs_iterator_t it = CK_HS_ITERATOR_INITIALIZER;
+        void *node;
+        while (ck_hs_next(&st[i].hs, &it, &node))
+            free_node(node);
+        ck_hs_destroy(&st[i].hs);
+        pthread_mutex_destroy(&st[i].lock);
+    }
+}
+
+/* The caller holds the stripe lock for these three. */
+static void *stripe_get(stripe *st, const hkey *k)
+{
+    return ck_hs_get(&st->hs, k->hash, k);
+}
+
+static int stripe_put(stripe *st, void *node)
+{
+    const hkey *k = node;
+    return ck_hs_put(&st->hs, k->hash, node) ? EB_OK : EB_ENOMEM;
+}
+
+static void stripe_del(stripe *st, const hkey *k)
+{
+    ck_hs_remove(&st->hs, k->hash, k);
+}
+
+/* ---------------------------------------------------------------------- */
 /* In-memory saga store                                                    */
 /* ---------------------------------------------------------------------- */
 
 typedef struct ms_node {
-    struct ms_node *next;
-    uint64_t hash;
+    hkey k; /* first: a = saga name, b = key, both in data */
     uint64_t version;
     bool completed;
     uint8_t event_id[16];
@@ -395,60 +504,23 @@ typedef struct ms_node {
     max_align_t data[];   /* bytes: name, key, padding, state */
 } ms_node;
 
-typedef struct ms_stripe {
-    pthread_mutex_t lock;
-    ms_node **buckets; /* protected by lock */
-    size_t nbuckets;   /* protected by lock; a power of two */
-    size_t count;      /* protected by lock */
-} ms_stripe;
-
 typedef struct memstore {
     eb_saga_store base; /* first: the vtable pointer is the store pointer */
-    ms_stripe stripes[EB__STRIPES];
+    stripe stripes[EB__STRIPES];
 } memstore;
 
-static ms_node **ms_find(ms_stripe *st, uint64_t hash, const char *name, size_t name_len,
-                         const void *key, size_t key_len)
+/* The caller holds st's lock. */
+static ms_node *ms_find(stripe *st, uint64_t hash, const char *name, size_t name_len,
+                        const void *key, size_t key_len)
 {
-    if (st->nbuckets == 0)
-        return NULL;
-    ms_node **pp = &st->buckets[(hash >> 6) & (st->nbuckets - 1)];
-    for (; *pp != NULL; pp = &(*pp)->next) {
-        ms_node *n = *pp;
-        if (n->hash == hash && n->name_len == name_len && n->key_len == key_len &&
-            memcmp(n->data, name, name_len) == 0 &&
-            memcmp((unsigned char *)n->data + name_len, key, key_len) == 0)
-            return pp;
-    }
-    return NULL;
+    hkey k = {.hash = (unsigned long)hash,
+              .a = (const unsigned char *)name,
+              .a_len = name_len,
+              .b = key,
+              .b_len = key_len};
+    return stripe_get(st, &k);
 }
 
-/* Doubles the bucket array when the stripe holds more nodes than buckets.
-   Out of memory keeps the old array: longer chains, still correct. */
-static void ms_grow(ms_stripe *st)
-{
-    if (st->count < st->nbuckets)
-        return;
-    size_t nb = st->nbuckets ? st->nbuckets * 2 : 16;
-    ms_node **b = calloc(nb, sizeof(*b));
-    if (b == NULL)
-        return;
-    for (size_t i = 0; i < st->nbuckets; i++) {
-        ms_node *n = st->buckets[i];
-        while (n != NULL) {
-            ms_node *next = n->next;
-            size_t j = (n->hash >> 6) & (nb - 1);
-            n->next = b[j];
-            b[j] = n;
-            n = next;
-        }
-    }
-    free(st->buckets);
-    st->buckets = b;
-    st->nbuckets = nb;
-}
-
-/* Copies the outbox into the node, growing its buffer only when needed. */
 static int ms_set_outbox(ms_node *n, const eb_saga_record *rec)
 {
     if (rec->outbox_len > n->outbox_cap) {
@@ -465,7 +537,7 @@ static int ms_set_outbox(ms_node *n, const eb_saga_record *rec)
     return EB_OK;
 }
 
-static ms_stripe *ms_stripe_of(eb_saga_store *s, uint64_t hash)
+static stripe *ms_stripe_of(eb_saga_store *s, uint64_t hash)
 {
     return &((memstore *)s)->stripes[hash & (EB__STRIPES - 1)];
 }
@@ -475,17 +547,16 @@ static int ms_load(eb_saga_store *s, const char *saga, const void *key, size_t k
 {
     size_t nl = strlen(saga);
     uint64_t h = hash64(saga, nl, key, key_len);
-    ms_stripe *st = ms_stripe_of(s, h);
+    stripe *st = ms_stripe_of(s, h);
     int rc = EB_OK;
     void *outbox = NULL;
     pthread_mutex_lock(&st->lock);
-    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
-    if (pp == NULL) {
+    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    if (n == NULL) {
         rc = EB_ENOENT;
-    } else if ((*pp)->state_size != rec->state_size) {
+    } else if (n->state_size != rec->state_size) {
         rc = EB_EINVAL;
     } else {
-        ms_node *n = *pp;
         if (n->outbox_len > 0 && (outbox = malloc(n->outbox_len)) == NULL) {
             rc = EB_ENOMEM;
         } else {
@@ -508,12 +579,16 @@ static int ms_create(eb_saga_store *s, const char *saga, const void *key, size_t
 {
     size_t nl = strlen(saga);
     uint64_t h = hash64(saga, nl, key, key_len);
-    ms_stripe *st = ms_stripe_of(s, h);
+    stripe *st = ms_stripe_of(s, h);
     /* Allocated before the lock: the stripe is held only to look and link. */
     ms_node *n = calloc(1, sizeof(*n) + pad_max(nl + key_len) + rec->state_size);
     if (n == NULL)
         return EB_ENOMEM;
-    n->hash = h;
+    n->k = (hkey){.hash = (unsigned long)h,
+                  .a = (const unsigned char *)n->data,
+                  .a_len = nl,
+                  .b = (const unsigned char *)n->data + nl,
+                  .b_len = key_len};
     n->name_len = nl;
     n->key_len = key_len;
     n->state_size = rec->state_size;
@@ -537,19 +612,13 @@ static int ms_create(eb_saga_store *s, const char *saga, const void *key, size_t
         free(n);
         return EB_EEXIST;
     }
-    ms_grow(st);
-    if (st->nbuckets == 0) {
-        pthread_mutex_unlock(&st->lock);
+    int rc = stripe_put(st, n);
+    pthread_mutex_unlock(&st->lock);
+    if (rc != EB_OK) {
         free(n->outbox);
         free(n);
-        return EB_ENOMEM;
     }
-    ms_node **b = &st->buckets[(h >> 6) & (st->nbuckets - 1)];
-    n->next = *b;
-    *b = n;
-    st->count++;
-    pthread_mutex_unlock(&st->lock);
-    return EB_OK;
+    return rc;
 }
 
 static int ms_save(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
@@ -557,18 +626,17 @@ static int ms_save(eb_saga_store *s, const char *saga, const void *key, size_t k
 {
     size_t nl = strlen(saga);
     uint64_t h = hash64(saga, nl, key, key_len);
-    ms_stripe *st = ms_stripe_of(s, h);
+    stripe *st = ms_stripe_of(s, h);
     int rc = EB_OK;
     pthread_mutex_lock(&st->lock);
-    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
-    if (pp == NULL) {
+    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    if (n == NULL) {
         rc = EB_ENOENT;
-    } else if ((*pp)->version != expected_version) {
+    } else if (n->version != expected_version) {
         rc = EB_ECONFLICT;
-    } else if ((*pp)->state_size != rec->state_size) {
+    } else if (n->state_size != rec->state_size) {
         rc = EB_EINVAL;
-    } else if ((rc = ms_set_outbox(*pp, rec)) == EB_OK) {
-        ms_node *n = *pp;
+    } else if ((rc = ms_set_outbox(n, rec)) == EB_OK) {
         if (n->state_size > 0)
             memcpy(n->state, rec->state, n->state_size);
         n->version = rec->version;
@@ -584,19 +652,18 @@ static int ms_remove(eb_saga_store *s, const char *saga, const void *key, size_t
 {
     size_t nl = strlen(saga);
     uint64_t h = hash64(saga, nl, key, key_len);
-    ms_stripe *st = ms_stripe_of(s, h);
+    stripe *st = ms_stripe_of(s, h);
     ms_node *gone = NULL;
     int rc = EB_OK;
     pthread_mutex_lock(&st->lock);
-    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
-    if (pp == NULL) {
+    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    if (n == NULL) {
         rc = EB_ENOENT;
-    } else if ((*pp)->version != expected_version) {
+    } else if (n->version != expected_version) {
         rc = EB_ECONFLICT;
     } else {
-        gone = *pp;
-        *pp = gone->next;
-        st->count--;
+        stripe_del(st, &n->k);
+        gone = n;
     }
     pthread_mutex_unlock(&st->lock);
     if (gone != NULL) {
@@ -611,37 +678,31 @@ static int ms_dispatched(eb_saga_store *s, const char *saga, const void *key, si
 {
     size_t nl = strlen(saga);
     uint64_t h = hash64(saga, nl, key, key_len);
-    ms_stripe *st = ms_stripe_of(s, h);
+    stripe *st = ms_stripe_of(s, h);
     int rc = EB_OK;
     pthread_mutex_lock(&st->lock);
-    ms_node **pp = ms_find(st, h, saga, nl, key, key_len);
-    if (pp == NULL)
+    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    if (n == NULL)
         rc = EB_ENOENT;
-    else if ((*pp)->version != version)
+    else if (n->version != version)
         rc = EB_ECONFLICT;
     else
-        (*pp)->outbox_len = 0; /* the buffer stays for the next outbox */
+        n->outbox_len = 0; /* the buffer stays for the next outbox */
     pthread_mutex_unlock(&st->lock);
     return rc;
+}
+
+static void ms_node_free(void *p)
+{
+    ms_node *n = p;
+    free(n->outbox);
+    free(n);
 }
 
 static void ms_destroy(eb_saga_store *s)
 {
     memstore *m = (memstore *)s;
-    for (unsigned i = 0; i < EB__STRIPES; i++) {
-        ms_stripe *st = &m->stripes[i];
-        for (size_t b = 0; b < st->nbuckets; b++) {
-            ms_node *n = st->buckets[b];
-            while (n != NULL) {
-                ms_node *next = n->next;
-                free(n->outbox);
-                free(n);
-                n = next;
-            }
-        }
-        free(st->buckets);
-        pthread_mutex_destroy(&st->lock);
-    }
+    stripes_fini(m->stripes, EB__STRIPES, ms_node_free);
     free(m);
 }
 
@@ -652,13 +713,9 @@ EB_API int eb_saga_memory_store_create(eb_saga_store **out)
     memstore *m = calloc(1, sizeof(*m));
     if (m == NULL)
         return EB_ENOMEM;
-    for (unsigned i = 0; i < EB__STRIPES; i++) {
-        if (pthread_mutex_init(&m->stripes[i].lock, NULL) != 0) {
-            while (i-- > 0)
-                pthread_mutex_destroy(&m->stripes[i].lock);
-            free(m);
-            return EB_ENOMEM;
-        }
+    if (stripes_init(m->stripes, EB__STRIPES) != EB_OK) {
+        free(m);
+        return EB_ENOMEM;
     }
     m->base.load = ms_load;
     m->base.create = ms_create;
@@ -1173,8 +1230,7 @@ EB_API int eb_saga_stats_get(eb_saga *saga, eb_saga_stats *out)
 /* ---------------------------------------------------------------------- */
 
 typedef struct ag_node {
-    struct ag_node *next; /* protected by the stripe lock */
-    uint64_t hash;
+    hkey k; /* first: a = id, in data; protected by the stripe lock */
     size_t id_len;
     /* The state is written by the aggregate's lane (under the stripe lock,
        for eb_aggregate_read) and read by that lane without it: one lane
@@ -1182,13 +1238,6 @@ typedef struct ag_node {
     unsigned char *state;
     max_align_t data[]; /* bytes: id, padding, state (max-aligned) */
 } ag_node;
-
-typedef struct ag_stripe {
-    pthread_mutex_t lock;
-    ag_node **buckets; /* protected by lock */
-    size_t nbuckets;   /* protected by lock */
-    size_t count;      /* protected by lock */
-} ag_stripe;
 
 struct eb_aggregate {
     eb_command_bus *cb;
@@ -1201,7 +1250,7 @@ struct eb_aggregate {
     eb_aggregate_init_fn init;
     eb_aggregate_fn handle;
     void *ctx;
-    ag_stripe stripes[EB__STRIPES];
+    stripe stripes[EB__STRIPES];
 };
 
 struct eb_aggregate_ctx {
@@ -1217,38 +1266,11 @@ EB_API void eb_aggregate_options_init(eb_aggregate_options *opts)
         memset(opts, 0, sizeof(*opts));
 }
 
-static ag_node **ag_find(ag_stripe *st, uint64_t h, const void *id, size_t id_len)
+/* The caller holds st's lock. */
+static ag_node *ag_find(stripe *st, uint64_t h, const void *id, size_t id_len)
 {
-    if (st->nbuckets == 0)
-        return NULL;
-    ag_node **pp = &st->buckets[(h >> 6) & (st->nbuckets - 1)];
-    for (; *pp != NULL; pp = &(*pp)->next)
-        if ((*pp)->hash == h && (*pp)->id_len == id_len && memcmp((*pp)->data, id, id_len) == 0)
-            return pp;
-    return NULL;
-}
-
-static void ag_grow(ag_stripe *st)
-{
-    if (st->count < st->nbuckets)
-        return;
-    size_t nb = st->nbuckets ? st->nbuckets * 2 : 16;
-    ag_node **b = calloc(nb, sizeof(*b));
-    if (b == NULL)
-        return;
-    for (size_t i = 0; i < st->nbuckets; i++) {
-        ag_node *n = st->buckets[i];
-        while (n != NULL) {
-            ag_node *next = n->next;
-            size_t j = (n->hash >> 6) & (nb - 1);
-            n->next = b[j];
-            b[j] = n;
-            n = next;
-        }
-    }
-    free(st->buckets);
-    st->buckets = b;
-    st->nbuckets = nb;
+    hkey k = {.hash = (unsigned long)h, .a = id, .a_len = id_len};
+    return stripe_get(st, &k);
 }
 
 /* The node of id, created (init outside the lock) on its first command.
@@ -1256,34 +1278,28 @@ static void ag_grow(ag_stripe *st)
 static ag_node *ag_get(eb_aggregate *a, const void *id, size_t id_len)
 {
     uint64_t h = hash64("", 0, id, id_len);
-    ag_stripe *st = &a->stripes[h & (EB__STRIPES - 1)];
+    stripe *st = &a->stripes[h & (EB__STRIPES - 1)];
     pthread_mutex_lock(&st->lock);
-    ag_node **pp = ag_find(st, h, id, id_len);
-    ag_node *n = pp != NULL ? *pp : NULL;
+    ag_node *n = ag_find(st, h, id, id_len);
     pthread_mutex_unlock(&st->lock);
     if (n != NULL)
         return n;
     n = calloc(1, sizeof(*n) + pad_max(id_len) + a->state_size);
     if (n == NULL)
         return NULL;
-    n->hash = h;
+    n->k = (hkey){.hash = (unsigned long)h, .a = (const unsigned char *)n->data, .a_len = id_len};
     n->id_len = id_len;
     memcpy(n->data, id, id_len);
     n->state = (unsigned char *)n->data + pad_max(id_len);
     if (a->init != NULL)
         a->init(n->state, id, id_len, a->ctx);
     pthread_mutex_lock(&st->lock);
-    ag_grow(st);
-    if (st->nbuckets == 0) {
-        pthread_mutex_unlock(&st->lock);
+    int rc = stripe_put(st, n);
+    pthread_mutex_unlock(&st->lock);
+    if (rc != EB_OK) {
         free(n);
         return NULL;
     }
-    ag_node **b = &st->buckets[(h >> 6) & (st->nbuckets - 1)];
-    n->next = *b;
-    *b = n;
-    st->count++;
-    pthread_mutex_unlock(&st->lock);
     return n;
 }
 
@@ -1322,7 +1338,7 @@ static int on_command(const eb_event *ev, void *arg)
     int rc = a->handle(&ac, ev, copy, a->ctx);
     if (rc > 0)
         rc = EB_EHANDLER;
-    ag_stripe *st = &a->stripes[n->hash & (EB__STRIPES - 1)];
+    stripe *st = &a->stripes[n->k.hash & (EB__STRIPES - 1)];
     if (rc == EB_OK && sz > 0) {
         /* Stored before the events leave, so whoever handles an event we
            emit (and whatever it causes) finds the state that emitted it;
@@ -1388,33 +1404,23 @@ EB_API int eb_aggregate_read(eb_aggregate *agg, const void *id, size_t id_len, v
         size != agg->state_size)
         return EB_EINVAL;
     uint64_t h = hash64("", 0, id, id_len);
-    ag_stripe *st = &agg->stripes[h & (EB__STRIPES - 1)];
+    stripe *st = &agg->stripes[h & (EB__STRIPES - 1)];
     int rc = EB_OK;
     pthread_mutex_lock(&st->lock);
-    ag_node **pp = ag_find(st, h, id, id_len);
-    if (pp == NULL)
+    ag_node *n = ag_find(st, h, id, id_len);
+    if (n == NULL)
         rc = EB_ENOENT;
     else if (size > 0)
-        memcpy(out, (*pp)->state, size);
+        memcpy(out, n->state, size);
     pthread_mutex_unlock(&st->lock);
     return rc;
 }
 
-static void agg_free(eb_aggregate *a)
+/* Frees a, and its stripes when stripes_ok (they were initialised). */
+static void agg_free(eb_aggregate *a, bool stripes_ok)
 {
-    for (unsigned i = 0; i < EB__STRIPES; i++) {
-        ag_stripe *st = &a->stripes[i];
-        for (size_t b = 0; b < st->nbuckets; b++) {
-            ag_node *n = st->buckets[b];
-            while (n != NULL) {
-                ag_node *next = n->next;
-                free(n);
-                n = next;
-            }
-        }
-        free(st->buckets);
-        pthread_mutex_destroy(&st->lock);
-    }
+    if (stripes_ok)
+        stripes_fini(a->stripes, EB__STRIPES, free);
     free(a->name);
     free(a->topics);
     free(a);
@@ -1460,15 +1466,11 @@ EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def
     eb_aggregate *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return EB_ENOMEM;
-    unsigned inited = 0;
-    while (inited < EB__STRIPES && pthread_mutex_init(&a->stripes[inited].lock, NULL) == 0)
-        inited++;
+    bool stripes_ok = stripes_init(a->stripes, EB__STRIPES) == EB_OK;
     a->name = malloc(strlen(def->name) + 1);
     a->topics = copy_strings(def->commands, def->n_commands);
-    if (inited < EB__STRIPES || a->name == NULL || a->topics == NULL) {
-        while (inited < EB__STRIPES)
-            pthread_mutex_init(&a->stripes[inited++].lock, NULL); /* so agg_free is uniform */
-        agg_free(a);
+    if (!stripes_ok || a->name == NULL || a->topics == NULL) {
+        agg_free(a, stripes_ok);
         return EB_ENOMEM;
     }
     strcpy(a->name, def->name);
@@ -1517,7 +1519,7 @@ EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def
         routes_drop(cb, a);
     pthread_rwlock_unlock(&cb->lock);
     if (rc != EB_OK) {
-        agg_free(a);
+        agg_free(a, true);
         return rc;
     }
 
@@ -1547,7 +1549,7 @@ EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def
     }
     pthread_rwlock_unlock(&cb->lock);
     if (rc != EB_OK) {
-        agg_free(a);
+        agg_free(a, true);
         return rc;
     }
     *out = a;
@@ -1570,7 +1572,7 @@ EB_API int eb_aggregate_unregister(eb_aggregate *agg)
         agg->next->prev = agg->prev;
     pthread_rwlock_unlock(&cb->lock);
     int rc = eb_unsubscribe(agg->sub);
-    agg_free(agg);
+    agg_free(agg, true);
     return rc;
 }
 
