@@ -18,6 +18,7 @@
  * Threads: one at a time (the dispatch token holder); see route.h.
  */
 #include "route.h"
+#include "sync.h"
 
 #include <ck_hs.h>
 #include <stdbool.h>
@@ -88,25 +89,6 @@ struct eb__route {
 };
 
 /* ---- ck_hs plumbing --------------------------------------------------- */
-
-static void *hs_malloc(size_t n)
-{
-    return malloc(n);
-}
-static void hs_free(void *p, size_t n, bool defer)
-{
-    /* Single-threaded table: nothing can still be reading, defer or not. */
-    (void)n;
-    (void)defer;
-    free(p);
-}
-static void *hs_realloc(void *p, size_t o, size_t n, bool defer)
-{
-    (void)o;
-    (void)defer;
-    return realloc(p, n);
-}
-static struct ck_malloc hs_alloc = {.malloc = hs_malloc, .realloc = hs_realloc, .free = hs_free};
 
 /* FNV-1a over the bytes, mixed with a seed. */
 static unsigned long hash_bytes(const void *p, size_t n, unsigned long h)
@@ -244,13 +226,13 @@ eb__route *eb__route_new(void)
     if (r->root == NULL)
         goto fail_root;
     if (!ck_hs_init(&r->edges, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT, hs_hash_pre, edge_cmp,
-                    &hs_alloc, 64, r->seed))
+                    &eb__ck_malloc, 64, r->seed))
         goto fail_edges;
     if (!ck_hs_init(&r->exacts, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT, hs_hash_pre, exact_cmp,
-                    &hs_alloc, 64, r->seed))
+                    &eb__ck_malloc, 64, r->seed))
         goto fail_exacts;
     if (!ck_hs_init(&r->cache, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT, hs_hash_pre, centry_cmp,
-                    &hs_alloc, 64, r->seed))
+                    &eb__ck_malloc, 64, r->seed))
         goto fail_cache;
     return r;
 fail_cache:

@@ -37,6 +37,8 @@
 
 #include <ck_hs.h>
 
+#include "sync.h"
+
 #include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
@@ -405,24 +407,6 @@ typedef struct stripe {
     ck_hs_t hs; /* protected by lock */
 } stripe;
 
-static void *hs_malloc(size_t n)
-{
-    return malloc(n);
-}
-static void hs_free(void *p, size_t n, bool defer)
-{
-    (void)n;
-    (void)defer; /* every access holds the stripe lock: nothing reads on */
-    free(p);
-}
-static void *hs_realloc(void *p, size_t o, size_t n, bool defer)
-{
-    (void)o;
-    (void)defer;
-    return realloc(p, n);
-}
-static struct ck_malloc hs_alloc = {.malloc = hs_malloc, .realloc = hs_realloc, .free = hs_free};
-
 static unsigned long hkey_hash(const void *k, unsigned long seed)
 {
     (void)seed;
@@ -443,7 +427,7 @@ static int stripes_init(stripe *st, unsigned n)
         if (pthread_mutex_init(&st[i].lock, NULL) != 0)
             goto fail;
         if (!ck_hs_init(&st[i].hs, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT, hkey_hash, hkey_eq,
-                        &hs_alloc, 16, 0)) {
+                        &eb__ck_malloc, 16, 0)) {
             pthread_mutex_destroy(&st[i].lock);
             goto fail;
         }

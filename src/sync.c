@@ -91,6 +91,27 @@ bool eb__ring_contains_sc(const eb__ring *r, const void *p)
     return false;
 }
 
+static void *hs_malloc(size_t n)
+{
+    return malloc(n);
+}
+
+static void hs_free(void *p, size_t n, bool defer)
+{
+    (void)n;
+    (void)defer;
+    free(p);
+}
+
+static void *hs_realloc(void *p, size_t old, size_t n, bool defer)
+{
+    (void)old;
+    (void)defer;
+    return realloc(p, n);
+}
+
+struct ck_malloc eb__ck_malloc = {.malloc = hs_malloc, .realloc = hs_realloc, .free = hs_free};
+
 static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out)
 {
     (void)ops;

@@ -13,6 +13,7 @@
 #define EB_SYNC_H
 
 #include <ck_ec.h>
+#include <ck_malloc.h>
 #include <ck_ring.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -194,6 +195,11 @@ static inline bool eb__ring_pop_mc(eb__ring *r, void **p)
  * written and cannot be overwritten while it does not consume.
  */
 bool eb__ring_contains_sc(const eb__ring *r, const void *p);
+
+/* malloc/realloc/free for ck_hs tables that are only used under a lock or by
+   one thread (route.c, saga.c): nothing reads concurrently, so memory is
+   freed at once, deferred or not. */
+extern struct ck_malloc eb__ck_malloc;
 
 /* Eventcount. */
 typedef struct eb__ec {
