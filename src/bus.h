@@ -4,6 +4,7 @@
  *
  * Lock order (a thread holding one may take only those after it):
  *   reg_lock -> ctl_lock -> rq_lock -> side_lock -> timers.lock -> depot.lock
+ *   (and intake.mp_lock, taken only by contended publishers around a ring push)
  * In practice each is a leaf: no code path holds two at once, and no user
  * callback runs under any of them. The dispatch token is a trylock and is
  * never waited for while one of these is held.

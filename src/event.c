@@ -91,7 +91,6 @@ int eb__depot_init(eb__depot *d, unsigned prefill)
         }
         m->next = d->full[0];
         d->full[0] = m;
-        d->nfull[0]++;
     }
     return 0;
 }
@@ -119,7 +118,6 @@ void eb__tcache_flush(eb__depot *d)
         } else {
             m->next = d->full[i];
             d->full[i] = m;
-            d->nfull[i]++;
         }
     }
     pthread_mutex_unlock(&d->lock);
@@ -136,7 +134,6 @@ static void *block_alloc(eb__depot *d, int cls)
     eb__mag *full = d->full[cls];
     if (full != NULL) {
         d->full[cls] = full->next;
-        d->nfull[cls]--;
         full->next = NULL; /* it is ours now, not a link into the depot */
         if (m != NULL) {
             m->next = d->empty;
@@ -177,7 +174,6 @@ static void block_free(eb__depot *d, int cls, void *p)
     if (m != NULL) {
         m->next = d->full[cls];
         d->full[cls] = m;
-        d->nfull[cls]++;
     }
     eb__mag *e = d->empty;
     if (e != NULL)

@@ -88,9 +88,8 @@ static inline const void *eb__event_key(const eb_event *ev)
 typedef struct eb__mag eb__mag;
 typedef struct eb__depot {
     pthread_mutex_t lock;
-    eb__mag *full[EB__CLASSES];  /* protected by lock */
-    unsigned nfull[EB__CLASSES]; /* protected by lock */
-    eb__mag *empty;              /* protected by lock */
+    eb__mag *full[EB__CLASSES]; /* protected by lock */
+    eb__mag *empty;             /* protected by lock */
 } eb__depot;
 
 /* prefill: class-0 blocks to allocate up front (rounded up to magazines). */

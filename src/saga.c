@@ -526,16 +526,26 @@ static stripe *ms_stripe_of(eb_saga_store *s, uint64_t hash)
     return &((memstore *)s)->stripes[hash & (EB__STRIPES - 1)];
 }
 
-static int ms_load(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
-                   eb_saga_record *rec)
+/* Locks the stripe of (saga, key) and finds its node (NULL if none). The
+   caller unlocks the returned stripe. */
+static stripe *ms_lock_find(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                            ms_node **node)
 {
     size_t nl = strlen(saga);
     uint64_t h = hash64(saga, nl, key, key_len);
     stripe *st = ms_stripe_of(s, h);
+    pthread_mutex_lock(&st->lock);
+    *node = ms_find(st, h, saga, nl, key, key_len);
+    return st;
+}
+
+static int ms_load(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
+                   eb_saga_record *rec)
+{
     int rc = EB_OK;
     void *outbox = NULL;
-    pthread_mutex_lock(&st->lock);
-    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    ms_node *n;
+    stripe *st = ms_lock_find(s, saga, key, key_len, &n);
     if (n == NULL) {
         rc = EB_ENOENT;
     } else if (n->state_size != rec->state_size) {
@@ -608,12 +618,9 @@ static int ms_create(eb_saga_store *s, const char *saga, const void *key, size_t
 static int ms_save(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
                    uint64_t expected_version, const eb_saga_record *rec)
 {
-    size_t nl = strlen(saga);
-    uint64_t h = hash64(saga, nl, key, key_len);
-    stripe *st = ms_stripe_of(s, h);
     int rc = EB_OK;
-    pthread_mutex_lock(&st->lock);
-    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    ms_node *n;
+    stripe *st = ms_lock_find(s, saga, key, key_len, &n);
     if (n == NULL) {
         rc = EB_ENOENT;
     } else if (n->version != expected_version) {
@@ -634,13 +641,10 @@ static int ms_save(eb_saga_store *s, const char *saga, const void *key, size_t k
 static int ms_remove(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
                      uint64_t expected_version)
 {
-    size_t nl = strlen(saga);
-    uint64_t h = hash64(saga, nl, key, key_len);
-    stripe *st = ms_stripe_of(s, h);
     ms_node *gone = NULL;
     int rc = EB_OK;
-    pthread_mutex_lock(&st->lock);
-    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    ms_node *n;
+    stripe *st = ms_lock_find(s, saga, key, key_len, &n);
     if (n == NULL) {
         rc = EB_ENOENT;
     } else if (n->version != expected_version) {
@@ -660,12 +664,9 @@ static int ms_remove(eb_saga_store *s, const char *saga, const void *key, size_t
 static int ms_dispatched(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
                          uint64_t version)
 {
-    size_t nl = strlen(saga);
-    uint64_t h = hash64(saga, nl, key, key_len);
-    stripe *st = ms_stripe_of(s, h);
     int rc = EB_OK;
-    pthread_mutex_lock(&st->lock);
-    ms_node *n = ms_find(st, h, saga, nl, key, key_len);
+    ms_node *n;
+    stripe *st = ms_lock_find(s, saga, key, key_len, &n);
     if (n == NULL)
         rc = EB_ENOENT;
     else if (n->version != version)
