@@ -381,6 +381,11 @@ static void touch_flush(eb_bus *b)
 static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s, bool tracked)
 {
     eb__lane *l = pick_lane(s, ev);
+    /* A durable subscription tracks the log sequences it was given before
+       the runner can finish them (its checkpoint is their low-water mark). */
+    bool logged = s->dsub != NULL && (ev->flags & EB__EV_LOGGED);
+    if (logged)
+        eb__dsub_track(s->dsub, ev);
     while (!eb__ring_push_sp(&l->mbox, ev)) {
         if (s->overflow == EB_OVERFLOW_DROP_NEWEST) {
             eb__count(&b->dropped, 1);
@@ -405,8 +410,11 @@ static int push_one(eb_bus *b, eb_event *ev, struct eb_subscription *s, bool tra
         atomic_store_explicit(&b->stall_relief, false, memory_order_relaxed);
         atomic_store_explicit(&b->stall_lane, l, memory_order_seq_cst);
         atomic_store_explicit(&l->dispatcher_waiting, true, memory_order_seq_cst);
-        if (!eb__ring_push_sp(&l->mbox, ev))
+        if (!eb__ring_push_sp(&l->mbox, ev)) {
+            if (logged)
+                eb__dsub_untrack(s->dsub);
             return PUSH_FULL;
+        }
         atomic_store_explicit(&l->dispatcher_waiting, false, memory_order_relaxed);
         atomic_store_explicit(&b->stall_lane, NULL, memory_order_relaxed);
         break;
@@ -454,6 +462,12 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
             delivery_abort(b, ev, EB_ECANCELED);
             continue;
         }
+        if (s->dsub != NULL && (ev->flags & (EB__EV_LOGGED | EB__EV_REPLAY)) == EB__EV_LOGGED &&
+            !eb__dsub_route(s->dsub, ev)) {
+            /* A durable subscription still replaying: its replay covers ev. */
+            delivery_abort(b, ev, EB_OK);
+            continue;
+        }
         if (push_one(b, ev, s, tracked) == PUSH_FULL) {
             if (b->pend_ev == NULL) {
                 /* Keep the match set and its subscriptions alive while the
@@ -482,7 +496,20 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
 /* Routes one event taken off the intake. Returns false when it stalled. */
 static bool route_event(eb_bus *b, eb_event *ev)
 {
-    eb__match *m = eb__route_match(b->route, ev->topic, ev->topic_len);
+    eb__match *m;
+    if (ev->flags & EB__EV_REPLAY) {
+        /* A replayed event goes to its durable subscription only (if that is
+           still routed), which it kept alive with a reference. */
+        struct eb_subscription *t = ev->ext->target;
+        bool live = t != NULL && t->routed && !atomic_load_explicit(&t->cancelled, memory_order_relaxed);
+        m = eb__route_only(b->route, live ? t : NULL);
+        if (m != NULL && t != NULL) {
+            ev->ext->target = NULL;
+            sub_unref(b, t);
+        }
+    } else {
+        m = eb__route_match(b->route, ev->topic, ev->topic_len);
+    }
     if (m == NULL) {
         /* Out of memory while routing: keep the event pending and retry. */
         b->pend_ev = ev;
@@ -844,6 +871,8 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
                                .seq = ev->seq};
     if (b->cfg.on_deadletter != NULL)
         b->cfg.on_deadletter(ev, &info, b->cfg.deadletter_ctx);
+    if (b->store != NULL)
+        eb__store_deadletter(b->store, ev, &info);
     logf_(b, EB_LOG_WARN, "dead-lettered %s (seq %llu) from '%s' after %u attempts: %s", ev->topic,
           (unsigned long long)ev->seq, s->name, l->attempt, eb_strerror(rc));
 
@@ -897,10 +926,19 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
             lane_finish(b, l, EB_ECANCELED);
             continue;
         }
+        bool logged = s->dsub != NULL && (l->cur->flags & EB__EV_LOGGED);
+        if (logged && l->attempt == 1 && !eb__dsub_fresh(s->dsub, l->cur)) {
+            /* An idempotent subscription already processed this event id. */
+            eb__dsub_done(s->dsub, l->cur, false);
+            lane_finish(b, l, EB_OK);
+            continue;
+        }
         int rc = s->fn(l->cur, s->ctx);
         if (rc == 0) {
             eb__count(&l->delivered, 1);
             eb__count(&w->delivered, 1);
+            if (logged)
+                eb__dsub_done(s->dsub, l->cur, true);
             lane_finish(b, l, EB_OK);
             continue;
         }
@@ -917,6 +955,8 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
         eb__count(&l->failed, 1);
         eb__count(&w->failed, 1);
         deadletter(b, w, l, l->cur, rc);
+        if (logged)
+            eb__dsub_done(s->dsub, l->cur, false); /* dead-lettered counts as done */
         lane_finish(b, l, rc);
     }
     w->depth--;
@@ -1004,7 +1044,10 @@ static bool try_finish(eb_bus *b)
                 b->pend_ev == NULL && b->held_i == b->held_n &&
                 atomic_load_explicit(&b->ctl_pending, memory_order_seq_cst) == 0 &&
                 atomic_load_explicit(&b->side_count, memory_order_seq_cst) == 0 &&
-                b->sb_i == b->sb_n && eb__ring_size(&b->intake) == 0;
+                b->sb_i == b->sb_n &&
+                /* Before the ring: the writer pushes, then settles the count. */
+                atomic_load_explicit(&b->store_inflight, memory_order_seq_cst) == 0 &&
+                eb__ring_size(&b->intake) == 0;
     if (done)
         atomic_store_explicit(&b->stop, true, memory_order_seq_cst);
     token_drop(b);
@@ -1225,10 +1268,23 @@ static int intake_push(eb_bus *b, void *ev, unsigned n, int64_t timeout_ns)
     }
 }
 
+#define DURABLE_FLAGS (EB_PUBLISH_DURABLE | EB_PUBLISH_DURABLE_LAZY)
+
 static bool opts_ok(const eb_publish_options *o)
 {
-    return o->key_len <= 255 && (o->key != NULL || o->key_len == 0) && o->flags == 0 &&
-           o->delay_ns >= 0;
+    return o->key_len <= 255 && (o->key != NULL || o->key_len == 0) &&
+           (o->flags & ~DURABLE_FLAGS) == 0 && o->flags != DURABLE_FLAGS && o->delay_ns >= 0 &&
+           o->at_ns >= 0 && !(o->at_ns > 0 && o->delay_ns > 0);
+}
+
+/* The delay asked for by delay_ns or at_ns (an at_ns in the past: none). */
+static int64_t opts_delay(const eb_publish_options *o)
+{
+    if (o->at_ns > 0) {
+        int64_t d = o->at_ns - eb__now_real_ns();
+        return d > 0 ? d : 0;
+    }
+    return o->delay_ns;
 }
 
 /* Accepts ev for dispatch after delay_ns: it waits in the timer heap. */
@@ -1279,7 +1335,8 @@ static eb_event *build_event(eb_bus *b, const char *topic, size_t tl, const void
     eb__worker *w = tls_worker;
     const eb_event *cause = w != NULL && w->depth > 0 ? w->stack[w->depth - 1]->cur : NULL;
     bool ext = track || cause != NULL || opts->payload_free != NULL ||
-               opts->correlation_id != NULL || opts->causation_id != NULL;
+               opts->correlation_id != NULL || opts->causation_id != NULL ||
+               (opts->flags & DURABLE_FLAGS) != 0;
     eb_event *ev = eb__event_new(b, &b->depot, topic, tl, key, key_len, payload, len,
                                  opts->payload_free == NULL, ext, 0);
     if (ev == NULL || !ext)
@@ -1313,6 +1370,19 @@ static void unbuild_event(eb_bus *b, eb_event *ev)
     eb__event_unref(ev, &b->depot);
 }
 
+/* Hands built events to the store (see eb__store_append); counts them as
+   on their way until its writer gives them back to the intake. */
+static int durable_append(eb_bus *b, eb_event **evs, size_t n, unsigned durable,
+                          int64_t timeout_ns)
+{
+    atomic_fetch_add_explicit(&b->store_inflight, n, memory_order_seq_cst);
+    int rc = eb__store_append(b->store, evs, n, durable == EB_PUBLISH_DURABLE, timeout_ns,
+                              self_worker(b) != NULL);
+    if (rc != EB_OK)
+        atomic_fetch_sub_explicit(&b->store_inflight, n, memory_order_seq_cst);
+    return rc;
+}
+
 static int publish_common(eb_bus *b, const char *topic, const void *payload, size_t len,
                           const eb_publish_options *opts, bool track, eb_event **out)
 {
@@ -1324,6 +1394,10 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     }
     if (b == NULL || !topic_ok(topic, &tl) || (payload == NULL && len > 0) || !opts_ok(opts))
         return EB_EINVAL;
+    int64_t delay = opts_delay(opts);
+    unsigned durable = opts->flags & DURABLE_FLAGS;
+    if (durable && (b->store == NULL || (delay > 0 && track)))
+        return EB_ENOTSUP; /* no store; a durable scheduled event has no ticket */
     int rc = publish_enter(b);
     if (rc != EB_OK)
         return rc;
@@ -1334,8 +1408,20 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     }
     if (track)
         eb__event_ref(ev, 1); /* the ticket's reference */
-    rc = opts->delay_ns > 0 ? schedule_event(b, ev, opts->delay_ns)
-                            : intake_push(b, ev, 0, opts->timeout_ns);
+    if (durable && delay > 0) {
+        /* The store keeps its own copy; ours goes (the payload with it). */
+        rc = eb__store_schedule(b->store, ev, eb__now_real_ns() + delay,
+                                durable == EB_PUBLISH_DURABLE);
+        if (rc == EB_OK) {
+            eb__event_unref(ev, &b->depot);
+            publish_exit(b, 1);
+            return EB_OK;
+        }
+    } else if (durable) {
+        rc = durable_append(b, &ev, 1, durable, opts->timeout_ns);
+    } else {
+        rc = delay > 0 ? schedule_event(b, ev, delay) : intake_push(b, ev, 0, opts->timeout_ns);
+    }
     if (rc != EB_OK) {
         if (track)
             eb__event_unref(ev, &b->depot);
@@ -1344,6 +1430,51 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
         *out = ev;
     }
     publish_exit(b, rc == EB_OK ? 1 : 0);
+    return rc;
+}
+
+/* The durable part of eb_publish_batch: chunks of events, each handed to
+   the store at once (one transaction when waiting). */
+static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
+                         const eb_publish_options *opts, unsigned durable, size_t *done)
+{
+    enum { CHUNK = 1024 };
+    eb_event *evs[CHUNK];
+    int64_t delay = opts_delay(opts);
+    int rc = EB_OK;
+    while (*done < n && rc == EB_OK) {
+        size_t k = 0, want = n - *done < CHUNK ? n - *done : CHUNK;
+        for (; k < want; k++) {
+            const eb_message *m = &msgs[*done + k];
+            evs[k] = build_event(b, m->topic, strlen(m->topic), m->payload, m->len, m->key,
+                                 m->key_len, opts, false);
+            if (evs[k] == NULL) {
+                rc = EB_ENOMEM;
+                break;
+            }
+        }
+        size_t ok = 0;
+        if (delay > 0) {
+            int64_t due = eb__now_real_ns() + delay;
+            for (; ok < k; ok++) {
+                int src = eb__store_schedule(b->store, evs[ok], due, durable == EB_PUBLISH_DURABLE);
+                if (src != EB_OK) {
+                    rc = src;
+                    break;
+                }
+                eb__event_unref(evs[ok], &b->depot);
+            }
+        } else if (k > 0) {
+            int arc = durable_append(b, evs, k, durable, opts->timeout_ns);
+            if (arc == EB_OK)
+                ok = k;
+            else
+                rc = arc;
+        }
+        for (size_t i = ok; i < k; i++)
+            unbuild_event(b, evs[i]);
+        *done += ok;
+    }
     return rc;
 }
 
@@ -1364,9 +1495,17 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             msgs[i].key_len > 255 || (msgs[i].key == NULL && msgs[i].key_len > 0))
             return EB_EINVAL;
     }
+    unsigned durable = opts->flags & DURABLE_FLAGS;
+    int64_t delay = opts_delay(opts);
+    if (durable && bus->store == NULL)
+        return EB_ENOTSUP;
     int rc = publish_enter(bus);
     if (rc != EB_OK)
         return rc;
+    if (durable) {
+        rc = durable_batch(bus, msgs, n, opts, durable, &done);
+        n = done; /* the carrier loop below has nothing left to do */
+    }
     /* Events travel in carriers of up to EB__CARRIER_MAX: one intake
        operation (and one cache-line hand-off of the ring) per carrier. */
     while (done < n && rc == EB_OK) {
@@ -1387,7 +1526,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             c->ev[c->n] = ev;
         }
         unsigned cn = c->n;
-        if (cn > 0 && opts->delay_ns == 0) {
+        if (cn > 0 && delay == 0) {
             int prc = intake_push(bus, EB__CARRIER_TAG(c), cn, opts->timeout_ns);
             if (prc == EB_OK) {
                 /* The carrier is the dispatcher's now (it may already be
@@ -1402,7 +1541,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             /* Delayed: each event waits in the timer heap on its own. */
             unsigned k = 0;
             int prc = EB_OK;
-            while (k < cn && (prc = schedule_event(bus, c->ev[k], opts->delay_ns)) == EB_OK)
+            while (k < cn && (prc = schedule_event(bus, c->ev[k], delay)) == EB_OK)
                 k++;
             for (unsigned i = k; i < cn; i++)
                 unbuild_event(bus, c->ev[i]);
@@ -1500,6 +1639,72 @@ EB_API unsigned eb_event_attempt(const eb_event *ev)
     return 1;
 }
 
+/* ---- the store's side ------------------------------------------------- */
+
+bool eb__bus_inject(eb_bus *bus, eb_event *ev)
+{
+    return intake_try(bus, ev, 0);
+}
+
+void eb__bus_store_add(eb_bus *bus, uint64_t n)
+{
+    atomic_fetch_add_explicit(&bus->store_inflight, n, memory_order_seq_cst);
+}
+
+void eb__bus_store_done(eb_bus *bus, uint64_t n)
+{
+    if (n == 0)
+        return;
+    /* seq_cst, after the pushes: try_finish reads this count, then the
+       ring, so it never sees neither. */
+    uint64_t left = atomic_fetch_sub_explicit(&bus->store_inflight, n, memory_order_seq_cst) - n;
+    wake_for_work(bus);
+    if (left == 0 && atomic_load_explicit(&bus->closing, memory_order_seq_cst))
+        wake_pool(bus); /* the workers may be waiting for us to finish */
+}
+
+eb_event *eb__bus_event_new(eb_bus *bus, const char *topic, const void *key, size_t key_len,
+                            const void *payload, size_t len, const uint8_t *corr,
+                            const uint8_t *caus)
+{
+    eb_event *ev = eb__event_new(bus, &bus->depot, topic, strlen(topic), key, key_len, payload,
+                                 len, true, true, 0);
+    if (ev == NULL)
+        return NULL;
+    if (corr != NULL) {
+        memcpy(ev->ext->corr, corr, 16);
+        ev->flags |= EB__EV_CORR;
+    }
+    if (caus != NULL) {
+        memcpy(ev->ext->caus, caus, 16);
+        ev->flags |= EB__EV_CAUS;
+    }
+    return ev;
+}
+
+void eb__bus_replay_target(eb_bus *bus, eb_event *ev, struct eb_subscription *sub)
+{
+    (void)bus;
+    sub_ref(sub); /* dropped when the dispatcher routes ev */
+    ev->ext->target = sub;
+    ev->flags |= EB__EV_REPLAY;
+}
+
+void eb__bus_event_unref(eb_bus *bus, eb_event *ev)
+{
+    if (ev->flags & EB__EV_REPLAY && ev->ext->target != NULL) {
+        struct eb_subscription *t = ev->ext->target;
+        ev->ext->target = NULL;
+        sub_unref(bus, t);
+    }
+    eb__event_unref(ev, &bus->depot);
+}
+
+bool eb__bus_in_handler(const eb_bus *bus)
+{
+    return self_worker(bus) != NULL;
+}
+
 /* ---- subscribing ------------------------------------------------------ */
 
 EB_API void eb_subscribe_options_init(eb_subscribe_options *opts)
@@ -1528,8 +1733,12 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
         (unsigned)o.overflow > EB_OVERFLOW_DROP_NEWEST || o.lanes > MAX_LANES ||
         o.max_attempts > MAX_ATTEMPTS || o.mailbox_capacity > MAX_MAILBOX ||
         (o.delivery == EB_DELIVERY_SERIAL && o.lanes > 1) ||
-        (o.name != NULL && strnlen(o.name, 256) > 255))
+        (o.name != NULL && strnlen(o.name, 256) > 255) ||
+        (o.durable && (o.name == NULL || o.name[0] == '\0' || o.overflow != EB_OVERFLOW_BLOCK)) ||
+        (o.idempotent && !o.durable))
         return EB_EINVAL;
+    if (o.durable && bus->store == NULL)
+        return EB_ENOTSUP;
     if (o.max_attempts == 0)
         o.max_attempts = 3;
     if (o.backoff_initial_ns == 0)
@@ -1550,11 +1759,17 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
     struct eb_subscription *s = eb__sub_new(bus, pattern, pl, fn, ctx, &o, nlanes, mailbox);
     if (s == NULL)
         return EB_ENOMEM;
-    int rc = ctl_run(bus, s, 1);
+    int rc = EB_OK;
+    if (o.durable)
+        rc = eb__dsub_open(bus->store, o.name, pattern, pl, o.idempotent, s, &s->dsub);
+    if (rc == EB_OK)
+        rc = ctl_run(bus, s, 1);
     if (rc != EB_OK) {
         eb__sub_free(s);
         return rc;
     }
+    if (s->dsub != NULL)
+        eb__dsub_start(s->dsub); /* routed: the replay may begin */
     pthread_mutex_lock(&bus->reg_lock);
     s->reg_next = bus->reg_head;
     if (bus->reg_head != NULL)
@@ -1586,6 +1801,8 @@ EB_API int eb_unsubscribe(eb_subscription *sub)
         return EB_EINVAL;
     eb_bus *b = sub->bus;
     ctl_run(b, sub, 2);
+    if (sub->dsub != NULL)
+        eb__dsub_stop(sub->dsub); /* no more replayed events for it */
     reg_unlink(b, sub);
     eb__worker *w = self_worker(b);
     bool own = false;
@@ -1692,6 +1909,10 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
     pthread_mutex_init(&b->side_lock, NULL);
     pthread_mutex_init(&b->rq_lock, NULL);
     pthread_mutex_init(&b->reg_lock, NULL);
+    if (c.store != NULL && (rc = eb__store_attach(c.store, b)) != EB_OK)
+        goto fail_store;
+    b->store = c.store;
+    rc = EB_ENOMEM;
     b->workers = calloc(c.workers, sizeof(*b->workers));
     if (b->workers == NULL)
         goto fail_workers;
@@ -1720,6 +1941,9 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
     return EB_OK;
 
 fail_workers:
+    if (b->store != NULL)
+        eb__store_detach(b->store);
+fail_store:
     pthread_mutex_destroy(&b->ctl_lock);
     pthread_mutex_destroy(&b->side_lock);
     pthread_mutex_destroy(&b->rq_lock);
@@ -1740,8 +1964,13 @@ EB_API void eb_bus_destroy(eb_bus *b)
 {
     if (b == NULL)
         return;
-    /* seq_cst: pairs with publish_enter's increment of the gate then load
+    /* First the store's writer stops firing scheduled events into the bus
+       (what it fired already is counted in store_inflight, which the
+       workers wait out before they stop); then publishing closes.
+       seq_cst: pairs with publish_enter's increment of the gate then load
        of closing. */
+    if (b->store != NULL)
+        eb__store_detach_begin(b->store);
     atomic_store_explicit(&b->closing, 1, memory_order_seq_cst);
     wake_pool(b);
     for (unsigned i = 0; i < b->nworkers; i++)
@@ -1770,9 +1999,11 @@ EB_API void eb_bus_destroy(eb_bus *b)
     struct eb_subscription *s = b->reg_head;
     while (s != NULL) {
         struct eb_subscription *next = s->reg_next;
-        eb__sub_free(s);
+        eb__sub_free(s); /* a durable one writes its final checkpoint */
         s = next;
     }
+    if (b->store != NULL)
+        eb__store_detach(b->store);
     eb__route_free(b->route);
     eb__ring_fini(&b->intake);
     free(b->side);

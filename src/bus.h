@@ -21,6 +21,7 @@
 #include "event.h"
 #include "lane.h"
 #include "route.h"
+#include "store_sqlite.h"
 #include "sync.h"
 #include "timer.h"
 
@@ -112,6 +113,12 @@ struct eb_bus {
 
     eb__timers timers;
     _Atomic uint64_t scheduled; /* delayed events in the timer heap */
+
+    /* Durable store (cfg.store) and the events handed to it that the bus
+       has accepted and not yet taken back from its writer (see
+       eb__bus_store_done): the bus is not drained while any is out. */
+    eb_store *store;
+    _Atomic uint64_t store_inflight;
     eb__depot depot;
 
     pthread_mutex_t reg_lock;
@@ -122,5 +129,25 @@ struct eb_bus {
     unsigned nworkers;
     eb__worker *workers;
 };
+
+/* ---- the store's writer hands events back (store_sqlite.c) ---------- */
+
+/* Puts a committed (or replayed, or fired) event on the intake without
+   waiting; false if the intake is full (retry later). */
+bool eb__bus_inject(eb_bus *bus, eb_event *ev);
+/* n events counted in store_inflight were injected or dropped. */
+void eb__bus_store_done(eb_bus *bus, uint64_t n);
+/* Counts n more events on their way from the store (replay, scheduled). */
+void eb__bus_store_add(eb_bus *bus, uint64_t n);
+/* Builds an event for the store's writer (logged, replayed or fired). */
+eb_event *eb__bus_event_new(eb_bus *bus, const char *topic, const void *key, size_t key_len,
+                            const void *payload, size_t len, const uint8_t *corr,
+                            const uint8_t *caus);
+/* Makes ev a replayed copy for sub only (takes a reference on sub). */
+void eb__bus_replay_target(eb_bus *bus, eb_event *ev, struct eb_subscription *sub);
+/* Releases an event reference from outside a worker. */
+void eb__bus_event_unref(eb_bus *bus, eb_event *ev);
+/* True if the calling thread is a worker of bus (running a handler). */
+bool eb__bus_in_handler(const eb_bus *bus);
 
 #endif /* EB_BUS_H */

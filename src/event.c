@@ -286,6 +286,8 @@ void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
     uint64_t ms = (uint64_t)(now_ns / 1000000);
     uint8_t *id = ev->id;
     ev->seq = seq;
+    if (ev->flags & EB__EV_LOGGED)
+        return; /* keeps the id and time it was logged with */
     ev->ts_ns = now_ns;
     for (int i = 0; i < 6; i++)
         id[i] = (uint8_t)(ms >> (40 - 8 * i));
@@ -371,6 +373,11 @@ EB_API const void *eb_event_key(const eb_event *ev, size_t *len)
     if (len != NULL)
         *len = ev != NULL ? ev->key_len : 0;
     return ev != NULL ? eb__event_key(ev) : NULL;
+}
+
+EB_API uint64_t eb_event_log_seq(const eb_event *ev)
+{
+    return ev != NULL && (ev->flags & EB__EV_LOGGED) ? ev->ext->log_seq : 0;
 }
 
 EB_API uint64_t eb_event_seq(const eb_event *ev)

@@ -26,7 +26,10 @@ enum {
     EB__EV_TRACKED = 1u << 2,   /* a waiter counts its deliveries (ticket) */
     EB__EV_CORR = 1u << 3,      /* has a correlation id */
     EB__EV_CAUS = 1u << 4,      /* has a causation id */
-    EB__EV_DEADLETTER = 1u << 5 /* dl points at dead-letter details */
+    EB__EV_DEADLETTER = 1u << 5, /* dl points at dead-letter details */
+    EB__EV_LOGGED = 1u << 6,     /* in the store's log: id, ts and ext->log_seq are
+                                    the logged ones, dispatch stamps only seq */
+    EB__EV_REPLAY = 1u << 7      /* a replayed copy for ext->target only */
 };
 
 typedef struct eb__deadletter {
@@ -55,6 +58,10 @@ typedef struct eb__event_ext {
     atomic_bool waiter_worker; /* a worker waits: completion wakes the pool */
     uint32_t matched;          /* set by the dispatcher before remaining drops */
     eb__ec done;               /* bumped when remaining reaches 0 */
+    /* Durable events: set by the store's writer before it hands the event
+       to the intake (whose release publishes them). */
+    uint64_t log_seq;                 /* position in the store's log */
+    struct eb_subscription *target;   /* EB__EV_REPLAY: the only subscription */
 } eb__event_ext;
 
 struct eb_event {

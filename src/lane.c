@@ -4,6 +4,7 @@
  * the workers that drive it; lane.h documents it.
  */
 #include "lane.h"
+#include "store_sqlite.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,8 @@ struct eb_subscription *eb__sub_new(eb_bus *bus, const char *pattern, size_t pat
 
 void eb__sub_free(struct eb_subscription *s)
 {
+    if (s->dsub != NULL)
+        eb__dsub_close(s->dsub); /* the final checkpoint */
     for (unsigned i = 0; i < s->nlanes; i++)
         eb__ring_fini(&s->lanes[i].mbox);
     free(s->lanes);

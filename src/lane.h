@@ -86,6 +86,10 @@ struct eb_subscription {
     struct eb_subscription *reg_prev, *reg_next;
 
     _Atomic uint64_t dropped; /* one writer: the token holder */
+
+    /* Durable subscription state in the store, or NULL. Set before the
+       subscription is routed, cleared after it is gone from routing. */
+    struct eb__dsub *dsub;
 };
 
 /* Allocates a subscription with its lanes and mailboxes; NULL if out of

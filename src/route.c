@@ -194,6 +194,42 @@ static bool is_hash(word w)
     return w.n == 1 && w.p[0] == '#';
 }
 
+/* Does pattern words p[i..] match topic words t[j..]? Memoised on (i, j)
+   so '#' runs stay polynomial. */
+static bool words_match(const word *p, size_t np, size_t i, const word *t, size_t nt, size_t j,
+                        uint8_t *memo)
+{
+    uint8_t *m = &memo[i * (nt + 1) + j];
+    if (*m != 0)
+        return *m == 2;
+    bool r;
+    if (i == np)
+        r = j == nt;
+    else if (is_hash(p[i]))
+        r = words_match(p, np, i + 1, t, nt, j, memo) ||
+            (j < nt && words_match(p, np, i, t, nt, j + 1, memo));
+    else if (j == nt)
+        r = false;
+    else if (is_star(p[i]) || (p[i].n == t[j].n && memcmp(p[i].p, t[j].p, t[j].n) == 0))
+        r = words_match(p, np, i + 1, t, nt, j + 1, memo);
+    else
+        r = false;
+    *m = r ? 2 : 1;
+    return r;
+}
+
+bool eb__topic_matches(const char *pattern, size_t plen, const char *topic, size_t tlen)
+{
+    word p[WORDS_MAX], t[WORDS_MAX];
+    size_t np = split(pattern, plen, p, WORDS_MAX), nt = split(topic, tlen, t, WORDS_MAX);
+    /* '$' topics are matched only by a pattern whose first word is literal. */
+    if (tlen > 0 && topic[0] == '$' && np > 0 && (is_star(p[0]) || is_hash(p[0])))
+        return false;
+    uint8_t memo[(WORDS_MAX + 1) * (WORDS_MAX + 1)];
+    memset(memo, 0, (np + 1) * (nt + 1));
+    return words_match(p, np, 0, t, nt, 0, memo);
+}
+
 int eb__pattern_is_wild(const char *pattern, size_t len)
 {
     word w[WORDS_MAX];
@@ -566,6 +602,17 @@ eb__match *eb__route_match(eb__route *r, const char *topic, size_t len)
         free(c);
         /* No memory to cache it: the scratch set still serves. */
     }
+    if (r->scratch == NULL && (r->scratch = malloc(sizeof(*r->scratch))) == NULL)
+        return NULL;
+    *r->scratch = (eb__match){.scratch = true, .n = r->out.n, .subs = r->out.v};
+    return r->scratch;
+}
+
+eb__match *eb__route_only(eb__route *r, void *sub)
+{
+    r->out.n = 0;
+    if (sub != NULL && subvec_push(&r->out, sub) != 0)
+        return NULL;
     if (r->scratch == NULL && (r->scratch = malloc(sizeof(*r->scratch))) == NULL)
         return NULL;
     *r->scratch = (eb__match){.scratch = true, .n = r->out.n, .subs = r->out.v};

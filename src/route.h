@@ -44,10 +44,16 @@ void eb__route_remove(eb__route *r, const char *pattern, size_t len, void *sub);
    valid until the next add/remove/match unless kept. No allocation once the
    topic is cached, or once the cache is full (then the scratch set serves). */
 eb__match *eb__route_match(eb__route *r, const char *topic, size_t len);
+/* A set of just sub (none if sub is NULL), valid as a match result. */
+eb__match *eb__route_only(eb__route *r, void *sub);
 /* Keeps m valid past the next match (never fails: a scratch set is handed
    over, not copied). Returns m. */
 eb__match *eb__match_keep(eb__route *r, eb__match *m);
 void eb__match_unpin(eb__match *m);
+
+/* Matches one topic against one pattern (the table's rules, without the
+   table): for filters outside the dispatcher, e.g. log replay. */
+bool eb__topic_matches(const char *pattern, size_t plen, const char *topic, size_t tlen);
 
 /* True if the pattern contains '*' or '#' words. */
 int eb__pattern_is_wild(const char *pattern, size_t len);

@@ -111,6 +111,7 @@ typedef struct eb_bus eb_bus;
 typedef struct eb_event eb_event;
 typedef struct eb_subscription eb_subscription;
 typedef struct eb_ticket eb_ticket;
+typedef struct eb_store eb_store; /* durable store: <eventbus/store.h> */
 
 /* Longest topic or pattern, in bytes, not counting the terminating NUL. */
 #define EB_TOPIC_MAX 255
@@ -155,6 +156,11 @@ typedef struct eb_bus_config {
     unsigned mailbox_capacity; /* default per-lane mailbox, events; 0: 255;
                                   rounded up to 2^k - 1 like intake_capacity;
                                   at most 2^20 - 1 */
+    eb_store *store;           /* NULL: memory only. Else the durable store
+                                  (eb_store_open) for durable publishes,
+                                  durable subscriptions, scheduled events and
+                                  dead letters; not owned, must outlive the
+                                  bus; one bus per store at a time */
 } eb_bus_config;
 
 /* Fills cfg with the defaults. Thread-safe: yes. */
@@ -164,7 +170,8 @@ EB_API void eb_bus_config_init(eb_bus_config *cfg);
  * Creates a bus and starts its workers. cfg NULL: defaults. On EB_OK *out owns
  * the bus; release it with eb_bus_destroy.
  * Errors: EB_EINVAL (out NULL, a field out of range), EB_ENOMEM, EB_EIO
- * (threads could not be started).
+ * (threads could not be started), EB_EBUSY (cfg->store is attached to
+ * another bus), EB_ENOTSUP (cfg->store is read-only).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out);
@@ -242,6 +249,15 @@ typedef struct eb_subscribe_options {
     unsigned mailbox_capacity;   /* per lane; 0 = the bus default; at most 1<<20 */
     eb_overflow overflow;
     const char *name; /* NULL: the pattern; copied; at most 255 bytes */
+    bool durable;     /* keep a checkpoint in the bus's store under name
+                         (required): on subscribing again, durable events
+                         logged after the checkpoint are delivered first
+                         (see <eventbus/store.h>). Needs a store
+                         (EB_ENOTSUP), overflow BLOCK (EB_EINVAL), a name
+                         not used by another live durable subscription
+                         of the bus (EB_EEXIST) */
+    bool idempotent;  /* durable only: record the event ids the handler
+                         succeeded on and never deliver one twice */
 } eb_subscribe_options;
 
 /* Fills opts with the defaults. Thread-safe: yes. */
@@ -305,7 +321,7 @@ typedef struct eb_publish_options {
     int64_t timeout_ns;            /* how long to wait for ring space and, for the
                                       waiting calls, completion: <0 forever (the _init
                                       default), 0 do not wait */
-    unsigned flags;                /* no flags are defined yet: must be 0 */
+    unsigned flags;                /* EB_PUBLISH_* below, or 0 */
     eb_free_fn payload_free;       /* non-NULL: zero-copy, the bus owns payload */
     const uint8_t *correlation_id; /* 16 bytes, or NULL: inherited from the
                                       event being handled, else none */
@@ -317,8 +333,30 @@ typedef struct eb_publish_options {
                                       0: now; < 0: EB_EINVAL. Not durable: scheduled events
                                       not yet due when the bus is destroyed are released
                                       undelivered (their waiters get first_error
-                                      EB_ECLOSED) */
+                                      EB_ECLOSED) — unless durable: then the event
+                                      waits in the store and fires once, also
+                                      after a restart */
+    int64_t at_ns;                 /* > 0: dispatch no earlier than this Unix time
+                                      (ns), as delay_ns; 0: unused; not with delay_ns */
 } eb_publish_options;
+
+/*
+ * Durable publishing (needs a bus with a store, else EB_ENOTSUP):
+ * EB_PUBLISH_DURABLE: the event is appended to the store's log and the call
+ *   returns EB_OK only after that transaction committed (group commit: one
+ *   fsync serves every publisher waiting at that moment). The event is
+ *   dispatched once committed, with its log sequence. EB_EIO if the commit
+ *   failed (nothing was published).
+ * EB_PUBLISH_DURABLE_LAZY: the event is queued for the next group commit
+ *   and the call returns at once (fast: one transaction per batch). It is
+ *   dispatched once committed; eb_store_flush waits for it. If its commit
+ *   fails it is dispatched without a log sequence, logged and counted in
+ *   eb_store_stats.write_errors.
+ * Durable events are dispatched in log order; an event a thread publishes
+ * in memory after a durable one may be dispatched before it.
+ */
+#define EB_PUBLISH_DURABLE 0x1u
+#define EB_PUBLISH_DURABLE_LAZY 0x2u
 
 /* Fills opts with the defaults (timeout_ns = -1). Thread-safe: yes. */
 EB_API void eb_publish_options_init(eb_publish_options *opts);
@@ -422,6 +460,8 @@ EB_API const void *eb_event_payload(const eb_event *ev, size_t *len);
 EB_API const void *eb_event_key(const eb_event *ev, size_t *len);
 /* Bus-wide dispatch order, from 1. */
 EB_API uint64_t eb_event_seq(const eb_event *ev);
+/* Position in the store's event log, from 1; 0 if the event is not durable. */
+EB_API uint64_t eb_event_log_seq(const eb_event *ev);
 /* Time-ordered 128-bit id in the UUIDv7 layout, assigned at dispatch. */
 EB_API void eb_event_id(const eb_event *ev, uint8_t id[16]);
 /* Correlation and causation ids; false (and id zeroed) if the event has none. */
@@ -881,5 +921,7 @@ EB_API void eb_scope_abort(eb_scope *scope);
 #ifdef __cplusplus
 }
 #endif
+
+#include <eventbus/store.h>
 
 #endif /* EVENTBUS_EVENTBUS_H */

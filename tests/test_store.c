@@ -1,0 +1,783 @@
+/*
+ * The durable store: opening and refusing files, durable publishing with
+ * group commit, durable subscriptions (checkpoints, replay, idempotency),
+ * scheduled events, dead letters, the outbox (also shared by two
+ * processes) and the SQLite saga store.
+ */
+#include "common.h"
+
+#include <eventbus/store.h>
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* A fresh store path in a fresh directory (removed by t_dir_rm). */
+typedef struct t_dir {
+    char dir[64];
+    char path[96];
+} t_dir;
+
+static void t_dir_new(t_dir *d)
+{
+    snprintf(d->dir, sizeof d->dir, "/tmp/eb_store_XXXXXX");
+    cr_assert_not_null(mkdtemp(d->dir));
+    snprintf(d->path, sizeof d->path, "%s/s.db", d->dir);
+}
+
+static void t_dir_rm(t_dir *d)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static eb_store *t_store_open(const char *path)
+{
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_NORMAL; /* tests need no power-loss safety */
+    eb_store *s = NULL;
+    int rc = eb_store_open(path, &o, &s);
+    cr_assert_eq(rc, EB_OK, "eb_store_open: %s", eb_err_name(rc));
+    return s;
+}
+
+static eb_bus *t_bus_store(eb_store *s, unsigned workers)
+{
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = workers;
+    cfg.store = s;
+    eb_bus *bus = NULL;
+    int rc = eb_bus_create(&cfg, &bus);
+    cr_assert_eq(rc, EB_OK, "eb_bus_create: %s", eb_err_name(rc));
+    return bus;
+}
+
+static eb_publish_options t_durable(unsigned flags)
+{
+    eb_publish_options o = t_bounded_opts();
+    o.flags = flags;
+    return o;
+}
+
+static uint64_t t_log_count(eb_store *s)
+{
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    return st.events;
+}
+
+/* Records the u32 payloads and log sequences a handler saw, in order. */
+typedef struct t_log_rec {
+    pthread_mutex_t lock;
+    unsigned n;
+    uint32_t v[4096];
+    uint64_t seq[4096];
+    int fail_first; /* fail this many calls */
+} t_log_rec;
+
+static void t_log_rec_init(t_log_rec *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->lock, NULL);
+}
+
+static int t_log_handler(const eb_event *ev, void *ctx)
+{
+    t_log_rec *r = ctx;
+    size_t len;
+    const void *p = eb_event_payload(ev, &len);
+    pthread_mutex_lock(&r->lock);
+    if (r->fail_first > 0) {
+        r->fail_first--;
+        pthread_mutex_unlock(&r->lock);
+        return -100;
+    }
+    if (r->n < 4096 && len >= 4) {
+        memcpy(&r->v[r->n], p, 4);
+        r->seq[r->n] = eb_event_log_seq(ev);
+        r->n++;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+static unsigned t_log_n(t_log_rec *r)
+{
+    pthread_mutex_lock(&r->lock);
+    unsigned n = r->n;
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
+static eb_subscription *t_durable_sub(eb_bus *bus, const char *pattern, const char *name,
+                                      bool idempotent, t_log_rec *r)
+{
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.name = name;
+    o.durable = true;
+    o.idempotent = idempotent;
+    eb_subscription *sub = NULL;
+    int rc = eb_subscribe(bus, pattern, t_log_handler, r, &o, &sub);
+    cr_assert_eq(rc, EB_OK, "durable eb_subscribe: %s", eb_err_name(rc));
+    return sub;
+}
+
+static void t_pub_durable(eb_bus *bus, const char *topic, uint32_t v, unsigned flags)
+{
+    eb_publish_options o = t_durable(flags);
+    int rc = eb_publish(bus, topic, &v, sizeof v, &o);
+    cr_assert_eq(rc, EB_OK, "durable publish: %s", eb_err_name(rc));
+}
+
+static int never_fails(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    (void)ctx;
+    return 0;
+}
+
+/* ---- files ------------------------------------------------------------- */
+
+Test(store, open_creates_the_file_0600_in_wal_mode_with_our_schema)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    struct stat st;
+    cr_assert_eq(stat(d.path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600, "mode %o", st.st_mode & 0777);
+    eb_store_close(s);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open_v2(d.path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q;
+    cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(q, 0), "wal");
+    sqlite3_finalize(q);
+    cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_assert_eq(sqlite3_column_int(q, 0), EB_STORE_SCHEMA_VERSION);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    t_dir_rm(&d);
+}
+
+static void t_write_file(const char *path, const void *p, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, p, n), (ssize_t)n);
+    close(fd);
+}
+
+static size_t t_read_file(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY);
+    cr_assert_geq(fd, 0);
+    ssize_t n = read(fd, buf, cap);
+    close(fd);
+    cr_assert_geq(n, 0);
+    return (size_t)n;
+}
+
+Test(store, open_refuses_a_file_that_is_not_sqlite_and_leaves_it_untouched)
+{
+    t_dir d;
+    t_dir_new(&d);
+    char junk[8192];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (char)(i * 7 + 3);
+    t_write_file(d.path, junk, sizeof junk);
+    eb_store *s = NULL;
+    int rc = eb_store_open(d.path, NULL, &s);
+    cr_assert_eq(rc, EB_ECORRUPT, "%s", eb_err_name(rc));
+    cr_assert_null(s);
+    char back[9000];
+    cr_assert_eq(t_read_file(d.path, back, sizeof back), sizeof junk);
+    cr_assert_eq(memcmp(back, junk, sizeof junk), 0, "the file was changed");
+    t_dir_rm(&d);
+}
+
+static void t_sql(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &err), SQLITE_OK, "%s", err ? err : "");
+    sqlite3_close(db);
+}
+
+Test(store, open_refuses_another_applications_database)
+{
+    t_dir d;
+    t_dir_new(&d);
+    t_sql(d.path, "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);"
+                  "INSERT INTO customers(name) VALUES('ada')");
+    struct stat before;
+    cr_assert_eq(stat(d.path, &before), 0);
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, NULL, &s), EB_ECORRUPT);
+    struct stat after;
+    cr_assert_eq(stat(d.path, &after), 0);
+    cr_assert_eq(before.st_size, after.st_size);
+    cr_assert_eq(before.st_mtim.tv_nsec, after.st_mtim.tv_nsec, "the file was written");
+    t_dir_rm(&d);
+}
+
+Test(store, open_refuses_a_newer_schema_version)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_close(t_store_open(d.path));
+    t_sql(d.path, "PRAGMA user_version = 99");
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, NULL, &s), EB_ENOTSUP);
+    t_dir_rm(&d);
+}
+
+Test(store, open_refuses_a_damaged_file)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    for (uint32_t i = 0; i < 2000; i++)
+        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE_LAZY);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_sql(d.path, "PRAGMA wal_checkpoint(TRUNCATE)");
+    /* Scribble over a page in the middle of the log table. */
+    int fd = open(d.path, O_RDWR);
+    cr_assert_geq(fd, 0);
+    struct stat st;
+    fstat(fd, &st);
+    char junk[4096];
+    memset(junk, 0xA5, sizeof junk);
+    cr_assert_eq(pwrite(fd, junk, sizeof junk, (st.st_size / 4096 / 2) * 4096), (ssize_t)sizeof junk);
+    close(fd);
+    int rc = eb_store_open(d.path, NULL, &s);
+    cr_assert_eq(rc, EB_ECORRUPT, "%s", eb_err_name(rc));
+    t_dir_rm(&d);
+}
+
+Test(store, open_without_create_refuses_a_missing_file)
+{
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.no_create = true;
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open("/tmp/eb_store_no_such_file.db", &o, &s), EB_ENOENT);
+    eb_store_options_init(&o);
+    o.read_only = true;
+    cr_assert_eq(eb_store_open("/tmp/eb_store_no_such_file.db", &o, &s), EB_ENOENT);
+    cr_assert_eq(access("/tmp/eb_store_no_such_file.db", F_OK), -1);
+    cr_assert_eq(eb_store_open(NULL, NULL, &s), EB_EINVAL);
+    cr_assert_eq(eb_store_open("/tmp/x.db", NULL, NULL), EB_EINVAL);
+    cr_assert_null(s);
+}
+
+Test(store, durable_features_need_a_store)
+{
+    eb_bus *bus = t_bus_new(2);
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    cr_assert_eq(eb_publish(bus, "a", "x", 1, &o), EB_ENOTSUP);
+    o.flags = EB_PUBLISH_DURABLE_LAZY;
+    cr_assert_eq(eb_publish(bus, "a", "x", 1, &o), EB_ENOTSUP);
+    eb_message m = {.topic = "a", .payload = "x", .len = 1};
+    cr_assert_eq(eb_publish_batch(bus, &m, 1, &o, NULL), EB_ENOTSUP);
+    eb_subscribe_options so;
+    eb_subscribe_options_init(&so);
+    so.durable = true;
+    so.name = "n";
+    cr_assert_eq(eb_subscribe(bus, "a", never_fails, NULL, &so, NULL), EB_ENOTSUP);
+    so.name = NULL;
+    cr_assert_eq(eb_subscribe(bus, "a", never_fails, NULL, &so, NULL), EB_EINVAL);
+    so.name = "n";
+    so.durable = false;
+    so.idempotent = true;
+    cr_assert_eq(eb_subscribe(bus, "a", never_fails, NULL, &so, NULL), EB_EINVAL);
+    eb_bus_destroy(bus);
+}
+
+/* ---- durable publishing ------------------------------------------------- */
+
+Test(store, a_durable_publish_is_in_the_log_when_it_returns)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    eb_store_options ro;
+    eb_store_options_init(&ro);
+    ro.read_only = true;
+    eb_store *reader = NULL;
+    cr_assert_eq(eb_store_open(d.path, &ro, &reader), EB_OK);
+    for (uint32_t i = 1; i <= 20; i++) {
+        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE);
+        /* Another connection sees it at once: it was committed. */
+        cr_assert_eq(t_log_count(reader), i);
+    }
+    eb_store_close(reader);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+Test(store, durable_events_are_delivered_with_their_log_sequence_in_order)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    cr_assert_eq(eb_subscribe(bus, "orders.#", t_log_handler, &r, &o, NULL), EB_OK);
+    for (uint32_t i = 0; i < 300; i++)
+        t_pub_durable(bus, "orders.created", i, i % 3 ? EB_PUBLISH_DURABLE_LAZY : EB_PUBLISH_DURABLE);
+    uint32_t mem = 7777;
+    cr_assert_eq(eb_publish(bus, "orders.memory", &mem, 4, NULL), EB_OK);
+    cr_assert_eq(eb_store_flush(s, -1), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r) == 301);
+    cr_assert(ok, "delivered %u of 301", t_log_n(&r));
+    eb_bus_destroy(bus);
+    /* Durable events: in publish order with increasing log sequences;
+       the memory-only one has none. */
+    uint32_t next = 0;
+    uint64_t last = 0;
+    for (unsigned i = 0; i < r.n; i++) {
+        if (r.v[i] == 7777) {
+            cr_assert_eq(r.seq[i], 0);
+            continue;
+        }
+        cr_assert_eq(r.v[i], next++, "out of order at %u", i);
+        cr_assert_gt(r.seq[i], last);
+        last = r.seq[i];
+    }
+    cr_assert_eq(t_log_count(s), 300);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+static int count_events(const eb_stored_event *ev, void *ctx)
+{
+    (void)ev;
+    (*(unsigned *)ctx)++;
+    return 0;
+}
+
+Test(store, batch_publishes_and_the_log_query)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    eb_message m[100];
+    uint32_t v[100];
+    for (int i = 0; i < 100; i++) {
+        v[i] = (uint32_t)i;
+        m[i] = (eb_message){.topic = i % 2 ? "a.odd" : "a.even", .payload = &v[i], .len = 4};
+    }
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    size_t acc = 0;
+    cr_assert_eq(eb_publish_batch(bus, m, 100, &o, &acc), EB_OK);
+    cr_assert_eq(acc, 100);
+    cr_assert_eq(t_log_count(s), 100);
+    unsigned n = 0;
+    eb_store_query q = {.topic = "a.odd"};
+    cr_assert_eq(eb_store_events(s, &q, count_events, &n), EB_OK);
+    cr_assert_eq(n, 50);
+    n = 0;
+    q = (eb_store_query){.after_seq = 90};
+    cr_assert_eq(eb_store_events(s, &q, count_events, &n), EB_OK);
+    cr_assert_eq(n, 10);
+    n = 0;
+    q = (eb_store_query){.topic = "#", .limit = 7};
+    cr_assert_eq(eb_store_events(s, &q, count_events, &n), EB_OK);
+    cr_assert_eq(n, 7);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+static int durable_from_handler(const eb_event *ev, void *ctx)
+{
+    eb_bus *bus = ctx;
+    size_t len;
+    const uint32_t *p = eb_event_payload(ev, &len);
+    uint32_t v = *p + 1000;
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.flags = EB_PUBLISH_DURABLE;
+    return eb_publish(bus, "echo.out", &v, 4, &o);
+}
+
+Test(store, handlers_publish_durably_without_deadlock_on_a_full_intake)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.store = s;
+    cfg.intake_capacity = 7;
+    cfg.mailbox_capacity = 3;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    cr_assert_eq(eb_subscribe(bus, "echo.in", durable_from_handler, bus, NULL, NULL), EB_OK);
+    cr_assert_eq(eb_subscribe(bus, "echo.out", t_log_handler, &r, NULL, NULL), EB_OK);
+    for (uint32_t i = 0; i < 500; i++)
+        cr_assert_eq(t_pub_u32(bus, "echo.in", i), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r) == 500);
+    cr_assert(ok, "echoed %u of 500", t_log_n(&r));
+    eb_bus_destroy(bus);
+    cr_assert_eq(t_log_count(s), 500);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+Test(store, a_full_disk_fails_durable_publishes_and_memory_delivery_goes_on)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_options so;
+    eb_store_options_init(&so);
+    so.synchronous = EB_STORE_SYNC_NORMAL;
+    so.max_page_count = 40; /* 160 KiB */
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &so, &s), EB_OK);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_counter c;
+    t_counter_init(&c);
+    cr_assert_eq(eb_subscribe(bus, "m", t_count_handler, &c, NULL, NULL), EB_OK);
+    char big[4000];
+    memset(big, 'x', sizeof big);
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    int rc = EB_OK;
+    int accepted = 0;
+    for (int i = 0; i < 200 && rc == EB_OK; i++) {
+        rc = eb_publish(bus, "d", big, sizeof big, &o);
+        accepted += rc == EB_OK;
+    }
+    cr_assert_eq(rc, EB_EIO, "a full file: %s", eb_err_name(rc));
+    cr_assert_gt(accepted, 0);
+    char msg[256];
+    cr_assert_eq(eb_store_last_error(s, msg, sizeof msg) & 0xff, SQLITE_FULL, "%s", msg);
+    for (uint32_t i = 0; i < 100; i++)
+        cr_assert_eq(t_pub_u32(bus, "m", i), EB_OK);
+    cr_assert(t_wait_ge(&c.calls, 100));
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    cr_assert_eq(st.events, (uint64_t)accepted, "only the committed events are in the log");
+    cr_assert_geq(st.write_errors, 1);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+/* ---- durable subscriptions --------------------------------------------- */
+
+Test(store, a_durable_subscription_resumes_after_its_checkpoint)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_durable_sub(bus, "orders.*", "billing", false, &r);
+    for (uint32_t i = 0; i < 10; i++)
+        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE);
+    eb_bus_destroy(bus); /* delivers all 10 and saves the checkpoint */
+    cr_assert_eq(r.n, 10);
+
+    /* While it is away: 10 more that match, and some that do not. */
+    bus = t_bus_store(s, 2);
+    for (uint32_t i = 10; i < 20; i++) {
+        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE_LAZY);
+        t_pub_durable(bus, "users.created", 999, EB_PUBLISH_DURABLE_LAZY);
+    }
+    eb_bus_destroy(bus);
+
+    t_log_rec r2;
+    t_log_rec_init(&r2);
+    bus = t_bus_store(s, 2);
+    t_durable_sub(bus, "orders.*", "billing", false, &r2);
+    for (uint32_t i = 20; i < 25; i++)
+        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r2) == 15);
+    cr_assert(ok, "got %u of 15", t_log_n(&r2));
+    eb_bus_destroy(bus);
+    cr_assert_eq(r2.n, 15, "replayed twice?");
+    for (unsigned i = 0; i < 15; i++)
+        cr_assert_eq(r2.v[i], 10 + i, "at %u: %u", i, r2.v[i]);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+static int show_sub(const eb_store_subscription_info *i, void *ctx)
+{
+    if (strcmp(i->name, "billing") == 0)
+        *(uint64_t *)ctx = i->checkpoint;
+    return 0;
+}
+
+Test(store, a_replay_overlapping_live_publishing_delivers_each_event_once_in_order)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    for (uint32_t i = 0; i < 1000; i++)
+        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE_LAZY);
+    /* Subscribe while the lazy events are still being committed and
+       dispatched, and keep publishing. */
+    t_log_rec r;
+    t_log_rec_init(&r);
+    t_durable_sub(bus, "orders.*", "billing", false, &r);
+    for (uint32_t i = 1000; i < 2000; i++)
+        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE_LAZY);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r) == 2000);
+    cr_assert(ok, "got %u of 2000", t_log_n(&r));
+    eb_bus_destroy(bus);
+    cr_assert_eq(r.n, 2000);
+    for (unsigned i = 0; i < 2000; i++)
+        cr_assert_eq(r.v[i], i, "at %u: %u", i, r.v[i]);
+    uint64_t ck = 0;
+    cr_assert_eq(eb_store_subscriptions(s, show_sub, &ck), EB_OK);
+    cr_assert_eq(ck, 2000, "checkpoint %llu", (unsigned long long)ck);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+Test(store, a_durable_subscription_name_is_used_once_at_a_time)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    eb_subscription *a = t_durable_sub(bus, "x", "one", false, &r);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.name = "one";
+    o.durable = true;
+    cr_assert_eq(eb_subscribe(bus, "x", t_log_handler, &r, &o, NULL), EB_EEXIST);
+    o.overflow = EB_OVERFLOW_DROP_NEWEST;
+    o.name = "two";
+    cr_assert_eq(eb_subscribe(bus, "x", t_log_handler, &r, &o, NULL), EB_EINVAL);
+    cr_assert_eq(eb_unsubscribe(a), EB_OK);
+    t_durable_sub(bus, "x", "one", false, &r); /* free again */
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+Test(store, an_idempotent_subscription_never_sees_a_processed_id_again)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec a, b;
+    t_log_rec_init(&a);
+    t_log_rec_init(&b);
+    t_durable_sub(bus, "e", "idem", true, &a);
+    t_durable_sub(bus, "e", "plain", false, &b);
+    for (uint32_t i = 0; i < 50; i++)
+        t_pub_durable(bus, "e", i, EB_PUBLISH_DURABLE);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    cr_assert_eq(a.n, 50);
+    cr_assert_eq(b.n, 50);
+    /* As after a crash that lost the checkpoints but not the processed
+       ids: both start over from 0. */
+    t_sql(d.path, "UPDATE eb_subscriptions SET checkpoint = 0");
+    s = t_store_open(d.path);
+    bus = t_bus_store(s, 2);
+    t_log_rec a2, b2;
+    t_log_rec_init(&a2);
+    t_log_rec_init(&b2);
+    t_durable_sub(bus, "e", "idem", true, &a2);
+    t_durable_sub(bus, "e", "plain", false, &b2);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&b2) == 50);
+    cr_assert(ok);
+    eb_bus_destroy(bus);
+    cr_assert_eq(b2.n, 50, "at least once: the plain one sees them again");
+    cr_assert_eq(a2.n, 0, "the idempotent one saw %u again", a2.n);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+/* ---- dead letters -------------------------------------------------------- */
+
+typedef struct dl_seen {
+    unsigned n;
+    int64_t id;
+    int error;
+    unsigned attempts;
+    char sub[32];
+    char topic[32];
+    uint64_t seq;
+} dl_seen;
+
+static int see_dl(const eb_store_deadletter *dl, void *ctx)
+{
+    dl_seen *d = ctx;
+    d->n++;
+    d->id = dl->id;
+    d->error = dl->error;
+    d->attempts = dl->attempts;
+    d->seq = dl->seq;
+    snprintf(d->sub, sizeof d->sub, "%s", dl->subscription);
+    snprintf(d->topic, sizeof d->topic, "%s", dl->topic);
+    return 0;
+}
+
+Test(store, dead_letters_are_stored_listed_requeued_and_purged)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    r.fail_first = 2;
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.name = "payments";
+    o.max_attempts = 2;
+    o.backoff_initial_ns = 1000000;
+    cr_assert_eq(eb_subscribe(bus, "pay.*", t_log_handler, &r, &o, NULL), EB_OK);
+    t_pub_durable(bus, "pay.card", 42, EB_PUBLISH_DURABLE);
+    eb_bus_stats bs;
+    bool ok;
+    T_WAIT_STATS(ok, bus, bs, bs.dead_lettered == 1);
+    cr_assert(ok);
+    cr_assert_eq(eb_store_flush(s, -1), EB_OK);
+    dl_seen seen = {0};
+    cr_assert_eq(eb_store_deadletters(s, 0, see_dl, &seen), EB_OK);
+    cr_assert_eq(seen.n, 1);
+    cr_assert_eq(seen.error, -100);
+    cr_assert_eq(seen.attempts, 2);
+    cr_assert_eq(seen.seq, 1);
+    cr_assert_str_eq(seen.sub, "payments");
+    cr_assert_str_eq(seen.topic, "pay.card");
+
+    /* Requeued: published again (now the handler succeeds). */
+    size_t n = 0;
+    cr_assert_eq(eb_store_deadletter_requeue(s, seen.id, &n), EB_OK);
+    cr_assert_eq(n, 1);
+    T_WAIT_FOR(ok, t_log_n(&r) == 1);
+    cr_assert(ok, "the requeued event was not delivered");
+    cr_assert_eq(r.v[0], 42);
+    cr_assert_gt(r.seq[0], 1, "requeued as a new log entry");
+    cr_assert_eq(eb_store_deadletter_requeue(s, seen.id, &n), EB_ENOENT);
+
+    /* Two more failures, purged. */
+    r.fail_first = 4;
+    t_pub_durable(bus, "pay.card", 1, EB_PUBLISH_DURABLE);
+    t_pub_durable(bus, "pay.card", 2, EB_PUBLISH_DURABLE);
+    T_WAIT_STATS(ok, bus, bs, bs.dead_lettered == 3);
+    cr_assert(ok);
+    cr_assert_eq(eb_store_flush(s, -1), EB_OK);
+    cr_assert_eq(eb_store_deadletter_purge(s, 0, &n), EB_OK);
+    cr_assert_eq(n, 2);
+    seen = (dl_seen){0};
+    cr_assert_eq(eb_store_deadletters(s, 0, see_dl, &seen), EB_OK);
+    cr_assert_eq(seen.n, 0);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+/* ---- scheduled events ---------------------------------------------------- */
+
+Test(store, a_durable_scheduled_event_survives_a_restart_and_fires_once)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    o.delay_ns = 300 * T_MS;
+    uint32_t v = 5;
+    cr_assert_eq(eb_publish(bus, "reminder", &v, 4, &o), EB_OK);
+    eb_bus_destroy(bus); /* before it is due */
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 1);
+    eb_store_close(s);
+
+    s = t_store_open(d.path);
+    bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    cr_assert_eq(eb_subscribe(bus, "reminder", t_log_handler, &r, NULL, NULL), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r) == 1);
+    cr_assert(ok, "the scheduled event did not fire");
+    cr_assert_eq(r.v[0], 5);
+    t_sleep_ms(50);
+    eb_bus_destroy(bus);
+    cr_assert_eq(r.n, 1);
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 0);
+    cr_assert_eq(st.events, 1, "fired into the log");
+    eb_store_close(s);
+
+    /* And never again. */
+    s = t_store_open(d.path);
+    bus = t_bus_store(s, 2);
+    t_log_rec_init(&r);
+    cr_assert_eq(eb_subscribe(bus, "reminder", t_log_handler, &r, NULL, NULL), EB_OK);
+    t_sleep_ms(100);
+    eb_bus_destroy(bus);
+    cr_assert_eq(r.n, 0);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+Test(store, publish_at_a_unix_time)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    cr_assert_eq(eb_subscribe(bus, "at", t_log_handler, &r, NULL, NULL), EB_OK);
+    int64_t t0 = t_realtime_ns();
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE_LAZY);
+    o.at_ns = t0 + 150 * T_MS;
+    uint32_t v = 1;
+    cr_assert_eq(eb_publish(bus, "at", &v, 4, &o), EB_OK);
+    o.flags = 0; /* memory-only too */
+    v = 2;
+    cr_assert_eq(eb_publish(bus, "at", &v, 4, &o), EB_OK);
+    o.delay_ns = 5;
+    cr_assert_eq(eb_publish(bus, "at", &v, 4, &o), EB_EINVAL, "at_ns with delay_ns");
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r) == 2);
+    cr_assert(ok);
+    cr_assert_geq(t_realtime_ns() - t0, 150 * T_MS);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
