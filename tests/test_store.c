@@ -781,3 +781,212 @@ Test(store, publish_at_a_unix_time)
     eb_store_close(s);
     t_dir_rm(&d);
 }
+
+/* ---- outbox -------------------------------------------------------------- */
+
+static eb_store *t_store_open_again(const char *path)
+{
+    return t_store_open(path); /* a second handle: another owner token */
+}
+
+Test(store, outbox_claim_ack_abandon_fail_and_lease_takeover)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *a = t_store_open(d.path);
+    eb_store *b = t_store_open_again(d.path);
+    int64_t ids[4];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(eb_outbox_add(a, "cmd.ship", "p", 1, "k", 1, &ids[i]), EB_OK);
+    eb_outbox_batch *ba = NULL, *bb = NULL;
+    cr_assert_eq(eb_outbox_claim(a, 2, 200 * T_MS, &ba), EB_OK);
+    cr_assert_eq(ba->n, 2);
+    cr_assert_eq(ba->msgs[0].id, ids[0]);
+    cr_assert_str_eq(ba->msgs[0].topic, "cmd.ship");
+    cr_assert_eq(ba->msgs[0].attempts, 1);
+    cr_assert_eq(ba->msgs[0].key_len, 1);
+    /* b gets the other two, never a's while a's lease holds. */
+    cr_assert_eq(eb_outbox_claim(b, 10, 200 * T_MS, &bb), EB_OK);
+    cr_assert_eq(bb->n, 2);
+    cr_assert_eq(bb->msgs[0].id, ids[2]);
+    cr_assert_eq(eb_outbox_ack(b, ids[0]), EB_ECONFLICT, "b does not hold a's row");
+    cr_assert_eq(eb_outbox_ack(a, ids[0]), EB_OK);
+    cr_assert_eq(eb_outbox_ack(a, ids[0]), EB_ECONFLICT, "already done");
+    cr_assert_eq(eb_outbox_ack(a, 999), EB_ENOENT);
+    cr_assert_eq(eb_outbox_fail(b, ids[2], "bad address"), EB_OK);
+    cr_assert_eq(eb_outbox_abandon(b, ids[3], "try later", 0), EB_OK);
+    eb_outbox_batch_free(bb);
+    cr_assert_eq(eb_outbox_claim(b, 10, 200 * T_MS, &bb), EB_OK);
+    cr_assert_eq(bb->n, 1, "the abandoned row is ready again");
+    cr_assert_eq(bb->msgs[0].id, ids[3]);
+    cr_assert_eq(bb->msgs[0].attempts, 2);
+    cr_assert_str_eq(bb->msgs[0].last_error, "try later");
+    eb_outbox_batch_free(bb);
+    /* a "crashes" holding ids[1]: once the lease expires b takes it over,
+       and a can no longer acknowledge it. */
+    t_sleep_ms(250);
+    cr_assert_eq(eb_outbox_claim(b, 10, 10 * T_SEC, &bb), EB_OK);
+    cr_assert_eq(bb->n, 2, "expired leases are claimable");
+    cr_assert_eq(eb_outbox_ack(a, ids[1]), EB_ECONFLICT);
+    for (size_t i = 0; i < bb->n; i++)
+        cr_assert_eq(eb_outbox_ack(b, bb->msgs[i].id), EB_OK);
+    eb_outbox_batch_free(bb);
+    eb_outbox_batch_free(ba);
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(a, &st), EB_OK);
+    cr_assert_eq(st.outbox_done, 3);
+    cr_assert_eq(st.outbox_failed, 1);
+    cr_assert_eq(st.outbox_ready + st.outbox_in_progress, 0);
+    eb_store_close(b);
+    eb_store_close(a);
+    t_dir_rm(&d);
+}
+
+Test(store, outbox_reap_returns_expired_leases_and_abandon_backs_off)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *a = t_store_open(d.path);
+    int64_t id;
+    cr_assert_eq(eb_outbox_add(a, "x", NULL, 0, NULL, 0, &id), EB_OK);
+    eb_outbox_batch *b = NULL;
+    cr_assert_eq(eb_outbox_claim(a, 1, 50 * T_MS, &b), EB_OK);
+    eb_outbox_batch_free(b);
+    size_t n = 9;
+    cr_assert_eq(eb_outbox_reap(a, &n), EB_OK);
+    cr_assert_eq(n, 0, "the lease still holds");
+    t_sleep_ms(80);
+    cr_assert_eq(eb_outbox_reap(a, &n), EB_OK);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(eb_outbox_claim(a, 1, T_SEC, &b), EB_OK);
+    cr_assert_eq(b->n, 1);
+    eb_outbox_batch_free(b);
+    cr_assert_eq(eb_outbox_abandon(a, id, NULL, -1), EB_OK); /* backoff: >= 100 ms */
+    cr_assert_eq(eb_outbox_claim(a, 1, T_SEC, &b), EB_OK);
+    cr_assert_eq(b->n, 0, "not before its next attempt");
+    eb_outbox_batch_free(b);
+    cr_assert_eq(eb_outbox_claim(a, 0, T_SEC, &b), EB_EINVAL);
+    cr_assert_eq(eb_outbox_claim(a, 1, 0, &b), EB_EINVAL);
+    cr_assert_eq(eb_outbox_add(a, NULL, NULL, 0, NULL, 0, NULL), EB_EINVAL);
+    eb_store_close(a);
+    t_dir_rm(&d);
+}
+
+/* Two processes claim from one file at once; every row is processed
+   exactly once and no row is ever held by both. */
+static void outbox_worker(const char *path, int fd)
+{
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_NORMAL;
+    eb_store *s = NULL;
+    if (eb_store_open(path, &o, &s) != EB_OK)
+        _exit(2);
+    int idle = 0;
+    while (idle < 20) {
+        eb_outbox_batch *b = NULL;
+        if (eb_outbox_claim(s, 8, 5 * T_SEC, &b) != EB_OK)
+            _exit(3);
+        idle = b->n == 0 ? idle + 1 : 0;
+        for (size_t i = 0; i < b->n; i++) {
+            int64_t id = b->msgs[i].id;
+            if (write(fd, &id, sizeof id) != sizeof id || eb_outbox_ack(s, id) != EB_OK)
+                _exit(4);
+        }
+        eb_outbox_batch_free(b);
+        if (b == NULL)
+            usleep(1000);
+    }
+    eb_store_close(s);
+    _exit(0);
+}
+
+Test(store, two_processes_never_claim_the_same_row)
+{
+    t_dir d;
+    t_dir_new(&d);
+    enum { ROWS = 600 };
+    eb_store *s = t_store_open(d.path);
+    for (int i = 0; i < ROWS; i++)
+        cr_assert_eq(eb_outbox_add(s, "job", &i, sizeof i, NULL, 0, NULL), EB_OK);
+    eb_store_close(s);
+    int fds[2][2];
+    pid_t pid[2];
+    for (int p = 0; p < 2; p++) {
+        cr_assert_eq(pipe(fds[p]), 0);
+        pid[p] = fork();
+        cr_assert_geq(pid[p], 0);
+        if (pid[p] == 0) {
+            close(fds[p][0]);
+            outbox_worker(d.path, fds[p][1]);
+        }
+        close(fds[p][1]);
+    }
+    static unsigned seen[ROWS + 1];
+    memset(seen, 0, sizeof seen);
+    unsigned per[2] = {0, 0};
+    for (int p = 0; p < 2; p++) {
+        int64_t id;
+        while (read(fds[p][0], &id, sizeof id) == sizeof id) {
+            cr_assert(id >= 1 && id <= ROWS);
+            seen[id]++;
+            per[p]++;
+        }
+        close(fds[p][0]);
+    }
+    for (int p = 0; p < 2; p++) {
+        int st;
+        cr_assert_eq(waitpid(pid[p], &st, 0), pid[p]);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d: status %d", p, st);
+    }
+    for (int i = 1; i <= ROWS; i++)
+        cr_assert_eq(seen[i], 1, "row %d claimed %u times", i, seen[i]);
+    cr_assert_gt(per[0], 0, "both processes took part");
+    cr_assert_gt(per[1], 0, "both processes took part");
+    t_dir_rm(&d);
+}
+
+/* ---- saga store ---------------------------------------------------------- */
+
+Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_saga_store *ss = NULL;
+    cr_assert_eq(eb_saga_sqlite_store_create(s, &ss), EB_OK);
+    uint64_t state = 7;
+    char outbox[] = "commands";
+    eb_saga_record rec = {.state = &state, .state_size = 8, .version = 1, .outbox = outbox,
+                          .outbox_len = sizeof outbox};
+    memset(rec.event_id, 1, 16);
+    cr_assert_eq(ss->create(ss, "order", "o1", 2, &rec), EB_OK);
+    cr_assert_eq(ss->create(ss, "order", "o1", 2, &rec), EB_EEXIST);
+    uint64_t got = 0;
+    eb_saga_record out = {.state = &got, .state_size = 8};
+    cr_assert_eq(ss->load(ss, "order", "o1", 2, &out), EB_OK);
+    cr_assert_eq(got, 7);
+    cr_assert_eq(out.version, 1);
+    cr_assert_eq(out.outbox_len, sizeof outbox);
+    cr_assert_str_eq(out.outbox, "commands");
+    free(out.outbox);
+    state = 8;
+    rec.version = 2;
+    rec.outbox = NULL;
+    rec.outbox_len = 0;
+    cr_assert_eq(ss->save(ss, "order", "o1", 2, 5, &rec), EB_ECONFLICT);
+    cr_assert_eq(ss->save(ss, "order", "o1", 2, 1, &rec), EB_OK);
+    cr_assert_eq(ss->save(ss, "order", "o9", 2, 1, &rec), EB_ENOENT);
+    cr_assert_eq(ss->dispatched(ss, "order", "o1", 2, 2), EB_OK);
+    eb_saga_record small = {.state = &got, .state_size = 4};
+    cr_assert_eq(ss->load(ss, "order", "o1", 2, &small), EB_EINVAL);
+    cr_assert_eq(ss->load(ss, "order", "o1", 2, &out), EB_OK);
+    cr_assert_eq(got, 8);
+    cr_assert_null(out.outbox);
+    cr_assert_eq(ss->remove(ss, "order", "o1", 2, 1), EB_ECONFLICT);
+    cr_assert_eq(ss->remove(ss, "order", "o1", 2, 2), EB_OK);
+    cr_assert_eq(ss->load(ss, "order", "o1", 2, &out), EB_ENOENT);
+    eb_saga_store_destroy(ss);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
