@@ -787,8 +787,11 @@ static void writer_txn(eb_store *s, item *batch, size_t n, bool fire, ckpt_snap 
             job *j = batch[i].p;
             if (fail != EB_OK)
                 j->rc = fail;
+            bool waited = j->waited;
             if (j->after != NULL)
-                j->after(s, j);
+                j->after(s, j); /* frees a job nobody waits for */
+            if (!waited)
+                batch[i].p = NULL;
             continue;
         }
         eb_event *ev = batch[i].p;
@@ -818,7 +821,7 @@ static void writer_txn(eb_store *s, item *batch, size_t n, bool fire, ckpt_snap 
     pthread_mutex_lock(&s->lock);
     for (size_t i = 0; i < n; i++) {
         job *j = batch[i].p;
-        if (batch[i].kind != IT_JOB || !j->waited)
+        if (batch[i].kind != IT_JOB || j == NULL)
             continue;
         if (j->abandoned)
             free(j);

@@ -874,7 +874,7 @@ Test(store, outbox_reap_returns_expired_leases_and_abandon_backs_off)
 
 /* Two processes claim from one file at once; every row is processed
    exactly once and no row is ever held by both. */
-static void outbox_worker(const char *path, int fd)
+static void outbox_worker(const char *path, int fd, int go)
 {
     eb_store_options o;
     eb_store_options_init(&o);
@@ -882,6 +882,9 @@ static void outbox_worker(const char *path, int fd)
     eb_store *s = NULL;
     if (eb_store_open(path, &o, &s) != EB_OK)
         _exit(2);
+    char c;
+    if (read(go, &c, 1) != 1) /* both start together */
+        _exit(5);
     int idle = 0;
     while (idle < 20) {
         eb_outbox_batch *b = NULL;
@@ -894,8 +897,7 @@ static void outbox_worker(const char *path, int fd)
                 _exit(4);
         }
         eb_outbox_batch_free(b);
-        if (b == NULL)
-            usleep(1000);
+        usleep(200); /* let the other process in between batches */
     }
     eb_store_close(s);
     _exit(0);
@@ -910,18 +912,23 @@ Test(store, two_processes_never_claim_the_same_row)
     for (int i = 0; i < ROWS; i++)
         cr_assert_eq(eb_outbox_add(s, "job", &i, sizeof i, NULL, 0, NULL), EB_OK);
     eb_store_close(s);
-    int fds[2][2];
+    int fds[2][2], go[2];
     pid_t pid[2];
+    cr_assert_eq(pipe(go), 0);
     for (int p = 0; p < 2; p++) {
         cr_assert_eq(pipe(fds[p]), 0);
         pid[p] = fork();
         cr_assert_geq(pid[p], 0);
         if (pid[p] == 0) {
             close(fds[p][0]);
-            outbox_worker(d.path, fds[p][1]);
+            close(go[1]);
+            outbox_worker(d.path, fds[p][1], go[0]);
         }
         close(fds[p][1]);
     }
+    close(go[0]);
+    cr_assert_eq(write(go[1], "gg", 2), 2);
+    close(go[1]);
     static unsigned seen[ROWS + 1];
     memset(seen, 0, sizeof seen);
     unsigned per[2] = {0, 0};
