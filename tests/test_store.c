@@ -872,37 +872,31 @@ Test(store, outbox_reap_returns_expired_leases_and_abandon_backs_off)
     t_dir_rm(&d);
 }
 
-/* Two processes claim from one file at once; every row is processed
-   exactly once and no row is ever held by both. */
-static void outbox_worker(const char *path, int fd, int go)
+/* Starts store_child (see store_child.c) with its stdin and stdout on
+   pipes: *to_child and *from_child get the parent's ends. */
+static pid_t t_child(char *const argv[], int *to_child, int *from_child)
 {
-    eb_store_options o;
-    eb_store_options_init(&o);
-    o.synchronous = EB_STORE_SYNC_NORMAL;
-    eb_store *s = NULL;
-    if (eb_store_open(path, &o, &s) != EB_OK)
-        _exit(2);
-    char c;
-    if (read(go, &c, 1) != 1) /* both start together */
-        _exit(5);
-    int idle = 0;
-    while (idle < 20) {
-        eb_outbox_batch *b = NULL;
-        if (eb_outbox_claim(s, 8, 5 * T_SEC, &b) != EB_OK)
-            _exit(3);
-        idle = b->n == 0 ? idle + 1 : 0;
-        for (size_t i = 0; i < b->n; i++) {
-            int64_t id = b->msgs[i].id;
-            if (write(fd, &id, sizeof id) != sizeof id || eb_outbox_ack(s, id) != EB_OK)
-                _exit(4);
-        }
-        eb_outbox_batch_free(b);
-        usleep(200); /* let the other process in between batches */
+    int in[2], out[2];
+    cr_assert_eq(pipe(in), 0);
+    cr_assert_eq(pipe(out), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+        execv(EB_STORE_CHILD, argv);
+        _exit(127);
     }
-    eb_store_close(s);
-    _exit(0);
+    close(in[0]);
+    close(out[1]);
+    *to_child = in[1];
+    *from_child = out[0];
+    return pid;
 }
 
+/* Two processes claim from one file at once; every row is processed
+   exactly once and no row is ever held by both. */
 Test(store, two_processes_never_claim_the_same_row)
 {
     t_dir d;
@@ -912,23 +906,16 @@ Test(store, two_processes_never_claim_the_same_row)
     for (int i = 0; i < ROWS; i++)
         cr_assert_eq(eb_outbox_add(s, "job", &i, sizeof i, NULL, 0, NULL), EB_OK);
     eb_store_close(s);
-    int fds[2][2], go[2];
+    int to[2], fds[2][2];
     pid_t pid[2];
-    cr_assert_eq(pipe(go), 0);
     for (int p = 0; p < 2; p++) {
-        cr_assert_eq(pipe(fds[p]), 0);
-        pid[p] = fork();
-        cr_assert_geq(pid[p], 0);
-        if (pid[p] == 0) {
-            close(fds[p][0]);
-            close(go[1]);
-            outbox_worker(d.path, fds[p][1], go[0]);
-        }
-        close(fds[p][1]);
+        char *argv[] = {"store_child", "outbox", d.path, NULL};
+        pid[p] = t_child(argv, &to[p], &fds[p][0]);
     }
-    close(go[0]);
-    cr_assert_eq(write(go[1], "gg", 2), 2);
-    close(go[1]);
+    for (int p = 0; p < 2; p++) {
+        cr_assert_eq(write(to[p], "g", 1), 1); /* go, both at once */
+        close(to[p]);
+    }
     static unsigned seen[ROWS + 1];
     memset(seen, 0, sizeof seen);
     unsigned per[2] = {0, 0};

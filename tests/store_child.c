@@ -1,0 +1,128 @@
+/*
+ * The other process of the multi-process store tests, started with exec.
+ *   store_child outbox PATH        waits for a byte on stdin, then claims and
+ *                                  acknowledges outbox rows until none come,
+ *                                  writing each claimed id (int64) to stdout
+ *   store_child crash PATH BASE    publishes durable events BASE, BASE+1, ...
+ *                                  from two threads and runs the durable
+ *                                  subscription "child", writing a record per
+ *                                  acknowledged publish and per handled event
+ *                                  to stdout, until it is killed
+ */
+#include <eventbus/eventbus.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAXV (1u << 20)
+#define ROUND_MAX 16384 /* values one crash round may use */
+
+typedef struct rec {
+    uint8_t kind; /* 1 acknowledged publish, 2 handled delivery */
+    uint32_t v;
+} __attribute__((packed)) rec;
+
+static void put(const void *p, size_t n)
+{
+    if (write(1, p, n) != (ssize_t)n)
+        _exit(5);
+}
+
+static int outbox(const char *path)
+{
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_NORMAL;
+    eb_store *s = NULL;
+    if (eb_store_open(path, &o, &s) != EB_OK)
+        return 2;
+    char c;
+    if (read(0, &c, 1) != 1) /* both processes start together */
+        return 5;
+    for (int idle = 0; idle < 20;) {
+        eb_outbox_batch *b = NULL;
+        if (eb_outbox_claim(s, 8, 5000000000LL, &b) != EB_OK)
+            return 3;
+        idle = b->n == 0 ? idle + 1 : 0;
+        for (size_t i = 0; i < b->n; i++) {
+            int64_t id = b->msgs[i].id;
+            put(&id, sizeof id);
+            if (eb_outbox_ack(s, id) != EB_OK)
+                return 4;
+        }
+        eb_outbox_batch_free(b);
+        usleep(200); /* let the other process in between batches */
+    }
+    eb_store_close(s);
+    return 0;
+}
+
+static int handled(const eb_event *ev, void *ctx)
+{
+    (void)ctx;
+    rec r = {2, 0};
+    memcpy(&r.v, eb_event_payload(ev, NULL), 4);
+    put(&r, sizeof r);
+    return 0;
+}
+
+typedef struct pub_arg {
+    eb_bus *bus;
+    uint32_t first;
+} pub_arg;
+
+static void *publisher(void *arg)
+{
+    pub_arg *a = arg;
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.flags = EB_PUBLISH_DURABLE;
+    for (uint32_t v = a->first; v < a->first + ROUND_MAX && v < MAXV; v += 2) {
+        if (eb_publish(a->bus, "crash.event", &v, sizeof v, &o) != EB_OK)
+            _exit(6);
+        rec r = {1, v};
+        put(&r, sizeof r);
+    }
+    return NULL;
+}
+
+static int crash(const char *path, uint32_t base)
+{
+    eb_store *s = NULL;
+    if (eb_store_open(path, NULL, &s) != EB_OK) /* synchronous FULL */
+        return 2;
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.store = s;
+    eb_bus *bus = NULL;
+    if (eb_bus_create(&cfg, &bus) != EB_OK)
+        return 3;
+    eb_subscribe_options so;
+    eb_subscribe_options_init(&so);
+    so.name = "child";
+    so.durable = true;
+    if (eb_subscribe(bus, "crash.*", handled, NULL, &so, NULL) != EB_OK)
+        return 4;
+    pthread_t t[2];
+    pub_arg a[2] = {{bus, base}, {bus, base + 1}};
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, publisher, &a[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    pause(); /* the parent kills it; it never exits by itself */
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "outbox") == 0)
+        return outbox(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "crash") == 0)
+        return crash(argv[2], (uint32_t)strtoul(argv[3], NULL, 10));
+    fprintf(stderr, "usage: store_child outbox PATH | crash PATH BASE\n");
+    return 2;
+}
