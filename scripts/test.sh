@@ -35,6 +35,10 @@ run_suite() { # build-dir label [extra cmake args...]
 run_suite build-test "release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 echo "== examples ==" >&2
 build-test/examples/eventbus-demo >/dev/null || { echo "demo failed" >&2; status=1; }
+store_dir=$(mktemp -d)
+build-test/examples/order-fulfillment --orders 1000 --store "$store_dir/orders.db" >/dev/null ||
+  { echo "order-fulfillment --store failed" >&2; status=1; }
+rm -rf "$store_dir"
 echo "== outside program (pkg-config, find_package) ==" >&2
 outside_log=$(mktemp)
 tests/outside/run.sh | tee "$outside_log" || status=1
