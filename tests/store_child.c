@@ -44,7 +44,7 @@ static int outbox(const char *path)
         return 5;
     for (int idle = 0; idle < 20;) {
         eb_outbox_batch *b = NULL;
-        if (eb_outbox_claim(s, 8, 5000000000LL, &b) != EB_OK)
+        if (eb_outbox_claim(s, 4, 5000000000LL, &b) != EB_OK)
             return 3;
         idle = b->n == 0 ? idle + 1 : 0;
         for (size_t i = 0; i < b->n; i++) {
@@ -54,7 +54,7 @@ static int outbox(const char *path)
                 return 4;
         }
         eb_outbox_batch_free(b);
-        usleep(200); /* let the other process in between batches */
+        usleep(2000); /* let the other process in between batches */
     }
     eb_store_close(s);
     return 0;
