@@ -1592,7 +1592,9 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
             created = true;
         }
     } else if (!S_ISREG(stt.st_mode)) {
-        return EB_EINVAL;
+        return EB_EIO; /* a directory or a device: cannot be a store file */
+    } else if (stt.st_size == 0 && (o.no_create || o.read_only)) {
+        return EB_ENOENT; /* an empty file is no store yet: as if missing */
     }
 
     eb_store *s = calloc(1, sizeof(*s));

@@ -277,6 +277,18 @@ Test(store, open_without_create_refuses_a_missing_file)
     o.read_only = true;
     cr_assert_eq(eb_store_open("/tmp/eb_store_no_such_file.db", &o, &s), EB_ENOENT);
     cr_assert_eq(access("/tmp/eb_store_no_such_file.db", F_OK), -1);
+    /* An empty file is no store: refused without writing to it. */
+    t_dir d;
+    t_dir_new(&d);
+    t_write_file(d.path, "", 0);
+    o.read_only = false;
+    o.no_create = true;
+    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_ENOENT);
+    struct stat st;
+    cr_assert_eq(stat(d.path, &st), 0);
+    cr_assert_eq(st.st_size, 0);
+    cr_assert_eq(eb_store_open(d.dir, NULL, &s), EB_EIO, "a directory");
+    t_dir_rm(&d);
     cr_assert_eq(eb_store_open(NULL, NULL, &s), EB_EINVAL);
     cr_assert_eq(eb_store_open("/tmp/x.db", NULL, NULL), EB_EINVAL);
     cr_assert_null(s);

@@ -59,7 +59,7 @@ typedef struct eb_store_options {
     unsigned busy_timeout_ms; /* wait for another process's lock; 0: 5000 */
     bool read_only;           /* open an existing file for reading only: no writer
                                  thread; write calls return EB_ENOTSUP */
-    bool no_create;           /* refuse a missing file with EB_ENOENT */
+    bool no_create;           /* refuse a missing (or empty) file with EB_ENOENT */
     unsigned max_pending;     /* durable events and writes queued for the writer
                                  before callers outside handlers wait; 0: 65536 */
     uint32_t max_page_count;  /* > 0: cap the file at this many pages (PRAGMA
@@ -76,11 +76,11 @@ EB_API void eb_store_options_init(eb_store_options *opts);
  * Opens (or creates, mode 0600) the store file at path, migrates an older
  * schema, and starts the writer thread. On EB_OK *out owns the store.
  * Errors: EB_EINVAL (NULL path or out, an option out of range), EB_ENOENT
- * (missing file with read_only or no_create), EB_ECORRUPT (not an SQLite
+ * (missing or empty file with read_only or no_create), EB_ECORRUPT (not an SQLite
  * file, not an eventbus store, or damaged), EB_ENOTSUP (a newer schema
  * version, or the library was built without SQLite), EB_EBUSY (locked by
  * another process past busy_timeout_ms), EB_EIO (cannot open or create,
- * e.g. permissions), EB_ENOMEM. On failure the file is left as it was.
+ * e.g. permissions, or path is a directory), EB_ENOMEM. On failure the file is left as it was.
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_store **out);
@@ -198,7 +198,7 @@ typedef struct eb_outbox_message {
     eb_outbox_status status;
     unsigned attempts;       /* claims so far, this one included */
     int64_t created_ns;      /* Unix times */
-    int64_t next_attempt_ns; /* READY: not claimable before */
+    int64_t next_attempt_ns; /* READY: not claimable before (0: at once) */
     int64_t lease_until_ns;  /* IN_PROGRESS: the lease ends */
     const char *last_error;  /* "" if none */
 } eb_outbox_message;
