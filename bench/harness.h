@@ -40,6 +40,17 @@ struct bn_sample {
 struct bn_impl;
 typedef void (*bn_run_fn)(const struct bn_impl *im, struct bn_sample *out);
 
+/* Scenario 10 (durable.c): one run of a durable or raw-disk figure. */
+struct durable_cfg {
+    unsigned threads;   /* publishing threads */
+    uint64_t warm;      /* per thread, untimed */
+    uint64_t events;    /* per thread, timed */
+    unsigned batch;     /* events per eb_publish_batch call; 0: eb_publish */
+    int load;           /* memory case: what keeps the store busy (durable.c) */
+    uint64_t load_rate; /* memory case: paced load, events/s (0: as fast as it goes) */
+    uint64_t max_ns;    /* 0, or: stop the timed phase after this long */
+};
+
 /* What the run functions need; one of these is used per kind of impl. */
 struct bn_spec {
     const struct tp_peer *tp;
@@ -47,6 +58,7 @@ struct bn_spec {
     struct tp_cfg tcfg;
     struct rt_cfg rcfg;
     struct saga_cfg scfg;
+    struct durable_cfg dcfg;
     int idle_kind; /* idle: 0 baseline, 1 eventbus */
     double idle_seconds;
 };
@@ -76,6 +88,8 @@ struct bn_case {
     int (*setup)(struct bn_case *c, char *err, size_t errlen);
     void (*teardown)(struct bn_case *c);
     void *state;
+    /* optional: printed after the case's table (e.g. its targets) */
+    void (*report)(const struct bn_case *c);
 };
 
 struct bn_options {
@@ -97,5 +111,11 @@ extern const int bn_nscenarios;
 struct bn_case *bn_case_add(struct bn_case **cases, int *n, int *cap);
 /* Appends an implementation to a case. */
 struct bn_impl *bn_impl_add(struct bn_case *c, const char *name, enum bn_role role, bn_run_fn run);
+/* The median of metric m over an implementation's runs; 0 if it has none
+   (skipped, failed or not run). */
+double bn_median(const struct bn_impl *im, int m);
+
+/* Scenario 10 (durable.c): appends the durable-publishing cases. */
+void bn_build_durable(const struct bn_options *o, struct bn_case **cases, int *n, int *cap);
 
 #endif /* EB_BENCH_HARNESS_H */

@@ -40,6 +40,9 @@
 #ifndef BN_MOODYCAMEL_VERSION
 #define BN_MOODYCAMEL_VERSION ""
 #endif
+#ifndef BN_SQLITE_VERSION
+#define BN_SQLITE_VERSION ""
+#endif
 
 /* ---- state of the whole run (for the report and for bn_fatal) ------------ */
 
@@ -175,6 +178,11 @@ static struct stat3 stats(const struct bn_impl *im, int m)
 static int measured(const struct bn_impl *im)
 {
     return im->skip == NULL && !im->failed && im->nruns > 0;
+}
+
+double bn_median(const struct bn_impl *im, int m)
+{
+    return measured(im) ? stats(im, m).median : 0;
 }
 
 /* Advantage of a over b on metric m (> 1: a is better); 0 if undefined. */
@@ -426,6 +434,8 @@ static void write_json(void)
     json_str(f, BN_CK_VERSION);
     fprintf(f, ", \"moodycamel\": ");
     json_str(f, BN_MOODYCAMEL_VERSION);
+    fprintf(f, ", \"sqlite\": ");
+    json_str(f, BN_SQLITE_VERSION);
     fprintf(f, "},\n  \"scenarios\": [");
     const char *open_scn = NULL;
     int nscn = 0;
@@ -642,6 +652,10 @@ int main(int argc, char **argv)
             case_ran[i] = 1;
             failures += run_case(&cases[i]);
             print_case(&cases[i]);
+            if (cases[i].report != NULL) {
+                cases[i].report(&cases[i]);
+                fflush(stdout);
+            }
             if (json_path != NULL)
                 write_json(); /* keep the file current: a later hang loses nothing */
         }

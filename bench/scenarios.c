@@ -11,6 +11,8 @@
  *  7 allocs      malloc-family calls per event in steady state
  *  8 idle        CPU used by an idle bus
  *  9 saga        order-fulfillment saga transitions/s and orders/s (saga.c)
+ * 10 durable     durable publishing through the SQLite store next to raw
+ *                SQLite and fdatasync (durable.c)
  *
  * Event counts: full mode sizes a run to roughly 0.2-1 s on this machine;
  * --quick divides them so that the whole suite stays under a minute.
@@ -673,5 +675,6 @@ const struct bn_scenario bn_scenarios[] = {
     {"allocs", "7. Allocations per publish", build_allocs},
     {"idle", "8. Idle cost", build_idle},
     {"saga", "9. Saga transitions", build_saga},
+    {"durable", "10. Durable publishing (SQLite store)", bn_build_durable},
 };
 const int bn_nscenarios = (int)(sizeof(bn_scenarios) / sizeof(bn_scenarios[0]));
