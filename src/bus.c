@@ -863,7 +863,6 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
               eb_strerror(rc));
         return;
     }
-    eb__count(&w->dead_lettered, 1);
     eb_deadletter_info info = {.subscription = s->name,
                                .topic = ev->topic,
                                .error = rc,
@@ -873,6 +872,9 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
         b->cfg.on_deadletter(ev, &info, b->cfg.deadletter_ctx);
     if (b->store != NULL)
         eb__store_deadletter(b->store, ev, &info);
+    /* Counted once handed to the callback and the store: whoever sees the
+       count and then flushes the store finds the row. */
+    eb__count(&w->dead_lettered, 1);
     logf_(b, EB_LOG_WARN, "dead-lettered %s (seq %llu) from '%s' after %u attempts: %s", ev->topic,
           (unsigned long long)ev->seq, s->name, l->attempt, eb_strerror(rc));
 
