@@ -428,7 +428,7 @@ int main(int argc, char **argv)
                          .ctx = &d};
     eb_saga_options so;
     eb_saga_options_init(&so);
-    so.commands = cb; /* eb_saga_send refuses commands nobody handles */
+    so.commands = cb;      /* eb_saga_send refuses commands nobody handles */
     so.store = saga_store; /* NULL: the in-memory store */
     eb_subscribe_options ro;
     eb_subscribe_options_init(&ro);

@@ -501,7 +501,8 @@ static bool route_event(eb_bus *b, eb_event *ev)
         /* A replayed event goes to its durable subscription only (if that is
            still routed), which it kept alive with a reference. */
         struct eb_subscription *t = ev->ext->target;
-        bool live = t != NULL && t->routed && !atomic_load_explicit(&t->cancelled, memory_order_relaxed);
+        bool live =
+            t != NULL && t->routed && !atomic_load_explicit(&t->cancelled, memory_order_relaxed);
         m = eb__route_only(b->route, live ? t : NULL);
         if (m != NULL && t != NULL) {
             ev->ext->target = NULL;
@@ -1374,8 +1375,7 @@ static void unbuild_event(eb_bus *b, eb_event *ev)
 
 /* Hands built events to the store (see eb__store_append); counts them as
    on their way until its writer gives them back to the intake. */
-static int durable_append(eb_bus *b, eb_event **evs, size_t n, unsigned durable,
-                          int64_t timeout_ns)
+static int durable_append(eb_bus *b, eb_event **evs, size_t n, unsigned durable, int64_t timeout_ns)
 {
     atomic_fetch_add_explicit(&b->store_inflight, n, memory_order_seq_cst);
     int rc = eb__store_append(b->store, evs, n, durable == EB_PUBLISH_DURABLE, timeout_ns,
@@ -1669,8 +1669,8 @@ eb_event *eb__bus_event_new(eb_bus *bus, const char *topic, const void *key, siz
                             const void *payload, size_t len, const uint8_t *corr,
                             const uint8_t *caus)
 {
-    eb_event *ev = eb__event_new(bus, &bus->depot, topic, strlen(topic), key, key_len, payload,
-                                 len, true, true, 0);
+    eb_event *ev = eb__event_new(bus, &bus->depot, topic, strlen(topic), key, key_len, payload, len,
+                                 true, true, 0);
     if (ev == NULL)
         return NULL;
     if (corr != NULL) {

@@ -21,11 +21,11 @@
 #define EB__MAG_SIZE 64
 
 enum {
-    EB__EV_ZERO_COPY = 1u << 0, /* payload is the publisher's, freed by payload_free */
-    EB__EV_HEAP = 1u << 1,      /* block is too big for a class: plain malloc/free */
-    EB__EV_TRACKED = 1u << 2,   /* a waiter counts its deliveries (ticket) */
-    EB__EV_CORR = 1u << 3,      /* has a correlation id */
-    EB__EV_CAUS = 1u << 4,      /* has a causation id */
+    EB__EV_ZERO_COPY = 1u << 0,  /* payload is the publisher's, freed by payload_free */
+    EB__EV_HEAP = 1u << 1,       /* block is too big for a class: plain malloc/free */
+    EB__EV_TRACKED = 1u << 2,    /* a waiter counts its deliveries (ticket) */
+    EB__EV_CORR = 1u << 3,       /* has a correlation id */
+    EB__EV_CAUS = 1u << 4,       /* has a causation id */
     EB__EV_DEADLETTER = 1u << 5, /* dl points at dead-letter details */
     EB__EV_LOGGED = 1u << 6,     /* in the store's log: id, ts and ext->log_seq are
                                     the logged ones, dispatch stamps only seq */
@@ -60,8 +60,8 @@ typedef struct eb__event_ext {
     eb__ec done;               /* bumped when remaining reaches 0 */
     /* Durable events: set by the store's writer before it hands the event
        to the intake (whose release publishes them). */
-    uint64_t log_seq;                 /* position in the store's log */
-    struct eb_subscription *target;   /* EB__EV_REPLAY: the only subscription */
+    uint64_t log_seq;               /* position in the store's log */
+    struct eb_subscription *target; /* EB__EV_REPLAY: the only subscription */
 } eb__event_ext;
 
 struct eb_event {

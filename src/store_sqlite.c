@@ -65,7 +65,7 @@
 #define DEFAULT_PENDING 65536
 #define REPLAY_CHUNK 256
 #define FIRE_CHUNK 1024
-#define CKPT_DELAY_NS 20000000 /* checkpoints move to the file within 20 ms */
+#define CKPT_DELAY_NS 20000000      /* checkpoints move to the file within 20 ms */
 #define SCHED_RECHECK_NS 1000000000 /* other processes may schedule too */
 #define INTAKE_RETRY_NS 1000000
 #define GATHER_NS 150000 /* how long the writer waits for the last round's waiters */
@@ -233,10 +233,11 @@ struct eb__dsub {
     pthread_mutex_t lock;
     uint64_t *trk;
     size_t trk_head, trk_n, trk_cap;
-    uint64_t checkpoint; /* protected by lock */
-    bool dirty;          /* checkpoint moved since the writer last took it */
-    uint64_t prune_at;   /* writer only: checkpoint of the last prune */
-    cursor *cur;         /* writer only: its replay cursor, if any */
+    uint64_t checkpoint;   /* protected by lock */
+    bool dirty;            /* checkpoint moved since the writer last took it */
+    bool frozen;           /* a sequence went untracked (no memory); ditto */
+    uint64_t prune_at;     /* writer only: checkpoint of the last prune */
+    cursor *cur;           /* writer only: its replay cursor, if any */
     struct eb__dsub *next; /* protected by the store lock */
 };
 
@@ -253,9 +254,9 @@ struct eb_store {
     sqlite3 *wdb, *rdb;
     sqlite3_stmt *w[W_COUNT];
     sqlite3_stmt *o[EB__O_MAX]; /* outbox, dead letter and saga writes */
-    pthread_mutex_t rlock; /* rdb and r[] */
+    pthread_mutex_t rlock;      /* rdb and r[] */
     sqlite3_stmt *r[R_COUNT];
-    uint8_t owner[16];     /* this handle's outbox owner token */
+    uint8_t owner[16]; /* this handle's outbox owner token */
     uint64_t nonce;
 
     pthread_mutex_t lock;
@@ -495,8 +496,7 @@ static int insert_event(eb_store *s, eb_event *ev)
     sqlite3_bind_int64(st, 3, ev->ts_ns);
     sqlite3_bind_text(st, 4, ev->topic, ev->topic_len, SQLITE_STATIC);
     bind_blob(st, 5, eb__event_key(ev), ev->key_len);
-    sqlite3_bind_blob64(st, 6, ev->payload_len ? ev->payload : "", ev->payload_len,
-                        SQLITE_STATIC);
+    sqlite3_bind_blob64(st, 6, ev->payload_len ? ev->payload : "", ev->payload_len, SQLITE_STATIC);
     bind_blob(st, 7, (ev->flags & EB__EV_CORR) ? ev->ext->corr : NULL, 16);
     bind_blob(st, 8, (ev->flags & EB__EV_CAUS) ? ev->ext->caus : NULL, 16);
     int rc = step_done(st);
@@ -516,8 +516,10 @@ static eb_event *event_from_row(eb_bus *bus, sqlite3_stmt *st, int c)
     size_t kl = (size_t)sqlite3_column_bytes(st, c + 1);
     const void *payload = sqlite3_column_blob(st, c + 2);
     size_t pl = (size_t)sqlite3_column_bytes(st, c + 2);
-    const void *corr = sqlite3_column_bytes(st, c + 3) == 16 ? sqlite3_column_blob(st, c + 3) : NULL;
-    const void *caus = sqlite3_column_bytes(st, c + 4) == 16 ? sqlite3_column_blob(st, c + 4) : NULL;
+    const void *corr =
+        sqlite3_column_bytes(st, c + 3) == 16 ? sqlite3_column_blob(st, c + 3) : NULL;
+    const void *caus =
+        sqlite3_column_bytes(st, c + 4) == 16 ? sqlite3_column_blob(st, c + 4) : NULL;
     if (topic == NULL || kl > 255)
         return NULL;
     return eb__bus_event_new(bus, topic, kl ? key : NULL, kl, pl ? payload : NULL, pl, corr, caus);
@@ -760,7 +762,8 @@ static void writer_txn(eb_store *s, item *batch, size_t n, bool fire, ckpt_snap 
         sqlite3_bind_int64(st, 2, (sqlite3_int64)ck[i].checkpoint);
         sqlite3_bind_int64(st, 3, now_ns());
         err = step_done(st);
-        if (err == SQLITE_OK && ck[i].d->idempotent && ck[i].checkpoint >= ck[i].d->prune_at + 1024) {
+        if (err == SQLITE_OK && ck[i].d->idempotent &&
+            ck[i].checkpoint >= ck[i].d->prune_at + 1024) {
             /* Ids below the checkpoint are never replayed: prune them now
                and then (not per checkpoint, to keep commits short). */
             sqlite3_stmt *p = s->w[W_PRUNE];
@@ -977,15 +980,11 @@ void eb__store_detach(eb_store *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-typedef struct append_wait {
-    job j;
-} append_wait;
-
 int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t timeout_ns,
                      bool in_handler)
 {
     int rc = EB_OK;
-    append_wait w = {.j = {.waited = true}};
+    job barrier = {.waited = true}; /* completes with their transaction */
     pthread_mutex_lock(&s->lock);
     if (!in_handler)
         rc = wait_room_locked(s, n, timeout_ns);
@@ -1007,10 +1006,10 @@ int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t t
         for (size_t i = 0; i < n; i++)
             q_push_locked(s, evs[i], wait ? IT_EVENT_OWNED : IT_EVENT);
         if (wait) {
-            q_push_locked(s, &w.j, IT_JOB);
-            while (!w.j.done)
+            q_push_locked(s, &barrier, IT_JOB);
+            while (!barrier.done)
                 pthread_cond_wait(&s->done, &s->lock);
-            rc = w.j.rc;
+            rc = barrier.rc;
         }
     }
     pthread_mutex_unlock(&s->lock);
@@ -1331,12 +1330,14 @@ void eb__dsub_track(eb__dsub *d, const eb_event *ev)
             d->trk_head = 0;
         }
     }
-    /* Without memory the sequence is not tracked: the checkpoint then
-       moves past it when its successors finish — at worst it is
-       redelivered after a crash as if done... never skipped: see done(). */
+    /* Without memory the sequence cannot be tracked, and the checkpoint
+       could pass it before it is done: it stops moving instead (events
+       after it are delivered again on the next subscribe: at least once). */
     if (d->trk_n < d->trk_cap) {
         d->trk[(d->trk_head + d->trk_n) % d->trk_cap] = seq << 1;
         d->trk_n++;
+    } else {
+        d->frozen = true;
     }
     pthread_mutex_unlock(&d->lock);
 }
@@ -1410,7 +1411,7 @@ void eb__dsub_done(eb__dsub *d, const eb_event *ev, bool succeeded)
     if (lo < d->trk_n && (d->trk[(d->trk_head + lo) % d->trk_cap] >> 1) == seq)
         d->trk[(d->trk_head + lo) % d->trk_cap] |= 1;
     bool moved = false;
-    while (d->trk_n > 0 && (d->trk[d->trk_head] & 1)) {
+    while (!d->frozen && d->trk_n > 0 && (d->trk[d->trk_head] & 1)) {
         d->checkpoint = d->trk[d->trk_head] >> 1;
         d->trk_head = (d->trk_head + 1) % d->trk_cap;
         d->trk_n--;
@@ -1510,8 +1511,8 @@ static int check_and_migrate(eb_store *s)
         rc = sqlite3_exec(s->wdb, MIGRATIONS[v], NULL, NULL, NULL);
     if (rc == SQLITE_OK) {
         char sql[96];
-        snprintf(sql, sizeof(sql), "PRAGMA application_id = %d; PRAGMA user_version = %d",
-                 APP_ID, EB_STORE_SCHEMA_VERSION);
+        snprintf(sql, sizeof(sql), "PRAGMA application_id = %d; PRAGMA user_version = %d", APP_ID,
+                 EB_STORE_SCHEMA_VERSION);
         rc = sqlite3_exec(s->wdb, sql, NULL, NULL, NULL);
     }
     if (rc == SQLITE_OK)
@@ -1607,7 +1608,7 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
             return EB_ENOENT;
         int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd < 0 && errno != EEXIST)
-            return errno == ENOENT || errno == EACCES ? EB_EIO : EB_EIO;
+            return EB_EIO; /* no such directory, no permission */
         if (fd >= 0) {
             close(fd);
             created = true;
@@ -1662,7 +1663,8 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
             sqlite3_busy_timeout(s->rdb, (int)o.busy_timeout_ms);
     }
     for (int i = 0; i < W_COUNT && rc == EB_OK && !o.read_only; i++) {
-        int src = sqlite3_prepare_v3(s->wdb, WSQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->w[i], NULL);
+        int src =
+            sqlite3_prepare_v3(s->wdb, WSQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->w[i], NULL);
         if (src != SQLITE_OK)
             rc = sql_fail(s, s->wdb, src, "prepare");
     }
@@ -1701,10 +1703,10 @@ EB_API void eb_store_close(eb_store *s)
         pthread_cond_signal(&s->wake);
         pthread_mutex_unlock(&s->lock);
         pthread_join(s->writer, NULL);
-        /* Checkpoints moved by the last deliveries. */
+        /* Buses are destroyed first, and they close their durable
+           subscriptions (final checkpoints); one still open is a misuse. */
         for (eb__dsub *d = s->dsubs; d != NULL; d = d->next)
-            slog(s, EB_LOG_WARN, "store closed with durable subscription '%s' still open",
-                 d->name);
+            slog(s, EB_LOG_WARN, "store closed with durable subscription '%s' still open", d->name);
     }
     store_free(s);
 }
@@ -1816,9 +1818,9 @@ EB_API int eb_store_stats_get(eb_store *s, eb_store_stats *out)
     if (q != NULL) {
         int step = sqlite3_step(q);
         if (step == SQLITE_ROW) {
-            uint64_t *f[] = {&st.subscriptions,      &st.outbox_ready, &st.outbox_in_progress,
-                             &st.outbox_done,        &st.outbox_failed, &st.scheduled,
-                             &st.deadletters,        &st.sagas,         &st.file_bytes};
+            uint64_t *f[] = {&st.subscriptions, &st.outbox_ready,  &st.outbox_in_progress,
+                             &st.outbox_done,   &st.outbox_failed, &st.scheduled,
+                             &st.deadletters,   &st.sagas,         &st.file_bytes};
             for (int i = 0; i < 9; i++)
                 *f[i] = (uint64_t)sqlite3_column_int64(q, i);
         } else {
@@ -2465,7 +2467,7 @@ static int saga_run(eb_store *s, job *j)
     int rc = sqlite3_step(ex);
     if (rc == SQLITE_ROW)
         j->rc = g->op == 1 && (size_t)sqlite3_column_int64(ex, 0) != r->state_size ? EB_EINVAL
-                                                                                  : EB_ECONFLICT;
+                                                                                   : EB_ECONFLICT;
     else if (rc == SQLITE_DONE)
         j->rc = EB_ENOENT;
     else
@@ -2628,7 +2630,10 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
     (void)opts;
     return path == NULL || out == NULL ? EB_EINVAL : EB_ENOTSUP;
 }
-EB_API void eb_store_close(eb_store *store) { (void)store; }
+EB_API void eb_store_close(eb_store *store)
+{
+    (void)store;
+}
 EB_API int eb_store_flush(eb_store *store, int64_t timeout_ns)
 {
     (void)store, (void)timeout_ns;
@@ -2643,36 +2648,156 @@ EB_API int eb_store_last_error(eb_store *s, char *msg, size_t cap)
         msg[0] = '\0';
     return 0;
 }
-EB_API int eb_store_stats_get(eb_store *s, eb_store_stats *out) { (void)s, (void)out; return EB_ENOTSUP; }
-EB_API int eb_store_events(eb_store *s, const eb_store_query *q, eb_stored_event_fn fn, void *ctx) { (void)s, (void)q, (void)fn, (void)ctx; return EB_ENOTSUP; }
-EB_API int eb_store_subscriptions(eb_store *s, int (*fn)(const eb_store_subscription_info *, void *), void *ctx) { (void)s, (void)fn, (void)ctx; return EB_ENOTSUP; }
-EB_API int eb_outbox_add(eb_store *s, const char *t, const void *p, size_t l, const void *k, size_t kl, int64_t *id) { (void)s, (void)t, (void)p, (void)l, (void)k, (void)kl, (void)id; return EB_ENOTSUP; }
-EB_API int eb_outbox_claim(eb_store *s, size_t m, int64_t l, eb_outbox_batch **o) { (void)s, (void)m, (void)l, (void)o; return EB_ENOTSUP; }
-EB_API void eb_outbox_batch_free(eb_outbox_batch *b) { (void)b; }
-EB_API int eb_outbox_ack(eb_store *s, int64_t id) { (void)s, (void)id; return EB_ENOTSUP; }
-EB_API int eb_outbox_abandon(eb_store *s, int64_t id, const char *e, int64_t r) { (void)s, (void)id, (void)e, (void)r; return EB_ENOTSUP; }
-EB_API int eb_outbox_fail(eb_store *s, int64_t id, const char *e) { (void)s, (void)id, (void)e; return EB_ENOTSUP; }
-EB_API int eb_outbox_reap(eb_store *s, size_t *n) { (void)s, (void)n; return EB_ENOTSUP; }
-EB_API int eb_outbox_list(eb_store *s, int st, size_t l, int (*fn)(const eb_outbox_message *, void *), void *c) { (void)s, (void)st, (void)l, (void)fn, (void)c; return EB_ENOTSUP; }
-EB_API int eb_store_deadletters(eb_store *s, size_t l, int (*fn)(const eb_store_deadletter *, void *), void *c) { (void)s, (void)l, (void)fn, (void)c; return EB_ENOTSUP; }
-EB_API int eb_store_deadletter_requeue(eb_store *s, int64_t id, size_t *n) { (void)s, (void)id, (void)n; return EB_ENOTSUP; }
-EB_API int eb_store_deadletter_purge(eb_store *s, int64_t id, size_t *n) { (void)s, (void)id, (void)n; return EB_ENOTSUP; }
-EB_API int eb_saga_sqlite_store_create(eb_store *s, eb_saga_store **o) { (void)s, (void)o; return EB_ENOTSUP; }
-EB_API int eb_store_sagas(eb_store *s, const char *g, size_t l, int (*fn)(const eb_store_saga_info *, void *), void *c) { (void)s, (void)g, (void)l, (void)fn, (void)c; return EB_ENOTSUP; }
-int eb__store_attach(eb_store *store, eb_bus *bus) { (void)store, (void)bus; return EB_ENOTSUP; }
-void eb__store_detach_begin(eb_store *store) { (void)store; }
-void eb__store_detach(eb_store *store) { (void)store; }
-int eb__store_append(eb_store *s, eb_event **e, size_t n, bool w, int64_t t, bool h) { (void)s, (void)e, (void)n, (void)w, (void)t, (void)h; return EB_ENOTSUP; }
-int eb__store_schedule(eb_store *s, const eb_event *e, int64_t d, bool w) { (void)s, (void)e, (void)d, (void)w; return EB_ENOTSUP; }
-void eb__store_deadletter(eb_store *s, const eb_event *e, const eb_deadletter_info *i) { (void)s, (void)e, (void)i; }
-int eb__dsub_open(eb_store *s, const char *n, const char *p, size_t pl, bool i, void *sub, eb__dsub **o) { (void)s, (void)n, (void)p, (void)pl, (void)i, (void)sub, (void)o; return EB_ENOTSUP; }
-void eb__dsub_start(eb__dsub *d) { (void)d; }
-void eb__dsub_stop(eb__dsub *d) { (void)d; }
-void eb__dsub_close(eb__dsub *d) { (void)d; }
-bool eb__dsub_route(eb__dsub *d, const eb_event *ev) { (void)d, (void)ev; return true; }
-void eb__dsub_track(eb__dsub *d, const eb_event *ev) { (void)d, (void)ev; }
-void eb__dsub_untrack(eb__dsub *d) { (void)d; }
-bool eb__dsub_fresh(eb__dsub *d, const eb_event *ev) { (void)d, (void)ev; return true; }
-void eb__dsub_done(eb__dsub *d, const eb_event *ev, bool ok) { (void)d, (void)ev, (void)ok; }
+EB_API int eb_store_stats_get(eb_store *s, eb_store_stats *out)
+{
+    (void)s, (void)out;
+    return EB_ENOTSUP;
+}
+EB_API int eb_store_events(eb_store *s, const eb_store_query *q, eb_stored_event_fn fn, void *ctx)
+{
+    (void)s, (void)q, (void)fn, (void)ctx;
+    return EB_ENOTSUP;
+}
+EB_API int eb_store_subscriptions(eb_store *s,
+                                  int (*fn)(const eb_store_subscription_info *, void *), void *ctx)
+{
+    (void)s, (void)fn, (void)ctx;
+    return EB_ENOTSUP;
+}
+EB_API int eb_outbox_add(eb_store *s, const char *t, const void *p, size_t l, const void *k,
+                         size_t kl, int64_t *id)
+{
+    (void)s, (void)t, (void)p, (void)l, (void)k, (void)kl, (void)id;
+    return EB_ENOTSUP;
+}
+EB_API int eb_outbox_claim(eb_store *s, size_t m, int64_t l, eb_outbox_batch **o)
+{
+    (void)s, (void)m, (void)l, (void)o;
+    return EB_ENOTSUP;
+}
+EB_API void eb_outbox_batch_free(eb_outbox_batch *b)
+{
+    (void)b;
+}
+EB_API int eb_outbox_ack(eb_store *s, int64_t id)
+{
+    (void)s, (void)id;
+    return EB_ENOTSUP;
+}
+EB_API int eb_outbox_abandon(eb_store *s, int64_t id, const char *e, int64_t r)
+{
+    (void)s, (void)id, (void)e, (void)r;
+    return EB_ENOTSUP;
+}
+EB_API int eb_outbox_fail(eb_store *s, int64_t id, const char *e)
+{
+    (void)s, (void)id, (void)e;
+    return EB_ENOTSUP;
+}
+EB_API int eb_outbox_reap(eb_store *s, size_t *n)
+{
+    (void)s, (void)n;
+    return EB_ENOTSUP;
+}
+EB_API int eb_outbox_list(eb_store *s, int st, size_t l,
+                          int (*fn)(const eb_outbox_message *, void *), void *c)
+{
+    (void)s, (void)st, (void)l, (void)fn, (void)c;
+    return EB_ENOTSUP;
+}
+EB_API int eb_store_deadletters(eb_store *s, size_t l,
+                                int (*fn)(const eb_store_deadletter *, void *), void *c)
+{
+    (void)s, (void)l, (void)fn, (void)c;
+    return EB_ENOTSUP;
+}
+EB_API int eb_store_deadletter_requeue(eb_store *s, int64_t id, size_t *n)
+{
+    (void)s, (void)id, (void)n;
+    return EB_ENOTSUP;
+}
+EB_API int eb_store_deadletter_purge(eb_store *s, int64_t id, size_t *n)
+{
+    (void)s, (void)id, (void)n;
+    return EB_ENOTSUP;
+}
+EB_API int eb_saga_sqlite_store_create(eb_store *s, eb_saga_store **o)
+{
+    (void)s, (void)o;
+    return EB_ENOTSUP;
+}
+EB_API int eb_store_sagas(eb_store *s, const char *g, size_t l,
+                          int (*fn)(const eb_store_saga_info *, void *), void *c)
+{
+    (void)s, (void)g, (void)l, (void)fn, (void)c;
+    return EB_ENOTSUP;
+}
+int eb__store_attach(eb_store *store, eb_bus *bus)
+{
+    (void)store, (void)bus;
+    return EB_ENOTSUP;
+}
+void eb__store_detach_begin(eb_store *store)
+{
+    (void)store;
+}
+void eb__store_detach(eb_store *store)
+{
+    (void)store;
+}
+int eb__store_append(eb_store *s, eb_event **e, size_t n, bool w, int64_t t, bool h)
+{
+    (void)s, (void)e, (void)n, (void)w, (void)t, (void)h;
+    return EB_ENOTSUP;
+}
+int eb__store_schedule(eb_store *s, const eb_event *e, int64_t d, bool w)
+{
+    (void)s, (void)e, (void)d, (void)w;
+    return EB_ENOTSUP;
+}
+void eb__store_deadletter(eb_store *s, const eb_event *e, const eb_deadletter_info *i)
+{
+    (void)s, (void)e, (void)i;
+}
+int eb__dsub_open(eb_store *s, const char *n, const char *p, size_t pl, bool i, void *sub,
+                  eb__dsub **o)
+{
+    (void)s, (void)n, (void)p, (void)pl, (void)i, (void)sub, (void)o;
+    return EB_ENOTSUP;
+}
+void eb__dsub_start(eb__dsub *d)
+{
+    (void)d;
+}
+void eb__dsub_stop(eb__dsub *d)
+{
+    (void)d;
+}
+void eb__dsub_close(eb__dsub *d)
+{
+    (void)d;
+}
+bool eb__dsub_route(eb__dsub *d, const eb_event *ev)
+{
+    (void)d, (void)ev;
+    return true;
+}
+void eb__dsub_track(eb__dsub *d, const eb_event *ev)
+{
+    (void)d, (void)ev;
+}
+void eb__dsub_untrack(eb__dsub *d)
+{
+    (void)d;
+}
+bool eb__dsub_fresh(eb__dsub *d, const eb_event *ev)
+{
+    (void)d, (void)ev;
+    return true;
+}
+void eb__dsub_done(eb__dsub *d, const eb_event *ev, bool ok)
+{
+    (void)d, (void)ev, (void)ok;
+}
 
 #endif /* EB_WITH_SQLITE */

@@ -259,7 +259,8 @@ Test(store, open_refuses_a_damaged_file)
     fstat(fd, &st);
     char junk[4096];
     memset(junk, 0xA5, sizeof junk);
-    cr_assert_eq(pwrite(fd, junk, sizeof junk, (st.st_size / 4096 / 2) * 4096), (ssize_t)sizeof junk);
+    cr_assert_eq(pwrite(fd, junk, sizeof junk, (st.st_size / 4096 / 2) * 4096),
+                 (ssize_t)sizeof junk);
     close(fd);
     int rc = eb_store_open(d.path, NULL, &s);
     cr_assert_eq(rc, EB_ECORRUPT, "%s", eb_err_name(rc));
@@ -353,7 +354,8 @@ Test(store, durable_events_are_delivered_with_their_log_sequence_in_order)
     eb_subscribe_options_init(&o);
     cr_assert_eq(eb_subscribe(bus, "orders.#", t_log_handler, &r, &o, NULL), EB_OK);
     for (uint32_t i = 0; i < 300; i++)
-        t_pub_durable(bus, "orders.created", i, i % 3 ? EB_PUBLISH_DURABLE_LAZY : EB_PUBLISH_DURABLE);
+        t_pub_durable(bus, "orders.created", i,
+                      i % 3 ? EB_PUBLISH_DURABLE_LAZY : EB_PUBLISH_DURABLE);
     uint32_t mem = 7777;
     cr_assert_eq(eb_publish(bus, "orders.memory", &mem, 4, NULL), EB_OK);
     cr_assert_eq(eb_store_flush(s, -1), EB_OK);
@@ -963,7 +965,10 @@ Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
     cr_assert_eq(eb_saga_sqlite_store_create(s, &ss), EB_OK);
     uint64_t state = 7;
     char outbox[] = "commands";
-    eb_saga_record rec = {.state = &state, .state_size = 8, .version = 1, .outbox = outbox,
+    eb_saga_record rec = {.state = &state,
+                          .state_size = 8,
+                          .version = 1,
+                          .outbox = outbox,
                           .outbox_len = sizeof outbox};
     memset(rec.event_id, 1, 16);
     cr_assert_eq(ss->create(ss, "order", "o1", 2, &rec), EB_OK);
@@ -993,6 +998,49 @@ Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
     cr_assert_eq(ss->remove(ss, "order", "o1", 2, 2), EB_OK);
     cr_assert_eq(ss->load(ss, "order", "o1", 2, &out), EB_ENOENT);
     eb_saga_store_destroy(ss);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
+
+Test(store, refusals_of_attaching_and_of_untrackable_durable_calls)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    /* One bus per store at a time. */
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.store = s;
+    eb_bus *other = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &other), EB_EBUSY);
+    cr_assert_null(other);
+    /* A durable delayed event has no ticket to wait on. */
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    o.delay_ns = T_SEC;
+    eb_publish_result r;
+    cr_assert_eq(eb_publish_wait(bus, "t", "x", 1, &o, &r), EB_ENOTSUP);
+    eb_ticket *tk = NULL;
+    cr_assert_eq(eb_publish_async(bus, "t", "x", 1, &o, &tk), EB_ENOTSUP);
+    cr_assert_null(tk);
+    eb_bus_destroy(bus);
+    cr_assert_eq(t_log_count(s), 0, "nothing refused was logged");
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 0);
+    eb_store_close(s);
+    /* A read-only handle writes nothing and attaches to no bus. */
+    eb_store_options ro;
+    eb_store_options_init(&ro);
+    ro.read_only = true;
+    cr_assert_eq(eb_store_open(d.path, &ro, &s), EB_OK);
+    cfg.store = s;
+    cr_assert_eq(eb_bus_create(&cfg, &other), EB_ENOTSUP);
+    cr_assert_eq(eb_outbox_add(s, "t", NULL, 0, NULL, 0, NULL), EB_ENOTSUP);
+    cr_assert_eq(eb_store_flush(s, -1), EB_ENOTSUP);
+    cr_assert_eq(eb_store_deadletter_purge(s, 0, NULL), EB_ENOTSUP);
+    eb_saga_store *ss = NULL;
+    cr_assert_eq(eb_saga_sqlite_store_create(s, &ss), EB_ENOTSUP);
     eb_store_close(s);
     t_dir_rm(&d);
 }

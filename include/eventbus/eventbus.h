@@ -273,7 +273,9 @@ EB_API void eb_subscribe_options_init(eb_subscribe_options *opts);
  * On EB_OK, if out is not NULL, *out is the handle for eb_unsubscribe; the
  * bus frees the subscription at unsubscribe or destroy.
  * Errors: EB_EINVAL (bus, pattern or fn NULL, pattern longer than 255 bytes,
- * an option out of range), EB_ECLOSED (bus shutting down), EB_ENOMEM.
+ * an option out of range), EB_ECLOSED (bus shutting down), EB_ENOMEM; for
+ * durable ones also EB_ENOTSUP, EB_EEXIST (see the options) and EB_EIO
+ * (the checkpoint could not be read or created).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void *ctx,
@@ -375,6 +377,10 @@ typedef struct eb_publish_result {
  * Errors: EB_EINVAL (see the last paragraph of this header's notes),
  * EB_ECLOSED, EB_EAGAIN (ring full, timeout_ns == 0), EB_ETIMEDOUT (ring
  * still full after timeout_ns), EB_ENOMEM. On failure nothing was published.
+ * With a durable flag (EB_PUBLISH_DURABLE* below) also: EB_ENOTSUP (the bus
+ * has no store; or a durable delayed event with eb_publish_wait/_async,
+ * which cannot be tracked), EB_EIO or EB_EBUSY (the commit failed), and
+ * EB_EAGAIN/EB_ETIMEDOUT when the store's queue is full.
  * From a handler, a full intake that only the handler's own lane could free
  * does not block: the event overflows (see the guarantees above).
  * Thread-safe: yes. May be called from a handler: yes.

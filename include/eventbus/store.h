@@ -236,8 +236,10 @@ EB_API void eb_outbox_batch_free(eb_outbox_batch *batch);
 
 /*
  * Marks a claimed row DONE. Errors: EB_ECONFLICT (this handle does not hold
- * the row: not claimed by it, or its lease expired — another process may
- * have it), EB_ENOENT (no such row), EB_EINVAL, EB_ENOTSUP, EB_EIO.
+ * the row: not claimed by it, not in progress any more, or taken over by
+ * another handle after its lease expired; a row whose lease expired but
+ * that nobody took over is still this handle's), EB_ENOENT (no such row),
+ * EB_EINVAL, EB_ENOTSUP, EB_EIO.
  * Thread-safe: yes.
  */
 EB_API int eb_outbox_ack(eb_store *store, int64_t id);

@@ -77,8 +77,8 @@ static bool integrity_ok(const char *path)
     cr_assert_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     sqlite3_stmt *q;
     cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL), SQLITE_OK);
-    bool ok = sqlite3_step(q) == SQLITE_ROW &&
-              strcmp((const char *)sqlite3_column_text(q, 0), "ok") == 0;
+    bool ok =
+        sqlite3_step(q) == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(q, 0), "ok") == 0;
     sqlite3_finalize(q);
     sqlite3_close(db);
     return ok;
