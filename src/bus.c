@@ -452,8 +452,8 @@ static void pending_clear(eb_bus *b)
    event is then pending and holds the token holder's attention). */
 static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
 {
-    /* Read first: the intake's reference went to the first delivery, so an
-       untracked event may be freed as soon as its last delivery is pushed. */
+    /* Read first: an untracked event's intake reference went to the first
+       delivery, so it may be freed as soon as its last delivery is pushed. */
     bool tracked = (ev->flags & EB__EV_TRACKED) != 0;
     unsigned n = m->n;
     for (; i < n; i++) {
@@ -486,10 +486,15 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
         pending_clear(b);
     /* Counted once every delivery is in its mailbox (or dropped). */
     eb__count(&b->dispatched, 1);
-    if (tracked)
-        track_finish(b, ev, EB_OK, false); /* the guard */
-    if (n == 0)
+    if (tracked) {
+        /* The guard. Its end may let the waiter return and drop the ticket,
+           and track_finish still touches the event after that: the intake's
+           reference, kept for a tracked event, holds it until here. */
+        track_finish(b, ev, EB_OK, false);
+        eb__event_unref(ev, &b->depot);
+    } else if (n == 0) {
         eb__event_unref(ev, &b->depot); /* the intake's reference */
+    }
     return true;
 }
 
@@ -519,15 +524,18 @@ static bool route_event(eb_bus *b, eb_event *ev)
         atomic_store_explicit(&b->pend_retry, true, memory_order_relaxed);
         return false;
     }
-    if (ev->flags & EB__EV_TRACKED) {
+    bool tracked = (ev->flags & EB__EV_TRACKED) != 0;
+    if (tracked) {
         ev->ext->matched = m->n;
         atomic_fetch_add_explicit(&ev->ext->remaining, m->n, memory_order_relaxed);
     }
-    /* One reference per delivery: the intake's becomes the first one. */
+    /* One reference per delivery. An untracked event's intake reference
+       becomes the first one; a tracked event keeps it for the guard (see
+       push_from), so that it needs one more. */
     if (m->n == 0)
         eb__count(&b->unrouted, 1);
-    else if (m->n > 1)
-        eb__event_ref(ev, m->n - 1);
+    if (m->n + tracked > 1)
+        eb__event_ref(ev, m->n + tracked - 1);
     return push_from(b, ev, m, 0);
 }
 

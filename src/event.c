@@ -19,6 +19,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Under AddressSanitizer a cached block is poisoned from its free until it is
+   handed out again, so a use after the last reference is caught even though
+   the memory never goes back to malloc. */
+#if defined(__SANITIZE_ADDRESS__)
+#define EB__ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EB__ASAN 1
+#endif
+#endif
+#ifdef EB__ASAN
+#include <sanitizer/asan_interface.h>
+#define BLOCK_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define BLOCK_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define BLOCK_POISON(p, n) ((void)(p), (void)(n))
+#define BLOCK_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 /* Block sizes: header + topic + payload; class 0 fits a 64-byte payload with
    a long topic, class 2 a 4 KiB payload. */
 static const size_t class_size[EB__CLASSES] = {448, 1536, 4096 + 640};
@@ -123,7 +142,7 @@ void eb__tcache_flush(eb__depot *d)
     pthread_mutex_unlock(&d->lock);
 }
 
-static void *block_alloc(eb__depot *d, int cls)
+static void *block_take(eb__depot *d, int cls)
 {
     tcache *c = tc_get();
     eb__mag *m = c->cur[cls];
@@ -147,10 +166,19 @@ static void *block_alloc(eb__depot *d, int cls)
     return malloc(class_size[cls]);
 }
 
+static void *block_alloc(eb__depot *d, int cls)
+{
+    void *p = block_take(d, cls);
+    if (p != NULL)
+        BLOCK_UNPOISON(p, class_size[cls]);
+    return p;
+}
+
 /* d may be NULL (an event released after its bus was destroyed): then a
    full magazine is not traded but its newcomer freed. */
 static void block_free(eb__depot *d, int cls, void *p)
 {
+    BLOCK_POISON(p, class_size[cls]);
     tcache *c = tc_get();
     eb__mag *m = c->cur[cls];
     if (m != NULL && m->n < EB__MAG_SIZE) {
