@@ -37,6 +37,7 @@
 
 #include <ck_hs.h>
 
+#include "bus.h" /* only to see whether the bus has a store (publish_flags) */
 #include "sync.h"
 
 #include <pthread.h>
@@ -820,6 +821,7 @@ struct eb_saga {
     size_t n_topics;
     char **starts;
     size_t n_starts;
+    unsigned publish_flags;
     /* Statistics, relaxed: nothing is published through them. */
     _Atomic uint64_t transitions, started, completed, ignored, conflicts, failures, sent,
         redispatched;
@@ -932,6 +934,7 @@ static int saga_dispatch(eb_saga *s, const void *key, size_t key_len, const unsi
         o.correlation_id = inst;
         o.causation_id = e.h.id;
         o.delay_ns = e.h.delay_ns;
+        o.flags = s->publish_flags;
         int rc = eb_publish(s->bus, e.topic, e.payload, (size_t)e.h.payload_len, &o);
         if (rc != EB_OK)
             return rc;
@@ -1119,6 +1122,19 @@ static void saga_free(eb_saga *s)
     free(s);
 }
 
+/* Registration's recovery: one outbox a crash left saved but unsent. The
+   saga is not subscribed yet, so no transition of this instance runs. */
+static int recover_one(const void *key, size_t key_len, const eb_saga_record *rec, void *ctx)
+{
+    eb_saga *s = ctx;
+    int rc = saga_dispatch(s, key, key_len, rec->outbox, rec->outbox_len);
+    if (rc != EB_OK)
+        return rc;
+    count(&s->redispatched, 1);
+    saga_settle(s, key, key_len, rec->version, rec->completed);
+    return EB_OK;
+}
+
 EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_options *opts,
                             eb_saga **out)
 {
@@ -1131,8 +1147,12 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
         !name_ok(def->name) || !patterns_ok(def->topics, def->n_topics) ||
         !patterns_ok(def->start_topics, def->n_start_topics) || def->state_size > EB__STATE_MAX ||
         opts->lanes > 1024 || opts->max_attempts > 1000 ||
-        (opts->on_complete != EB_SAGA_REMOVE && opts->on_complete != EB_SAGA_ARCHIVE))
+        (opts->on_complete != EB_SAGA_REMOVE && opts->on_complete != EB_SAGA_ARCHIVE) ||
+        (opts->publish_flags != 0 && opts->publish_flags != EB_PUBLISH_DURABLE &&
+         opts->publish_flags != EB_PUBLISH_DURABLE_LAZY))
         return EB_EINVAL;
+    if (opts->publish_flags != 0 && bus->store == NULL)
+        return EB_ENOTSUP; /* durable commands need a bus with a store */
     if (opts->store != NULL && (opts->store->load == NULL || opts->store->create == NULL ||
                                 opts->store->save == NULL || opts->store->remove == NULL))
         return EB_EINVAL;
@@ -1163,6 +1183,13 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
     s->transition = def->transition;
     s->ctx = def->ctx;
     s->state_size = def->state_size;
+    s->publish_flags = opts->publish_flags;
+    int rc = s->store->pending != NULL ? s->store->pending(s->store, s->name, recover_one, s)
+                                       : EB_OK;
+    if (rc != EB_OK) {
+        saga_free(s);
+        return rc;
+    }
 
     char subname[EB_NAME_MAX + 16];
     snprintf(subname, sizeof(subname), "saga:%s", def->name);
@@ -1177,7 +1204,7 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
     so.backoff_max_ns = opts->backoff_max_ns;
     so.mailbox_capacity = opts->mailbox_capacity;
     so.name = subname;
-    int rc = eb_subscribe(bus, cover, on_saga_event, s, &so, &s->sub);
+    rc = eb_subscribe(bus, cover, on_saga_event, s, &so, &s->sub);
     if (rc != EB_OK) {
         saga_free(s);
         return rc;

@@ -160,6 +160,7 @@ enum {
     R_DEADLETTERS,
     R_SAGAS,
     R_SAGA_LOAD,
+    R_SAGA_PENDING,
     R_COUNTS,
     R_COUNT
 };
@@ -179,6 +180,8 @@ static const char *const RSQL[R_COUNT] = {
                 " updated FROM eb_sagas WHERE ?1 IS NULL OR saga = ?1 ORDER BY saga, key LIMIT ?2",
     [R_SAGA_LOAD] = "SELECT version, completed, state, event_id, outbox FROM eb_sagas"
                     " WHERE saga = ?1 AND key = ?2",
+    [R_SAGA_PENDING] = "SELECT key, version, completed, outbox FROM eb_sagas"
+                       " WHERE saga = ?1 AND outbox IS NOT NULL ORDER BY key",
     [R_COUNTS] = "SELECT (SELECT count(*) FROM eb_subscriptions),"
                  " (SELECT count(*) FROM eb_outbox WHERE status = 0),"
                  " (SELECT count(*) FROM eb_outbox WHERE status = 1),"
@@ -2562,6 +2565,70 @@ static int saga_load(eb_saga_store *st, const char *saga, const void *key, size_
     return rc;
 }
 
+/* One pending outbox, copied out of the reader so that fn runs unlocked. */
+typedef struct pend_rec {
+    struct pend_rec *next;
+    uint64_t version;
+    bool completed;
+    size_t key_len, outbox_len;
+    unsigned char data[]; /* key, then outbox */
+} pend_rec;
+
+static int saga_pending(eb_saga_store *st, const char *saga,
+                        int (*fn)(const void *key, size_t key_len, const eb_saga_record *rec,
+                                  void *ctx),
+                        void *ctx)
+{
+    eb_store *s = ((sql_saga_store *)st)->s;
+    pend_rec *head = NULL, **tail = &head;
+    int rc = EB_OK, step;
+    pthread_mutex_lock(&s->rlock);
+    sqlite3_stmt *q = rstmt(s, R_SAGA_PENDING);
+    if (q == NULL) {
+        pthread_mutex_unlock(&s->rlock);
+        return EB_EIO;
+    }
+    bind_text(q, 1, saga);
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+        size_t kl, ol;
+        const void *key = col_blob(q, 0, &kl);
+        const void *outbox = col_blob(q, 3, &ol);
+        pend_rec *p = malloc(sizeof(*p) + kl + ol);
+        if (p == NULL) {
+            rc = EB_ENOMEM;
+            break;
+        }
+        p->next = NULL;
+        p->version = (uint64_t)sqlite3_column_int64(q, 1);
+        p->completed = sqlite3_column_int(q, 2) != 0;
+        p->key_len = kl;
+        p->outbox_len = ol;
+        if (kl > 0)
+            memcpy(p->data, key, kl);
+        if (ol > 0)
+            memcpy(p->data + kl, outbox, ol);
+        *tail = p;
+        tail = &p->next;
+    }
+    if (rc == EB_OK && step != SQLITE_DONE)
+        rc = sql_fail(s, s->rdb, step, "saga pending");
+    rdone(q);
+    pthread_mutex_unlock(&s->rlock);
+    while (head != NULL) {
+        pend_rec *p = head;
+        head = p->next;
+        if (rc == EB_OK && p->outbox_len > 0) {
+            eb_saga_record rec = {.version = p->version,
+                                  .completed = p->completed,
+                                  .outbox = p->data + p->key_len,
+                                  .outbox_len = p->outbox_len};
+            rc = fn(p->data, p->key_len, &rec, ctx);
+        }
+        free(p);
+    }
+    return rc;
+}
+
 static void saga_destroy(eb_saga_store *st)
 {
     free(st);
@@ -2581,7 +2648,8 @@ EB_API int eb_saga_sqlite_store_create(eb_store *s, eb_saga_store **out)
                                .save = saga_save,
                                .remove = saga_remove,
                                .dispatched = saga_dispatched,
-                               .destroy = saga_destroy};
+                               .destroy = saga_destroy,
+                               .pending = saga_pending};
     *out = &st->base;
     return EB_OK;
 }

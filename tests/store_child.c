@@ -8,6 +8,14 @@
  *                                  subscription "child", writing a record per
  *                                  acknowledged publish and per handled event
  *                                  to stdout, until it is killed
+ *   store_child saga PATH BASE     runs the saga "order" (SQLite saga store,
+ *                                  commands published durably) on events
+ *                                  order.placed BASE, BASE+1, ... published and
+ *                                  waited for from two threads; each starts an
+ *                                  instance that sends cmd.ship with its value,
+ *                                  received by the durable subscription "ship";
+ *                                  writes a record per acknowledged publish and
+ *                                  per handled command, until it is killed
  */
 #include <eventbus/eventbus.h>
 
@@ -117,12 +125,93 @@ static int crash(const char *path, uint32_t base)
     return 0;
 }
 
+/* The saga of "store_child saga": one transition per instance, which sends
+   the command and archives the instance. */
+static int order_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    (void)ctx;
+    memcpy(state, eb_event_payload(ev, NULL), 4);
+    size_t kl;
+    const void *key = eb_saga_key(sc, &kl);
+    int rc = eb_saga_send(sc, "cmd.ship", state, 4, key, kl);
+    if (rc == EB_OK)
+        eb_saga_complete(sc);
+    return rc;
+}
+
+static void *order_publisher(void *arg)
+{
+    pub_arg *a = arg;
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    for (uint32_t v = a->first; v < a->first + ROUND_MAX && v < MAXV; v += 2) {
+        o.key = &v;
+        o.key_len = sizeof v;
+        eb_publish_result res;
+        if (eb_publish_wait(a->bus, "order.placed", &v, sizeof v, &o, &res) != EB_OK ||
+            res.delivered != 1)
+            _exit(6);
+        rec r = {1, v};
+        put(&r, sizeof r);
+    }
+    return NULL;
+}
+
+static int saga(const char *path, uint32_t base)
+{
+    eb_store *s = NULL;
+    if (eb_store_open(path, NULL, &s) != EB_OK) /* synchronous FULL */
+        return 2;
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.store = s;
+    eb_bus *bus = NULL;
+    if (eb_bus_create(&cfg, &bus) != EB_OK)
+        return 3;
+    eb_subscribe_options so;
+    eb_subscribe_options_init(&so);
+    so.name = "ship";
+    so.durable = true;
+    if (eb_subscribe(bus, "cmd.ship", handled, NULL, &so, NULL) != EB_OK)
+        return 4;
+    eb_saga_store *ss = NULL;
+    if (eb_saga_sqlite_store_create(s, &ss) != EB_OK)
+        return 7;
+    static const char *const topics[] = {"order.placed"};
+    eb_saga_def def = {.name = "order",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = topics,
+                       .n_start_topics = 1,
+                       .state_size = 4,
+                       .transition = order_transition};
+    eb_saga_options sopt;
+    eb_saga_options_init(&sopt);
+    sopt.store = ss;
+    sopt.on_complete = EB_SAGA_ARCHIVE;
+    sopt.publish_flags = EB_PUBLISH_DURABLE;
+    eb_saga *g = NULL;
+    if (eb_saga_register(bus, &def, &sopt, &g) != EB_OK)
+        return 8;
+    pthread_t t[2];
+    pub_arg a[2] = {{bus, base}, {bus, base + 1}};
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, order_publisher, &a[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    pause(); /* the parent kills it; it never exits by itself */
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "outbox") == 0)
         return outbox(argv[2]);
     if (argc == 4 && strcmp(argv[1], "crash") == 0)
         return crash(argv[2], (uint32_t)strtoul(argv[3], NULL, 10));
-    fprintf(stderr, "usage: store_child outbox PATH | crash PATH BASE\n");
+    if (argc == 4 && strcmp(argv[1], "saga") == 0)
+        return saga(argv[2], (uint32_t)strtoul(argv[3], NULL, 10));
+    fprintf(stderr, "usage: store_child outbox PATH | crash PATH BASE | saga PATH BASE\n");
     return 2;
 }

@@ -883,6 +883,12 @@ Test(saga, register_refuses_bad_definitions)
     bad.name = "";
     cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL);
     cr_expect_eq(eb_saga_register(NULL, &def, NULL, &saga), EB_EINVAL);
+    eb_saga_options o;
+    eb_saga_options_init(&o);
+    o.publish_flags = 0x80;
+    cr_expect_eq(eb_saga_register(bus, &def, &o, &saga), EB_EINVAL);
+    o.publish_flags = EB_PUBLISH_DURABLE; /* this bus has no store */
+    cr_expect_eq(eb_saga_register(bus, &def, &o, &saga), EB_ENOTSUP);
     cr_expect_null(saga);
     cr_expect_eq(eb_saga_unregister(NULL), EB_OK);
     eb_bus_destroy(bus);

@@ -604,6 +604,12 @@ typedef struct eb_saga_options {
     uint64_t backoff_initial_ns; /* 0 = 1 ms */
     uint64_t backoff_max_ns;     /* 0 = 1 s */
     unsigned mailbox_capacity;   /* per lane; 0 = the bus default */
+    unsigned publish_flags;      /* 0, EB_PUBLISH_DURABLE or EB_PUBLISH_DURABLE_LAZY:
+                                    the flags every command and event the saga
+                                    sends is published with (needs a bus with a
+                                    store). EB_PUBLISH_DURABLE: a transition counts
+                                    as dispatched only once its commands are in
+                                    the event log */
 } eb_saga_options;
 
 /* Fills opts with the defaults. Thread-safe: yes. */
@@ -614,10 +620,18 @@ EB_API void eb_saga_options_init(eb_saga_options *opts);
  * to the narrowest pattern covering def->topics (their common leading
  * literal words followed by '#', or the one pattern itself) and ignores the
  * events that match none of def->topics. def and its strings are copied.
- * On EB_OK *out is the handle for eb_saga_unregister.
+ * Recovery first: if the store lists pending outboxes (eb_saga_store's
+ * pending; the SQLite store does), the commands a crash left saved but
+ * unsent are published again (same command ids) and marked dispatched
+ * before the saga subscribes, so register the aggregates and subscribers
+ * that receive them before the saga. On EB_OK *out is the handle for
+ * eb_saga_unregister.
  * Errors: EB_EINVAL (NULL bus, def, out or transition; a name, topic or
- * start topic missing, empty or too long; a field out of range), EB_ENOMEM,
- * EB_ECLOSED, and the errors of eb_subscribe.
+ * start topic missing, empty or too long; a field out of range, unknown
+ * publish_flags), EB_ENOTSUP (publish_flags on a bus without a store),
+ * EB_ENOMEM, EB_ECLOSED, the errors of eb_subscribe, and
+ * those of the recovery's store walk and publishes (then nothing was
+ * subscribed; what was already sent may be sent again next time).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_options *opts,
@@ -642,8 +656,9 @@ typedef struct eb_saga_stats {
     uint64_t conflicts;    /* saves refused with EB_ECONFLICT or EB_EEXIST */
     uint64_t failures;     /* deliveries that returned a failure (retried) */
     uint64_t commands;     /* commands and events published (redispatches included) */
-    uint64_t redispatched; /* redelivered transitions whose stored commands
-                              were published again */
+    uint64_t redispatched; /* transitions whose stored commands were published
+                              again: redelivered ones, and those recovered at
+                              registration */
 } eb_saga_stats;
 
 /* Counters of a saga. Errors: EB_EINVAL (NULL argument).
@@ -761,6 +776,17 @@ struct eb_saga_store {
                       uint64_t version);
     /* Optional: frees the store (eb_saga_store_destroy). */
     void (*destroy)(eb_saga_store *store);
+    /* Optional (NULL: nothing to recover, as in a store that does not
+       outlive its process): calls fn for each record of saga whose outbox
+       was saved but not marked dispatched, with its key, version, completed
+       and outbox set (rec->state NULL, state_size 0). fn runs under no lock
+       of the store and may call it; a non-zero return stops the walk and is
+       returned. eb_saga_register calls this to send what a crash between a
+       save and its dispatch left behind. Errors: EB_ENOMEM, EB_EIO. */
+    int (*pending)(eb_saga_store *store, const char *saga,
+                   int (*fn)(const void *key, size_t key_len, const eb_saga_record *rec,
+                             void *ctx),
+                   void *ctx);
 };
 
 /*
