@@ -206,9 +206,17 @@ extern const struct rt_peer rt_mutex; /* mutex + condvar both ways */
 /* Where the saga keeps its instances. */
 enum bn_saga_store {
     BN_SAGA_STORE_MEMORY = 0, /* the saga's private in-memory store */
-    /* BN_SAGA_STORE_SQLITE: to be added with the durable sink (the SQLite
-       saga store); scenarios.c lists it as skipped until then. */
+    BN_SAGA_STORE_SQLITE,     /* eb_saga_sqlite_store_create on a fresh file per
+                                 run (default pragmas: synchronous FULL) */
 };
+
+/* Database files of the durable scenarios (durable.c): a fresh path in the
+   bench's directory under $TMPDIR (else /tmp), created on first use; the
+   removal of a database with its -wal/-shm files; the removal of the
+   (then empty) directory. bn_db_path_new returns 0, or -1 with err set. */
+int bn_db_path_new(char *out, size_t n, const char *what, char *err, size_t errlen);
+void bn_db_remove(const char *path);
+void bn_db_dir_remove(void);
 
 struct saga_cfg {
     int store;            /* enum bn_saga_store */

@@ -101,7 +101,7 @@ static int dir_get(char *err, size_t errlen)
 }
 
 #if defined(BN_HAVE_SQLITE) || defined(BN_HAVE_EB_STORE)
-static int path_new(char *out, size_t n, const char *what, char *err, size_t errlen)
+int bn_db_path_new(char *out, size_t n, const char *what, char *err, size_t errlen)
 {
     if (dir_get(err, errlen) != 0)
         return -1;
@@ -109,8 +109,7 @@ static int path_new(char *out, size_t n, const char *what, char *err, size_t err
     return 0;
 }
 
-/* Removes a database and its WAL and shared-memory files. */
-static void db_remove(const char *path)
+void bn_db_remove(const char *path)
 {
     char p[620];
     unlink(path);
@@ -121,7 +120,7 @@ static void db_remove(const char *path)
 }
 #endif
 
-static void dir_remove(void)
+void bn_db_dir_remove(void)
 {
     if (dir[0] != 0 && rmdir(dir) != 0)
         fprintf(stderr, "eventbus-bench: durable: rmdir %s: %s\n", dir, strerror(errno));
@@ -301,7 +300,7 @@ static int raw_fail(struct rawdb *r, const char *what, char *err, size_t errlen)
 static int raw_open(struct rawdb *r, char *err, size_t errlen)
 {
     memset(r, 0, sizeof(*r));
-    if (path_new(r->path, sizeof(r->path), "raw", err, errlen) != 0)
+    if (bn_db_path_new(r->path, sizeof(r->path), "raw", err, errlen) != 0)
         return -1;
     if (sqlite3_open_v2(r->path, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK)
@@ -406,7 +405,7 @@ static void raw_close(struct rawdb *r)
     if (r->db != NULL && sqlite3_close(r->db) != SQLITE_OK)
         fprintf(stderr, "eventbus-bench: raw SQLite: close: %s\n", sqlite3_errmsg(r->db));
     if (r->path[0] != 0)
-        db_remove(r->path);
+        bn_db_remove(r->path);
 }
 
 /* b) one row per transaction: commits/s and the latency of each
@@ -591,7 +590,7 @@ static int eb_fail(struct ebd *e, const char *call, int rc, char *err, size_t er
 static int ebd_open(struct ebd *e, struct bn_sink *sink, char *err, size_t errlen)
 {
     memset(e, 0, sizeof(*e));
-    if (path_new(e->path, sizeof(e->path), "store", err, errlen) != 0)
+    if (bn_db_path_new(e->path, sizeof(e->path), "store", err, errlen) != 0)
         return -1;
     eb_store_options so;
     eb_store_options_init(&so);
@@ -624,7 +623,7 @@ static void ebd_close(struct ebd *e)
     if (e->st != NULL)
         eb_store_close(e->st);
     if (e->path[0] != 0)
-        db_remove(e->path);
+        bn_db_remove(e->path);
     e->bus = NULL;
     e->st = NULL;
 }
@@ -1227,7 +1226,7 @@ static void teardown(struct bn_case *c)
 #ifdef BN_HAVE_EB_STORE
     mem_close();
 #endif
-    dir_remove();
+    bn_db_dir_remove();
 }
 
 static void report_lazy(const struct bn_case *c)

@@ -417,9 +417,11 @@ SAGA_TEXT = (
     "its payment timeout, but no payment goes unanswered, so no timeout fires during a run. "
     "Checked in every run: each order reached exactly one final state, stock balances to the "
     "unit, payments balance, and the saga saved exactly the transitions the outcomes imply; a "
-    "failed check makes the figure FAILED. **Store: in-memory only for now** — the SQLite saga "
-    "store comes with the durable sink, and its row is added then. There is no peer: the "
-    "figures are absolute.")
+    "failed check makes the figure FAILED. Two stores: the saga's private in-memory store, and "
+    "the SQLite saga store (`eb_saga_sqlite_store_create`) on a fresh file per run with the "
+    "default pragmas (WAL, synchronous FULL), also attached to the bus; every SQLite save "
+    "waits for its group commit, so that row runs fewer orders and is bound by commit latency "
+    "× concurrent transitions. There is no peer: the figures are absolute.")
 
 
 DURABLE_TEXT = (

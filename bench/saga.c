@@ -444,12 +444,27 @@ static int check(run *r, uint32_t placed, uint32_t timed_from, eb_aggregate *inv
 void saga_run(const struct saga_cfg *cfg, struct saga_out *out)
 {
     memset(out, 0, sizeof(*out));
-    if (cfg->store != BN_SAGA_STORE_MEMORY) {
-        /* BN_SAGA_STORE_SQLITE: create the SQLite saga store here (into a
-           fresh file per run) and pass it as so.store below, once the
-           durable sink provides it. */
-        snprintf(out->err, sizeof(out->err), "saga: store kind %d not available", cfg->store);
+    /* BN_SAGA_STORE_SQLITE: a fresh store file per run, attached to the bus
+       as well (dead letters go there), as the example's --store does. */
+    eb_store *store = NULL;
+    eb_saga_store *saga_store = NULL;
+    char path[600] = "";
+    if (cfg->store == BN_SAGA_STORE_SQLITE) {
+#ifdef BN_HAVE_EB_STORE
+        int src;
+        if (bn_db_path_new(path, sizeof(path), "saga", out->err, sizeof(out->err)) != 0)
+            return;
+        if ((src = eb_store_open(path, NULL, &store)) != EB_OK ||
+            (src = eb_saga_sqlite_store_create(store, &saga_store)) != EB_OK) {
+            fail(out, "%s: %s", "saga: SQLite store", src);
+            eb_store_close(store);
+            bn_db_remove(path);
+            return;
+        }
+#else
+        snprintf(out->err, sizeof(out->err), "saga: built without the store (EB_WITH_SQLITE=OFF)");
         return;
+#endif
     }
     run r;
     memset(&r, 0, sizeof(r));
@@ -462,7 +477,7 @@ void saga_run(const struct saga_cfg *cfg, struct saga_out *out)
     r.final = calloc(r.orders ? r.orders : 1, sizeof(*r.final));
     if (r.final == NULL) {
         snprintf(out->err, sizeof(out->err), "saga: out of memory");
-        return;
+        goto close_store;
     }
 
     /* The example's configuration: default workers, a larger intake and
@@ -471,6 +486,7 @@ void saga_run(const struct saga_cfg *cfg, struct saga_out *out)
     eb_bus_config_init(&bc);
     bc.intake_capacity = 1u << 16;
     bc.mailbox_capacity = 1023;
+    bc.store = store;
     eb_bus *bus = NULL;
     eb_command_bus *cb = NULL;
     eb_aggregate *inventory = NULL, *payments = NULL;
@@ -479,7 +495,7 @@ void saga_run(const struct saga_cfg *cfg, struct saga_out *out)
     if (rc != EB_OK) {
         fail(out, "%s: %s", "eb_bus_create", rc);
         free(r.final);
-        return;
+        goto close_store;
     }
     const char *inv_cmds[] = {"inventory.reserve", "inventory.release", "inventory.ship"};
     eb_aggregate_def inv = {.name = "inventory",
@@ -508,7 +524,7 @@ void saga_run(const struct saga_cfg *cfg, struct saga_out *out)
                          .ctx = &r};
     eb_saga_options so;
     eb_saga_options_init(&so);
-    so.store = NULL; /* BN_SAGA_STORE_MEMORY: the saga's private in-memory store */
+    so.store = saga_store; /* NULL: the saga's private in-memory store */
     eb_subscribe_options ro;
     eb_subscribe_options_init(&ro);
     ro.name = "report";
@@ -577,4 +593,13 @@ teardown:
     eb_command_bus_destroy(cb);
     eb_bus_destroy(bus); /* drops the pending payment timeouts */
     free(r.final);
+close_store:
+    eb_saga_store_destroy(saga_store);
+#ifdef BN_HAVE_EB_STORE
+    eb_store_close(store);
+    if (path[0] != 0) {
+        bn_db_remove(path);
+        bn_db_dir_remove();
+    }
+#endif
 }
