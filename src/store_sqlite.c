@@ -203,9 +203,10 @@ struct job {
        unless a caller waits. Optional. */
     void (*after)(eb_store *s, job *j);
     int rc;
-    bool waited;    /* a caller sleeps on done (the job is on its stack) */
-    bool done;      /* protected by the store lock */
-    bool abandoned; /* its waiter timed out: the writer frees it; ditto */
+    bool waited;       /* a caller sleeps on done (the job is on its stack) */
+    atomic_bool done;  /* set under the store lock (release), after rc */
+    bool abandoned;    /* its waiter timed out: the writer frees it; under
+                          the store lock */
 };
 
 enum { IT_EVENT, IT_EVENT_OWNED, IT_JOB };
@@ -264,7 +265,8 @@ struct eb_store {
 
     pthread_mutex_t lock;
     pthread_cond_t wake;  /* the writer: work queued */
-    pthread_cond_t done;  /* waiters: items completed */
+    pthread_cond_t done;  /* waiters with a deadline: items completed */
+    eb__ec done_ec;       /* waiters without one: bumped after completions */
     pthread_cond_t space; /* publishers: backlog went down */
     item *q;              /* protected by lock */
     size_t qn, qcap;      /* protected by lock */
@@ -272,6 +274,7 @@ struct eb_store {
     bool ckpt_dirty;      /* some dsub checkpoint moved; protected by lock */
     bool gathering;       /* the writer waits for more waiters; ditto */
     size_t qwaited;       /* waiting callers' items in the queue; ditto */
+    size_t gather_want;   /* the writer gathers until qwaited reaches this */
     eb__dsub *dsubs;      /* protected by lock */
     eb_bus *bus;          /* protected by lock; read freely by the writer */
     pthread_t writer;
@@ -409,7 +412,10 @@ static int q_push_locked(eb_store *s, void *p, int kind)
     s->q[s->qn++] = (item){.p = p, .kind = kind};
     if (kind == IT_JOB && ((job *)p)->waited)
         s->qwaited++;
-    if (s->qn == 1 || s->gathering)
+    /* Wake the writer for the first item, or when the callers it gathers
+       for are all back: not once per caller (each wake-up is a context
+       switch on a machine the woken callers need too). */
+    if (s->qn == 1 || (s->gathering && s->qwaited >= s->gather_want))
         pthread_cond_signal(&s->wake);
     return EB_OK;
 }
@@ -447,6 +453,21 @@ static int wait_room_locked(eb_store *s, size_t n, int64_t timeout_ns)
 }
 
 /* Queues a job and waits for its completion; returns its rc. */
+/* Called with the store lock held; returns with it released once the
+   writer completed j. The wait is on an eventcount, not the condition
+   variable: a commit wakes all its waiters at once, and none of them has to
+   take the store lock again to leave. */
+static void wait_done_unlock(eb_store *s, job *j)
+{
+    pthread_mutex_unlock(&s->lock);
+    for (;;) {
+        uint32_t snap = eb__ec_value(&s->done_ec);
+        if (atomic_load_explicit(&j->done, memory_order_acquire))
+            return;
+        eb__ec_wait(&s->done_ec, snap, NULL);
+    }
+}
+
 static int run_job(eb_store *s, job *j)
 {
     if (s->has_writer && pthread_equal(pthread_self(), s->writer)) {
@@ -460,13 +481,13 @@ static int run_job(eb_store *s, job *j)
         return j->rc;
     }
     j->waited = true;
-    j->done = false;
+    atomic_init(&j->done, false);
     pthread_mutex_lock(&s->lock);
     int rc = q_push_locked(s, j, IT_JOB);
     if (rc == EB_OK)
-        while (!j->done)
-            pthread_cond_wait(&s->done, &s->lock);
-    pthread_mutex_unlock(&s->lock);
+        wait_done_unlock(s, j);
+    else
+        pthread_mutex_unlock(&s->lock);
     return rc == EB_OK ? j->rc : rc;
 }
 
@@ -837,11 +858,12 @@ static void writer_txn(eb_store *s, item *batch, size_t n, bool fire, ckpt_snap 
         if (j->abandoned)
             free(j);
         else
-            j->done = true;
+            atomic_store_explicit(&j->done, true, memory_order_release);
     }
     pthread_cond_broadcast(&s->done);
     pthread_cond_broadcast(&s->space);
     pthread_mutex_unlock(&s->lock);
+    eb__ec_inc(&s->done_ec); /* touches no job: a waiter may be gone */
 }
 
 static bool fire_wanted(eb_store *s)
@@ -896,6 +918,7 @@ static void *writer_main(void *arg)
             int64_t until = eb__now_mono_ns() + GATHER_NS;
             struct timespec ts = abs_mono(until);
             s->gathering = true;
+            s->gather_want = last_waited;
             while (s->qwaited < last_waited && eb__now_mono_ns() < until)
                 pthread_cond_timedwait(&s->wake, &s->lock, &ts);
             s->gathering = false;
@@ -988,6 +1011,7 @@ int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t t
 {
     int rc = EB_OK;
     job barrier = {.waited = true}; /* completes with their transaction */
+    atomic_init(&barrier.done, false);
     pthread_mutex_lock(&s->lock);
     if (!in_handler)
         rc = wait_room_locked(s, n, timeout_ns);
@@ -1010,9 +1034,8 @@ int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t t
             q_push_locked(s, evs[i], wait ? IT_EVENT_OWNED : IT_EVENT);
         if (wait) {
             q_push_locked(s, &barrier, IT_JOB);
-            while (!barrier.done)
-                pthread_cond_wait(&s->done, &s->lock);
-            rc = barrier.rc;
+            wait_done_unlock(s, &barrier);
+            return barrier.rc;
         }
     }
     pthread_mutex_unlock(&s->lock);
@@ -1637,6 +1660,7 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
     pthread_cond_init(&s->done, &ca);
     pthread_cond_init(&s->space, &ca);
     pthread_condattr_destroy(&ca);
+    eb__ec_init(&s->done_ec);
     s->next_due = INT64_MAX;
     if (getrandom(s->owner, sizeof(s->owner), 0) != sizeof(s->owner) ||
         getrandom(&s->nonce, sizeof(s->nonce), 0) != sizeof(s->nonce)) {
@@ -1729,7 +1753,7 @@ EB_API int eb_store_flush(eb_store *s, int64_t timeout_ns)
     pthread_mutex_lock(&s->lock);
     int rc = q_push_locked(s, j, IT_JOB);
     int64_t deadline = eb__deadline_after(timeout_ns < 0 ? -1 : timeout_ns);
-    while (rc == EB_OK && !j->done) {
+    while (rc == EB_OK && !atomic_load_explicit(&j->done, memory_order_relaxed)) {
         if (deadline == INT64_MAX) {
             pthread_cond_wait(&s->done, &s->lock);
         } else if (eb__now_mono_ns() >= deadline) {
