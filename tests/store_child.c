@@ -97,32 +97,50 @@ static void *publisher(void *arg)
     return NULL;
 }
 
-static int crash(const char *path, uint32_t base)
+/* The store at path (synchronous FULL), a bus of 2 workers on it, and the
+   durable subscription name on pattern, which reports what it handles.
+   Exits with 2-4 on failure. */
+static eb_bus *open_bus(const char *path, const char *name, const char *pattern, eb_store **out)
 {
     eb_store *s = NULL;
-    if (eb_store_open(path, NULL, &s) != EB_OK) /* synchronous FULL */
-        return 2;
+    if (eb_store_open(path, NULL, &s) != EB_OK)
+        exit(2);
     eb_bus_config cfg;
     eb_bus_config_init(&cfg);
     cfg.workers = 2;
     cfg.store = s;
     eb_bus *bus = NULL;
     if (eb_bus_create(&cfg, &bus) != EB_OK)
-        return 3;
+        exit(3);
     eb_subscribe_options so;
     eb_subscribe_options_init(&so);
-    so.name = "child";
+    so.name = name;
     so.durable = true;
-    if (eb_subscribe(bus, "crash.*", handled, NULL, &so, NULL) != EB_OK)
-        return 4;
+    if (eb_subscribe(bus, pattern, handled, NULL, &so, NULL) != EB_OK)
+        exit(4);
+    *out = s;
+    return bus;
+}
+
+/* Two threads publish the values base, base + 2, ... and base + 1, ...
+   until the parent kills the process. */
+static int run_until_killed(eb_bus *bus, uint32_t base, void *(*fn)(void *))
+{
     pthread_t t[2];
     pub_arg a[2] = {{bus, base}, {bus, base + 1}};
     for (int i = 0; i < 2; i++)
-        pthread_create(&t[i], NULL, publisher, &a[i]);
+        pthread_create(&t[i], NULL, fn, &a[i]);
     for (int i = 0; i < 2; i++)
         pthread_join(t[i], NULL);
     pause(); /* the parent kills it; it never exits by itself */
     return 0;
+}
+
+static int crash(const char *path, uint32_t base)
+{
+    eb_store *s;
+    eb_bus *bus = open_bus(path, "child", "crash.*", &s);
+    return run_until_killed(bus, base, publisher);
 }
 
 /* The saga of "store_child saga": one transition per instance, which sends
@@ -159,22 +177,8 @@ static void *order_publisher(void *arg)
 
 static int saga(const char *path, uint32_t base)
 {
-    eb_store *s = NULL;
-    if (eb_store_open(path, NULL, &s) != EB_OK) /* synchronous FULL */
-        return 2;
-    eb_bus_config cfg;
-    eb_bus_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.store = s;
-    eb_bus *bus = NULL;
-    if (eb_bus_create(&cfg, &bus) != EB_OK)
-        return 3;
-    eb_subscribe_options so;
-    eb_subscribe_options_init(&so);
-    so.name = "ship";
-    so.durable = true;
-    if (eb_subscribe(bus, "cmd.ship", handled, NULL, &so, NULL) != EB_OK)
-        return 4;
+    eb_store *s;
+    eb_bus *bus = open_bus(path, "ship", "cmd.ship", &s);
     eb_saga_store *ss = NULL;
     if (eb_saga_sqlite_store_create(s, &ss) != EB_OK)
         return 7;
@@ -194,14 +198,7 @@ static int saga(const char *path, uint32_t base)
     eb_saga *g = NULL;
     if (eb_saga_register(bus, &def, &sopt, &g) != EB_OK)
         return 8;
-    pthread_t t[2];
-    pub_arg a[2] = {{bus, base}, {bus, base + 1}};
-    for (int i = 0; i < 2; i++)
-        pthread_create(&t[i], NULL, order_publisher, &a[i]);
-    for (int i = 0; i < 2; i++)
-        pthread_join(t[i], NULL);
-    pause(); /* the parent kills it; it never exits by itself */
-    return 0;
+    return run_until_killed(bus, base, order_publisher);
 }
 
 int main(int argc, char **argv)

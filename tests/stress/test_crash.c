@@ -135,6 +135,28 @@ static void child_round(const char *mode, const char *path, unsigned base,
     close(fds[0]);
 }
 
+/* After a kill: PRAGMA integrity_check is ok and the store reopens. */
+static eb_store *reopen_checked(const char *path, int round)
+{
+    cr_assert(integrity_ok(path), "round %d: integrity_check failed", round);
+    eb_store *s = NULL;
+    int rc = eb_store_open(path, NULL, &s);
+    cr_assert_eq(rc, EB_OK, "round %d: reopen: %s", round, eb_err_name(rc));
+    return s;
+}
+
+/* A bus of 2 workers on s. */
+static eb_bus *bus_on(eb_store *s)
+{
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.store = s;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    return bus;
+}
+
 typedef struct round_tally {
     uint8_t *acked, *seen;
     unsigned acks, dups;
@@ -169,10 +191,7 @@ Test(crash, acknowledged_durable_events_survive_sigkill, .timeout = 600)
         total_dups_child += t.dups;
         total_acked += t.acks;
 
-        cr_assert(integrity_ok(path), "round %d: integrity_check failed", round);
-        eb_store *s = NULL;
-        int rc = eb_store_open(path, NULL, &s);
-        cr_assert_eq(rc, EB_OK, "round %d: reopen: %s", round, eb_err_name(rc));
+        eb_store *s = reopen_checked(path, round);
         memset(logged, 0, sizeof logged);
         unsigned twice = 0;
         cr_assert_eq(eb_store_events(s, NULL, log_scan, &twice), EB_OK);
@@ -181,12 +200,7 @@ Test(crash, acknowledged_durable_events_survive_sigkill, .timeout = 600)
             cr_assert(!acked[v] || logged[v], "round %d: acknowledged event %u lost", round, v);
 
         /* Resume the child's subscription and run our idempotent one. */
-        eb_bus_config cfg;
-        eb_bus_config_init(&cfg);
-        cfg.workers = 2;
-        cfg.store = s;
-        eb_bus *bus = NULL;
-        cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+        eb_bus *bus = bus_on(s);
         parent_rec resumed = {.seen = child_seen}, idem = {.seen = idem_seen};
         pthread_mutex_init(&resumed.lock, NULL);
         pthread_mutex_init(&idem.lock, NULL);
@@ -310,10 +324,7 @@ Test(crash, saga_commands_survive_sigkill_between_save_and_dispatch, .timeout = 
         total_dups += t.dups;
         total_acked += t.acks;
 
-        cr_assert(integrity_ok(path), "round %d: integrity_check failed", round);
-        eb_store *s = NULL;
-        int rc = eb_store_open(path, NULL, &s);
-        cr_assert_eq(rc, EB_OK, "round %d: reopen: %s", round, eb_err_name(rc));
+        eb_store *s = reopen_checked(path, round);
         unsigned pending = 0;
         cr_assert_eq(eb_store_sagas(s, "order", 0, saga_scan, &pending), EB_OK);
         total_pending += pending;
@@ -321,12 +332,7 @@ Test(crash, saga_commands_survive_sigkill_between_save_and_dispatch, .timeout = 
             cr_assert(!saga_acked[v] || saga_saved[v],
                       "round %d: acknowledged transition %u not saved", round, v);
 
-        eb_bus_config cfg;
-        eb_bus_config_init(&cfg);
-        cfg.workers = 2;
-        cfg.store = s;
-        eb_bus *bus = NULL;
-        cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+        eb_bus *bus = bus_on(s);
         parent_rec ship = {.seen = ship_seen};
         pthread_mutex_init(&ship.lock, NULL);
         eb_subscribe_options so;
@@ -342,7 +348,7 @@ Test(crash, saga_commands_survive_sigkill_between_save_and_dispatch, .timeout = 
         sopt.on_complete = EB_SAGA_ARCHIVE;
         sopt.publish_flags = EB_PUBLISH_DURABLE;
         eb_saga *g = NULL;
-        rc = eb_saga_register(bus, &def, &sopt, &g);
+        int rc = eb_saga_register(bus, &def, &sopt, &g);
         cr_assert_eq(rc, EB_OK, "round %d: register: %s", round, eb_err_name(rc));
         eb_saga_stats gs;
         cr_assert_eq(eb_saga_stats_get(g, &gs), EB_OK);
