@@ -13,8 +13,11 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <execinfo.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t m);
@@ -39,10 +42,38 @@ void *pvalloc(size_t n);
 static _Atomic int counting;
 static _Atomic uint64_t n_malloc, n_calloc, n_realloc, n_memalign, n_free;
 
+/* BN_ALLOC_TRACE=1 in the environment: every counted call also writes its
+   call stack to stderr (to find where a steady-state allocation comes
+   from; the figures of such a run mean nothing). */
+static _Atomic int tracing = -1;
+static __thread int in_trace;
+
+static void trace(void)
+{
+    int t = atomic_load_explicit(&tracing, memory_order_relaxed);
+    if (t < 0) {
+        const char *e = getenv("BN_ALLOC_TRACE");
+        t = e != NULL && e[0] == '1';
+        atomic_store_explicit(&tracing, t, memory_order_relaxed);
+    }
+    if (!t || in_trace)
+        return;
+    in_trace = 1; /* backtrace may allocate on its first call */
+    void *pcs[24];
+    int n = backtrace(pcs, 24);
+    static const char sep[] = "-- counted allocation:\n";
+    if (write(2, sep, sizeof(sep) - 1) < 0) {
+    }
+    backtrace_symbols_fd(pcs, n, 2);
+    in_trace = 0;
+}
+
 #define COUNT(c)                                                                                   \
     do {                                                                                           \
-        if (atomic_load_explicit(&counting, memory_order_relaxed))                                 \
+        if (atomic_load_explicit(&counting, memory_order_relaxed)) {                               \
             atomic_fetch_add_explicit(&(c), 1, memory_order_relaxed);                              \
+            trace();                                                                               \
+        }                                                                                          \
     } while (0)
 
 void *malloc(size_t n)
