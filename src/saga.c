@@ -38,6 +38,7 @@
 #include <ck_hs.h>
 
 #include "bus.h" /* only to see whether the bus has a store (publish_flags) */
+#include "route.h"
 #include "sync.h"
 
 #include <pthread.h>
@@ -119,9 +120,13 @@ typedef struct word {
     size_t n;
 } word;
 
+/* A topic of EB_TOPIC_MAX bytes has up to EB_TOPIC_MAX + 1 words (all
+   dots: every word empty). */
+#define EB__WORDS_MAX (EB_TOPIC_MAX + 1)
+
 /* Splits s into words; "" has zero words. Returns the count, or -1 if s
    is longer than EB_TOPIC_MAX (then it has at most 128 words). */
-static int split_words(const char *s, word w[129])
+static int split_words(const char *s, word w[EB__WORDS_MAX])
 {
     size_t len = strlen(s);
     if (len > EB_TOPIC_MAX)
@@ -150,36 +155,8 @@ static bool word_is(const word *w, char c)
 
 bool eb__topic_match(const char *pattern, const char *topic)
 {
-    word pw[129], tw[129];
-    int np = split_words(pattern, pw), nt = split_words(topic, tw);
-    if (np < 0 || nt < 0)
-        return false;
-    /* Reserved topics ($deadletter...) match only a literal first word. */
-    if (nt > 0 && tw[0].n > 0 && tw[0].p[0] == '$' &&
-        (np == 0 || word_is(&pw[0], '#') || word_is(&pw[0], '*')))
-        return false;
-    /* Glob matching with backtracking to the last '#': '#' is "zero or more
-       words" exactly as '*' is in shell globs, '*' is one word. */
-    int pi = 0, ti = 0, star_p = -1, star_t = 0;
-    while (ti < nt) {
-        if (pi < np && word_is(&pw[pi], '#')) {
-            star_p = pi++;
-            star_t = ti;
-        } else if (pi < np &&
-                   (word_is(&pw[pi], '*') ||
-                    (pw[pi].n == tw[ti].n && memcmp(pw[pi].p, tw[ti].p, tw[ti].n) == 0))) {
-            pi++;
-            ti++;
-        } else if (star_p >= 0) {
-            pi = star_p + 1;
-            ti = ++star_t;
-        } else {
-            return false;
-        }
-    }
-    while (pi < np && word_is(&pw[pi], '#'))
-        pi++;
-    return pi == np;
+    /* The routing table's own matcher (fuzzed against a reference one). */
+    return eb__topic_matches(pattern, strlen(pattern), topic, strlen(topic));
 }
 
 int eb__cover_pattern(const char *const *patterns, size_t n, char *out)
@@ -196,20 +173,24 @@ int eb__cover_pattern(const char *const *patterns, size_t n, char *out)
         strcpy(out, patterns[0]);
         return EB_OK;
     }
-    word w0[129];
+    word w0[EB__WORDS_MAX];
     int common = split_words(patterns[0], w0);
     for (size_t i = 1; i < n; i++) {
-        word wi[129];
+        word wi[EB__WORDS_MAX];
         int ni = split_words(patterns[i], wi), k = 0;
         while (k < common && k < ni && w0[k].n == wi[k].n && memcmp(w0[k].p, wi[k].p, wi[k].n) == 0)
             k++;
         common = k;
     }
-    /* Only literal words may lead: a wildcard (or a '$' word, which '#'
-       alone would not reach anyway) ends the prefix. */
+    /* Only literal words may lead: a wildcard ends the prefix. */
     int k = 0;
     while (k < common && !word_is(&w0[k], '*') && !word_is(&w0[k], '#'))
         k++;
+    /* A bare "#" never reaches a reserved topic (first word "$..."): such a
+       pattern is covered only if all of them share that first word. */
+    for (size_t i = 0; i < n && k == 0; i++)
+        if (patterns[i][0] == '$')
+            return EB_EINVAL;
     size_t len = 0;
     for (int i = 0; i < k; i++) {
         memcpy(out + len, w0[i].p, w0[i].n);
@@ -1464,7 +1445,7 @@ EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def
         opts->lanes > 1024 || opts->max_attempts > 1000)
         return EB_EINVAL;
     for (size_t i = 0; i < def->n_commands; i++) {
-        word w[129];
+        word w[EB__WORDS_MAX];
         int nw = split_words(def->commands[i], w);
         if (nw <= 0)
             return EB_EINVAL;

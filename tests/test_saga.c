@@ -28,6 +28,20 @@ Test(saga, topic_match_and_cover_follow_amqp_rules)
     cr_expect(eb__topic_match("#", ""));
     cr_expect(!eb__topic_match("#", "$deadletter.a"));
     cr_expect(eb__topic_match("$deadletter.#", "$deadletter.a"));
+    /* A 255-byte topic of dots has 256 (empty) words. */
+    char dots[256];
+    memset(dots, '.', 255);
+    dots[255] = '\0';
+    cr_expect(eb__topic_match("#", dots));
+    cr_expect(!eb__topic_match("*", dots));
+    char cover[EB_TOPIC_MAX + 1];
+    const char *const shared[] = {"$x.a", "$x.b"};
+    cr_expect_eq(eb__cover_pattern(shared, 2, cover), EB_OK);
+    cr_expect_str_eq(cover, "$x.#");
+    cr_expect(eb__topic_match(cover, "$x.a"));
+    const char *const many[] = {dots, "a"};
+    cr_expect_eq(eb__cover_pattern(many, 2, cover), EB_OK);
+    cr_expect_str_eq(cover, "#");
     char out[EB_TOPIC_MAX + 1];
     const char *p1[] = {"order.placed", "order.stock.*", "order.payment.#"};
     cr_assert_eq(eb__cover_pattern(p1, 3, out), EB_OK);
@@ -883,6 +897,12 @@ Test(saga, register_refuses_bad_definitions)
     bad.name = "";
     cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL);
     cr_expect_eq(eb_saga_register(NULL, &def, NULL, &saga), EB_EINVAL);
+    /* "#" would cover these but never reaches the reserved "$x.a". */
+    const char *reserved[] = {"$x.a", "y"};
+    bad = def;
+    bad.topics = reserved;
+    bad.n_topics = 2;
+    cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL);
     eb_saga_options o;
     eb_saga_options_init(&o);
     o.publish_flags = 0x80;

@@ -11,7 +11,8 @@
  *    subscription chose to drop on overflow (counted) or was unsubscribed
  *    first. A failing handler is retried with exponential backoff and jitter
  *    up to its max_attempts, then dead-lettered. eb_bus_destroy delivers
- *    everything accepted before it returns.
+ *    everything accepted before it returns; eb_bus_shutdown does too, or
+ *    reports at its deadline which handlers are still running.
  *  - Ordering: events are dispatched one at a time in intake-ring order and
  *    stamped with a bus-wide sequence number. Every lane sees events in that
  *    order, so all SERIAL observers see the same relative order, and events
@@ -181,12 +182,41 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out);
  * event already accepted is dispatched and delivered (retries included),
  * workers are joined and everything is freed, including subscriptions that
  * were not unsubscribed (their handles become invalid). Tickets and retained
- * events stay valid until released. NULL is a no-op.
+ * events stay valid until released. NULL is a no-op. Same as
+ * eb_bus_shutdown(bus, -1), which it may follow after that returned
+ * EB_ETIMEDOUT.
  * Thread-safe: with other calls on other buses only; no call on this bus may
  * run concurrently or follow. May be called from a handler: no (not one of
- * this bus).
+ * this bus: there it does nothing, as it would wait for itself).
  */
 EB_API void eb_bus_destroy(eb_bus *bus);
+
+/*
+ * eb_bus_destroy with a drain timeout: closes the bus to new publishes and
+ * subscribes (EB_ECLOSED), delivers every event already accepted (retries
+ * included), joins the workers and frees everything — waiting at most
+ * timeout_ns for the deliveries to finish (< 0: forever, as eb_bus_destroy;
+ * 0: do not wait). The store's writer finishing a transaction it is in
+ * (busy_timeout_ms of another process's lock, an fsync) is not bounded by
+ * the timeout.
+ * EB_OK: the bus was destroyed; the handle is invalid.
+ * EB_ETIMEDOUT: deliveries were still running or queued at the deadline.
+ *   The bus stays closed but is not freed, and the handle stays valid; the
+ *   log callback (cfg.log, at WARN) names every subscription whose handler
+ *   is still running (name, pattern, how long it has run) and how much is
+ *   still queued. Call eb_bus_shutdown again later, or eb_bus_destroy to
+ *   wait for good. Meanwhile the workers go on delivering (a handler may
+ *   still publish: EB_ECLOSED), calls on the handle other than publishing
+ *   and subscribing work as before, and the bus still uses its store: close
+ *   the store only after a call returned EB_OK.
+ * EB_EINVAL: bus is NULL. EB_EDEADLK: called from a handler of this bus
+ *   (nothing changed).
+ * Thread-safe: with other calls on other buses only; no other call on this
+ * bus may run concurrently with it (after EB_ETIMEDOUT other calls may be
+ * made between calls to it). May be called from a handler: yes, not from
+ * one of this bus.
+ */
+EB_API int eb_bus_shutdown(eb_bus *bus, int64_t timeout_ns);
 
 typedef struct eb_bus_stats {
     uint64_t published;     /* events accepted by publish calls */
@@ -627,8 +657,9 @@ EB_API void eb_saga_options_init(eb_saga_options *opts);
  * that receive them before the saga. On EB_OK *out is the handle for
  * eb_saga_unregister.
  * Errors: EB_EINVAL (NULL bus, def, out or transition; a name, topic or
- * start topic missing, empty or too long; a field out of range, unknown
- * publish_flags), EB_ENOTSUP (publish_flags on a bus without a store),
+ * start topic missing, empty or too long; a topic whose first word starts
+ * with '$' while the topics share no first word, which no covering pattern
+ * could reach; a field out of range, unknown publish_flags), EB_ENOTSUP (publish_flags on a bus without a store),
  * EB_ENOMEM, EB_ECLOSED, the errors of eb_subscribe, and
  * those of the recovery's store walk and publishes (then nothing was
  * subscribed; what was already sent may be sent again next time).
@@ -876,8 +907,9 @@ EB_API void eb_aggregate_options_init(eb_aggregate_options *opts);
  * memory until unregistered. Plain subscribers may still observe command
  * topics; only aggregates are exclusive.
  * Errors: EB_EEXIST (a command topic already has an aggregate on cb; nothing
- * is registered), EB_EINVAL (NULL argument, empty or wildcard topic, field
- * out of range), EB_ENOMEM, and the errors of eb_subscribe.
+ * is registered), EB_EINVAL (NULL argument, empty or wildcard topic, a
+ * topic starting with '$' while the topics share no first word, field out of
+ * range), EB_ENOMEM, and the errors of eb_subscribe.
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def,
