@@ -68,6 +68,7 @@
 #define CKPT_DELAY_NS 20000000      /* checkpoints move to the file within 20 ms */
 #define SCHED_RECHECK_NS 1000000000 /* other processes may schedule too */
 #define INTAKE_RETRY_NS 1000000
+#define FIRE_RETRY_NS 10000000 /* scheduled events after a failed allocation */
 #define GATHER_NS 150000 /* how long the writer waits for the last round's waiters */
 #define EB__O_MAX 24
 
@@ -250,6 +251,9 @@ struct cursor {
     uint64_t next, upto;
     eb_event *buf[REPLAY_CHUNK];
     size_t bi, bn;
+    bool stalled; /* the last fill made no progress (no memory, a failing
+                     read): the writer retries later instead of at once */
+    bool failed;  /* a read failed (logged once per cursor) */
 };
 
 struct eb_store {
@@ -283,6 +287,7 @@ struct eb_store {
     /* Writer only. */
     uint64_t last_seq;
     int64_t next_due; /* Unix ns of the earliest scheduled event; INT64_MAX none */
+    int64_t fire_retry_at; /* monotonic: no firing before (out of memory) */
     int64_t sched_check;
     bool detaching;
     fentry *fifo;
@@ -533,7 +538,10 @@ static int insert_event(eb_store *s, eb_event *ev)
 
 /* Builds a bus event from a row: topic, key, payload, correlation,
    causation at columns c..c+4. */
-static eb_event *event_from_row(eb_bus *bus, sqlite3_stmt *st, int c)
+/* The event of a log or scheduled row: NULL with *bad set for a row no
+   event can be made of (a damaged or foreign file: no topic, one too long,
+   a key over 255 bytes), NULL with *bad clear when out of memory. */
+static eb_event *event_from_row(eb_bus *bus, sqlite3_stmt *st, int c, bool *bad)
 {
     const char *topic = (const char *)sqlite3_column_text(st, c);
     const void *key = sqlite3_column_blob(st, c + 1);
@@ -544,7 +552,9 @@ static eb_event *event_from_row(eb_bus *bus, sqlite3_stmt *st, int c)
         sqlite3_column_bytes(st, c + 3) == 16 ? sqlite3_column_blob(st, c + 3) : NULL;
     const void *caus =
         sqlite3_column_bytes(st, c + 4) == 16 ? sqlite3_column_blob(st, c + 4) : NULL;
-    if (topic == NULL || kl > 255)
+    size_t tl = (size_t)sqlite3_column_bytes(st, c);
+    *bad = topic == NULL || tl == 0 || tl > EB_TOPIC_MAX || strlen(topic) != tl || kl > 255;
+    if (*bad)
         return NULL;
     return eb__bus_event_new(bus, topic, kl ? key : NULL, kl, pl ? payload : NULL, pl, corr, caus);
 }
@@ -595,6 +605,7 @@ static size_t cursor_fill(eb_store *s, cursor *c)
     sqlite3_stmt *st = s->w[W_REPLAY];
     size_t rows = 0;
     c->bi = c->bn = 0;
+    c->stalled = false;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)c->next);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)c->upto);
     sqlite3_bind_int(st, 3, REPLAY_CHUNK);
@@ -607,10 +618,18 @@ static size_t cursor_fill(eb_store *s, cursor *c)
         if (topic == NULL ||
             !eb__topic_matches(d->pattern, d->plen, topic, (size_t)sqlite3_column_bytes(st, 3)))
             continue;
-        eb_event *ev = event_from_row(s->bus, st, 3);
+        bool bad;
+        eb_event *ev = event_from_row(s->bus, st, 3, &bad);
+        if (ev == NULL && bad) {
+            slog(s, EB_LOG_WARN,
+                 "store %s: log row %llu cannot be an event (damaged?); replay of %s skips it",
+                 s->path, (unsigned long long)seq, d->name);
+            continue;
+        }
         if (ev == NULL) {
-            /* No memory: stop here and read this row again next time. */
+            /* No memory: stop here and read this row again later. */
             c->next = seq - 1;
+            c->stalled = c->bn == 0;
             break;
         }
         if (sqlite3_column_bytes(st, 1) == 16)
@@ -622,7 +641,10 @@ static size_t cursor_fill(eb_store *s, cursor *c)
         c->buf[c->bn++] = ev;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        sql_fail(s, s->wdb, rc, "replay");
+        if (!c->failed) /* once: a damaged page fails every time */
+            sql_fail(s, s->wdb, rc, "replay");
+        c->failed = true;
+        c->stalled = c->bn == 0;
         rows = rows ? rows : 1; /* not complete: try again later */
     }
     sqlite3_reset(st);
@@ -662,6 +684,10 @@ static bool fifo_inject(eb_store *s)
                 break;
             if (c->next >= c->upto || cursor_fill(s, c) == 0)
                 break; /* complete */
+            if (c->stalled) {
+                blocked = true; /* the writer comes back after a pause */
+                break;
+            }
             if (c->bn == 0 && c->next < c->upto)
                 continue; /* a chunk of other topics */
         }
@@ -713,10 +739,20 @@ static int fire_due(eb_store *s, eb_event **out, size_t *n)
     int rc;
     int64_t ids[FIRE_CHUNK];
     size_t k = 0;
+    int64_t bad_ids[FIRE_CHUNK];
+    size_t nbad = 0;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        eb_event *ev = event_from_row(s->bus, q, 1);
-        if (ev == NULL)
-            break; /* no memory: the rest fire later */
+        bool bad;
+        eb_event *ev = event_from_row(s->bus, q, 1, &bad);
+        if (ev == NULL && bad) {
+            bad_ids[nbad++] = sqlite3_column_int64(q, 0);
+            continue;
+        }
+        if (ev == NULL) {
+            /* No memory: the rest fire later, not at once again. */
+            s->fire_retry_at = eb__now_mono_ns() + FIRE_RETRY_NS;
+            break;
+        }
         ids[k] = sqlite3_column_int64(q, 0);
         out[k++] = ev;
     }
@@ -727,6 +763,14 @@ static int fire_due(eb_store *s, eb_event **out, size_t *n)
     eb__bus_store_add(s->bus, k);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return rc;
+    /* A row no event can be made of would be due for ever: it goes. */
+    for (size_t i = 0; i < nbad; i++) {
+        slog(s, EB_LOG_WARN, "store %s: scheduled row %lld cannot be an event (damaged?): removed",
+             s->path, (long long)bad_ids[i]);
+        sqlite3_bind_int64(s->w[W_SCHED_DEL], 1, bad_ids[i]);
+        if ((rc = step_done(s->w[W_SCHED_DEL])) != SQLITE_OK)
+            return rc;
+    }
     for (size_t i = 0; i < k; i++) {
         rc = insert_event(s, out[i]);
         if (rc == SQLITE_OK) {
@@ -868,7 +912,8 @@ static void writer_txn(eb_store *s, item *batch, size_t n, bool fire, ckpt_snap 
 
 static bool fire_wanted(eb_store *s)
 {
-    return s->bus != NULL && !s->detaching && s->next_due <= now_ns();
+    return s->bus != NULL && !s->detaching && s->next_due <= now_ns() &&
+           eb__now_mono_ns() >= s->fire_retry_at;
 }
 
 static void *writer_main(void *arg)
@@ -894,6 +939,8 @@ static void *writer_main(void *arg)
             if (s->bus != NULL && !s->detaching && s->next_due != INT64_MAX) {
                 int64_t in = s->next_due - now_ns();
                 int64_t at = eb__now_mono_ns() + (in > 0 ? in : 0);
+                if (at < s->fire_retry_at)
+                    at = s->fire_retry_at;
                 if (at < deadline)
                     deadline = at;
             }
@@ -1004,6 +1051,12 @@ void eb__store_detach(eb_store *s)
     s->detaching = false; /* written under the lock while the writer looks
                              at it only when a bus is attached */
     pthread_mutex_unlock(&s->lock);
+    /* The writer may still be inside its last call into the bus (the
+       eb__bus_store_done whose decrement let the bus finish draining); the
+       bus is freed after we return. A barrier job completes only once the
+       writer is back in its loop, where it sees no bus. */
+    job barrier = {0};
+    run_job(s, &barrier);
 }
 
 int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t timeout_ns,
@@ -1680,8 +1733,6 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
         rc = configure(s, s->wdb);
     if (rc == EB_OK)
         rc = check_and_migrate(s);
-    if (rc == EB_OK && !o.read_only)
-        rc = set_wal(s);
     if (rc == EB_OK) {
         int src = sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_READONLY, NULL);
         if (src != SQLITE_OK)
@@ -1695,6 +1746,11 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
         if (src != SQLITE_OK)
             rc = sql_fail(s, s->wdb, src, "prepare");
     }
+    /* WAL last: switching writes the file header, and a file refused by
+       any check above (a schema quick_check cannot see is refused by the
+       prepares) must be left as it was. */
+    if (rc == EB_OK && !o.read_only)
+        rc = set_wal(s);
     if (rc == EB_OK && !o.read_only) {
         int64_t mx = 0;
         int src = pragma_int(s->wdb, "SELECT coalesce(max(seq), 0) FROM eb_events", &mx);
