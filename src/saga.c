@@ -332,6 +332,10 @@ static int qbuf_push(qbuf *q, const uint8_t id[16], int64_t delay_ns, const char
     e += key_len;
     if (len > 0)
         memcpy(e, payload, len);
+    e += len;
+    /* Zero the padding: these bytes are stored (the SQLite store writes the
+       outbox to its file) and must not carry stale stack or heap bytes. */
+    memset(e, 0, (size_t)(q->p + q->len + need - e));
     q->len += need;
     q->n++;
     return EB_OK;
