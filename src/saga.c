@@ -155,8 +155,11 @@ static bool word_is(const word *w, char c)
 
 bool eb__topic_match(const char *pattern, const char *topic)
 {
-    /* The routing table's own matcher (fuzzed against a reference one). */
-    return eb__topic_matches(pattern, strlen(pattern), topic, strlen(topic));
+    /* The routing table's own matcher (fuzzed against a reference one).
+       Longer inputs never match (saga.h): no valid topic or pattern is that
+       long, and the matcher's word arrays are sized for valid ones. */
+    size_t pl = strnlen(pattern, EB_TOPIC_MAX + 1), tl = strnlen(topic, EB_TOPIC_MAX + 1);
+    return pl <= EB_TOPIC_MAX && tl <= EB_TOPIC_MAX && eb__topic_matches(pattern, pl, topic, tl);
 }
 
 int eb__cover_pattern(const char *const *patterns, size_t n, char *out)

@@ -39,6 +39,10 @@ Test(saga, topic_match_and_cover_follow_amqp_rules)
     cr_expect_eq(eb__cover_pattern(shared, 2, cover), EB_OK);
     cr_expect_str_eq(cover, "$x.#");
     cr_expect(eb__topic_match(cover, "$x.a"));
+    char longer[300];
+    memset(longer, 'a', 299);
+    longer[299] = '\0';
+    cr_expect(!eb__topic_match("#", longer), "a topic over 255 bytes never matches");
     const char *const many[] = {dots, "a"};
     cr_expect_eq(eb__cover_pattern(many, 2, cover), EB_OK);
     cr_expect_str_eq(cover, "#");
