@@ -150,25 +150,40 @@ static struct timespec mono_ts(int64_t deadline)
 
 /* ---- subscriptions: references ---------------------------------------- */
 
-static void sub_ref(struct eb_subscription *s)
+/* A stalled event's pin: counted apart from the references eb_unsubscribe
+   waits for (see lane.h). */
+#define EB__SUB_PIN ((uint64_t)1 << 32)
+#define EB__SUB_REFS(r) ((r) & (EB__SUB_PIN - 1))
+
+static void sub_ref_n(struct eb_subscription *s, uint64_t n)
 {
     /* Relaxed: the caller holds a reference or the token, which keeps s. */
-    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->refs, n, memory_order_relaxed);
 }
 
-static void sub_unref(eb_bus *b, struct eb_subscription *s)
+static void sub_ref(struct eb_subscription *s)
+{
+    sub_ref_n(s, 1);
+}
+
+static void sub_unref_n(eb_bus *b, struct eb_subscription *s, uint64_t n)
 {
     /* Read before the decrement: once it is done, the owner may free s. */
     bool cancelled = atomic_load_explicit(&s->cancelled, memory_order_relaxed);
     /* acq_rel: the thread freeing s must see every other holder's writes. */
-    unsigned left = atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) - 1;
+    uint64_t left = atomic_fetch_sub_explicit(&s->refs, n, memory_order_acq_rel) - n;
     if (left == 0) {
         eb__sub_free(s);
         eb__ec_inc(&b->ctl_ec);
-    } else if (left == 1 && cancelled) {
+    } else if (EB__SUB_REFS(left) == 1 && cancelled) {
         /* An unsubscribe may wait for exactly this. */
         eb__ec_inc(&b->ctl_ec);
     }
+}
+
+static void sub_unref(eb_bus *b, struct eb_subscription *s)
+{
+    sub_unref_n(b, s, 1);
 }
 
 /* ---- run queue -------------------------------------------------------- */
@@ -440,7 +455,7 @@ static void pending_clear(eb_bus *b)
     atomic_store_explicit(&b->stall_lane, NULL, memory_order_relaxed);
     if (m != NULL) {
         for (unsigned j = 0; j < m->n; j++)
-            sub_unref(b, m->subs[j]);
+            sub_unref_n(b, m->subs[j], EB__SUB_PIN);
         eb__match_unpin(m);
     }
     b->pend_ev = NULL;
@@ -474,7 +489,7 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
                    event waits; routing changes may drop them meanwhile. */
                 m = eb__match_keep(b->route, m);
                 for (unsigned j = 0; j < m->n; j++)
-                    sub_ref(m->subs[j]);
+                    sub_ref_n(m->subs[j], EB__SUB_PIN);
                 b->pend_ev = ev;
                 b->pend_m = m;
             }
@@ -944,7 +959,11 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
             lane_finish(b, l, EB_OK);
             continue;
         }
+        /* A coarse clock read (vDSO, no system call) per call, so that a
+           shutdown that times out can say how long a handler has run. */
+        atomic_store_explicit(&l->run_since, eb__now_coarse_ns(), memory_order_relaxed);
         int rc = s->fn(l->cur, s->ctx);
+        atomic_store_explicit(&l->run_since, 0, memory_order_relaxed);
         if (rc == 0) {
             eb__count(&l->delivered, 1);
             eb__count(&w->delivered, 1);
@@ -1024,11 +1043,23 @@ static bool help_once(eb_bus *b, eb__worker *w)
     return progress;
 }
 
-/* Sleeps until new work, a timer deadline, `limit` (monotonic ns) or a wake. */
+/* Sleeps until new work, a timer deadline, `limit` (monotonic ns) or a
+   wake; while the bus is closing, at most 5 ms (the last worker to go idle
+   is the one that sees the bus drained). */
 static void park(eb_bus *b, int64_t limit)
 {
     uint32_t snap = eb__ec_value(&b->work_ec);
     atomic_fetch_add_explicit(&b->idle, 1, memory_order_seq_cst);
+    /* closing is read after the snapshot: the shutdown stores it before its
+       wake_pool, so either we see it here or its increment of work_ec comes
+       after our snapshot and the wait returns at once. (Read before the
+       snapshot, a shutdown in between was missed for good: no deadline, and
+       its wake already spent.) */
+    if (atomic_load_explicit(&b->closing, memory_order_seq_cst)) {
+        int64_t soon = eb__now_mono_ns() + 5000000;
+        if (soon < limit)
+            limit = soon;
+    }
     if (!has_work(b) && !atomic_load_explicit(&b->stop, memory_order_seq_cst)) {
         int64_t deadline = eb__timers_next(&b->timers);
         if (limit < deadline)
@@ -1099,12 +1130,7 @@ static void *worker_main(void *arg)
         /* seq_cst, before park's increment of idle: see wake_for_work. */
         stop_spinning(b, w);
         spins = 0;
-        /* While closing, look again now and then: the last worker to go idle
-           is the one that sees the bus drained. */
-        int64_t limit = atomic_load_explicit(&b->closing, memory_order_relaxed)
-                            ? eb__now_mono_ns() + 5000000
-                            : INT64_MAX;
-        park(b, limit);
+        park(b, INT64_MAX);
     }
     eb__tcache_flush(&b->depot);
     tls_worker = NULL;
@@ -1544,7 +1570,11 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
                 done += cn;
                 continue;
             }
-            for (unsigned i = 0; i < cn; i++)
+            /* The side list may have taken a prefix of the carrier before
+               it ran out of memory (side_push_entry): those cn - c->n
+               events are accepted; c->ev[0..c->n) holds the rest. */
+            done += cn - c->n;
+            for (unsigned i = 0; i < c->n; i++)
                 unbuild_event(bus, c->ev[i]);
             rc = prc;
         } else if (cn > 0) {
@@ -1822,11 +1852,13 @@ EB_API int eb_unsubscribe(eb_subscription *sub)
     if (!own) {
         /* Wait until only our reference is left: no lane is scheduled, so no
            handler runs and none will (cancelled is set). */
-        while (atomic_load_explicit(&sub->refs, memory_order_acquire) > 1) {
+        /* A stalled event's pin does not count: it never calls a cancelled
+           subscription, and it may be held up by the caller's own lane. */
+        while (EB__SUB_REFS(atomic_load_explicit(&sub->refs, memory_order_acquire)) > 1) {
             if (w != NULL && help_once(b, w))
                 continue;
             uint32_t snap = eb__ec_value(&b->ctl_ec);
-            if (atomic_load_explicit(&sub->refs, memory_order_acquire) <= 1)
+            if (EB__SUB_REFS(atomic_load_explicit(&sub->refs, memory_order_acquire)) <= 1)
                 break;
             if (w != NULL) {
                 park(b, eb__now_mono_ns() + 1000000);
@@ -1970,22 +2002,9 @@ fail_ring:
     return rc;
 }
 
-EB_API void eb_bus_destroy(eb_bus *b)
+/* Frees a bus whose workers were joined. */
+static void bus_free(eb_bus *b)
 {
-    if (b == NULL)
-        return;
-    /* First the store's writer stops firing scheduled events into the bus
-       (what it fired already is counted in store_inflight, which the
-       workers wait out before they stop); then publishing closes.
-       seq_cst: pairs with publish_enter's increment of the gate then load
-       of closing. */
-    if (b->store != NULL)
-        eb__store_detach_begin(b->store);
-    atomic_store_explicit(&b->closing, 1, memory_order_seq_cst);
-    wake_pool(b);
-    for (unsigned i = 0; i < b->nworkers; i++)
-        pthread_join(b->workers[i].thread, NULL);
-
     /* Timer entries left behind by cancelled backoffs hold references;
        delayed events not yet due are released undelivered. */
     eb__timer_entry e;
@@ -2026,6 +2045,119 @@ EB_API void eb_bus_destroy(eb_bus *b)
     pthread_mutex_destroy(&b->rq_lock);
     pthread_mutex_destroy(&b->reg_lock);
     free(b);
+}
+
+/* Waits until the workers set stop (the bus drained) or the deadline. */
+static bool wait_drained(eb_bus *b, int64_t deadline)
+{
+    for (;;) {
+        /* try_finish bumps work_ec after it set stop. */
+        uint32_t snap = eb__ec_value(&b->work_ec);
+        /* The caller may see the bus drained itself (try_finish works
+           under the token, from any thread): an idle bus shuts down at once,
+           even with a zero timeout. */
+        if (atomic_load_explicit(&b->stop, memory_order_acquire) || try_finish(b))
+            return true;
+        if (eb__now_mono_ns() >= deadline)
+            return false;
+        struct timespec ts = mono_ts(deadline);
+        eb__ec_wait(&b->work_ec, snap, &ts);
+    }
+}
+
+#define BUSY_REPORT_MAX 8
+
+/* Logs (WARN) why a shutdown timed out: every handler still running, with
+   its subscription and how long it has run, and what is still queued. */
+static void report_busy(eb_bus *b, int64_t waited_ns)
+{
+    struct {
+        char name[256];
+        char pattern[EB_TOPIC_MAX + 1];
+        bool named;
+        int64_t ms;
+    } busy[BUSY_REPORT_MAX];
+    unsigned nbusy = 0, more = 0;
+    uint64_t queued = 0;
+    int64_t now = eb__now_coarse_ns();
+    /* A subscription in the registry is alive while reg_lock is held (it
+       is unlinked before it can be freed). Strings are copied: the log
+       callback runs after the lock is released. */
+    pthread_mutex_lock(&b->reg_lock);
+    for (struct eb_subscription *s = b->reg_head; s != NULL; s = s->reg_next) {
+        eb_subscription_stats ss;
+        eb_subscription_stats_get(s, &ss);
+        queued += ss.lag;
+        for (unsigned i = 0; i < s->nlanes; i++) {
+            int64_t since = atomic_load_explicit(&s->lanes[i].run_since, memory_order_relaxed);
+            if (since == 0)
+                continue;
+            if (nbusy == BUSY_REPORT_MAX) {
+                more++;
+                continue;
+            }
+            snprintf(busy[nbusy].name, sizeof busy[nbusy].name, "%s", s->name);
+            snprintf(busy[nbusy].pattern, sizeof busy[nbusy].pattern, "%s", s->pattern);
+            busy[nbusy].named = s->named;
+            busy[nbusy].ms = now > since ? (now - since) / 1000000 : 0;
+            nbusy++;
+        }
+    }
+    pthread_mutex_unlock(&b->reg_lock);
+    logf_(b, EB_LOG_WARN,
+          "shutdown timed out after %lld ms: %u handler(s) still running, %llu delivery(ies) "
+          "not finished, %u event(s) on the intake; the bus stays closed and allocated",
+          (long long)(waited_ns / 1000000), nbusy + more, (unsigned long long)queued,
+          eb__ring_size(&b->intake));
+    for (unsigned i = 0; i < nbusy; i++) {
+        if (busy[i].named)
+            logf_(b, EB_LOG_WARN,
+                  "shutdown: handler of subscription '%s' (pattern '%s') running for %lld ms",
+                  busy[i].name, busy[i].pattern, (long long)busy[i].ms);
+        else
+            logf_(b, EB_LOG_WARN, "shutdown: handler of subscription '%s' running for %lld ms",
+                  busy[i].pattern, (long long)busy[i].ms);
+    }
+    if (more > 0)
+        logf_(b, EB_LOG_WARN, "shutdown: and %u more handler(s) running", more);
+}
+
+EB_API int eb_bus_shutdown(eb_bus *b, int64_t timeout_ns)
+{
+    if (b == NULL)
+        return EB_EINVAL;
+    /* A worker of this bus would wait for itself. */
+    if (self_worker(b) != NULL)
+        return EB_EDEADLK;
+    int64_t start = eb__now_mono_ns();
+    int64_t deadline = eb__deadline_after(timeout_ns);
+    if (!b->shutdown_begun) {
+        b->shutdown_begun = true;
+        /* First the store's writer stops firing scheduled events into the
+           bus (what it fired already is counted in store_inflight, which
+           the workers wait out before they stop); then publishing closes.
+           seq_cst: pairs with publish_enter's increment of the gate then
+           load of closing. */
+        if (b->store != NULL)
+            eb__store_detach_begin(b->store);
+        atomic_store_explicit(&b->closing, 1, memory_order_seq_cst);
+        wake_pool(b);
+    }
+    if (deadline != INT64_MAX && !wait_drained(b, deadline)) {
+        report_busy(b, eb__now_mono_ns() - start);
+        return EB_ETIMEDOUT;
+    }
+    /* Drained (or no deadline): the workers exit once they see stop. */
+    for (unsigned i = 0; i < b->nworkers; i++)
+        pthread_join(b->workers[i].thread, NULL);
+    bus_free(b);
+    return EB_OK;
+}
+
+EB_API void eb_bus_destroy(eb_bus *b)
+{
+    if (b != NULL)
+        (void)eb_bus_shutdown(b, -1);
 }
 
 EB_API int eb_bus_stats_get(eb_bus *b, eb_bus_stats *out)

@@ -110,6 +110,9 @@ struct eb_bus {
 
     alignas(EB__CACHELINE) atomic_long busy_lanes; /* lanes SCHEDULED */
     atomic_bool stop;
+    /* eb_bus_shutdown closed the bus (only its caller reads or writes this:
+       no other call on the bus may run concurrently with it). */
+    bool shutdown_begun;
 
     eb__timers timers;
     _Atomic uint64_t scheduled; /* delayed events in the timer heap */

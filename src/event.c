@@ -108,8 +108,18 @@ int eb__depot_init(eb__depot *d, unsigned prefill)
             if ((m->items[m->n] = malloc(class_size[0])) == NULL)
                 break;
         }
+        /* Only a magazine with blocks goes on the full list: block_take
+           pops a block from whatever it finds there. Out of memory: stop
+           prefilling. */
+        if (m->n == 0) {
+            m->next = d->empty;
+            d->empty = m;
+            break;
+        }
         m->next = d->full[0];
         d->full[0] = m;
+        if (m->n < EB__MAG_SIZE)
+            break;
     }
     return 0;
 }

@@ -28,6 +28,7 @@ struct eb_subscription *eb__sub_new(eb_bus *bus, const char *pattern, size_t pat
     s->pattern_len = pattern_len;
     s->name = s->pattern + pattern_len + 1;
     memcpy(s->name, name, name_len);
+    s->named = o->name != NULL;
     s->bus = bus;
     s->fn = fn;
     s->ctx = ctx;

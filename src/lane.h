@@ -49,6 +49,12 @@ typedef struct eb__lane {
     _Atomic uint64_t done, delivered, failed, retried;
     atomic_bool in_backoff;     /* a timer will put the lane back on the run queue */
     _Atomic uint64_t timer_gen; /* generation of the armed backoff timer */
+    /* When the handler call running now began (eb__now_coarse_ns), 0 when
+       none runs. Written by the runner around each call, read by
+       eb_bus_shutdown to name the handlers that hold up a shutdown. Relaxed
+       both ways: it is a diagnostic that publishes nothing else, and a
+       stale value only misstates a duration. */
+    _Atomic int64_t run_since;
 } eb__lane;
 
 struct eb_subscription {
@@ -64,14 +70,18 @@ struct eb_subscription {
     eb__lane *lanes;
     char *pattern;
     size_t pattern_len;
-    char *name;
+    char *name; /* the name it was given, else the pattern */
+    bool named; /* it was given a name */
 
     unsigned rr; /* CONCURRENT round robin; protected by the dispatch token */
 
     /* References: 1 for the owner (dropped by unsubscribe or destroy), 1 while
-       routed, 1 per scheduled lane, 1 per armed timer, 1 while the dispatcher
-       holds it in a stalled event's match set. The last one frees. */
-    atomic_uint refs;
+       routed, 1 per scheduled lane, 1 per armed timer; plus EB__SUB_PIN while
+       the dispatcher holds it in a stalled event's match set. The last one
+       frees. A pin keeps the memory but never leads to a call once
+       `cancelled` is set (the stalled event skips cancelled subscriptions),
+       so eb_unsubscribe waits only for the low part (EB__SUB_REFS). */
+    _Atomic uint64_t refs;
     atomic_bool cancelled;     /* set by the token holder when it unroutes */
     atomic_bool unsubscribing; /* eb_unsubscribe called */
     bool routed;               /* in the route table; protected by the token */

@@ -302,12 +302,17 @@ static void cache_drop(eb__route *r)
     void *p;
     if (r->cached == 0)
         return;
+    /* Each entry leaves the set before it is freed: ck_hs_reset needs a new
+       map (memory), and when it gets none it keeps the old one, which must
+       not hold freed entries then. Removing only marks the slot (no
+       allocation), and the iterator has already moved past it. */
     while (ck_hs_next(&r->cache, &it, &p)) {
         centry *c = p;
+        ck_hs_remove(&r->cache, c->hash, c);
         match_release_cached(c->match);
         free(c);
     }
-    ck_hs_reset(&r->cache);
+    (void)ck_hs_reset(&r->cache); /* shrinks it; failing leaves it empty */
     r->cached = 0;
 }
 

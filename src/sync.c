@@ -81,9 +81,11 @@ void eb__ring_wake_turn(eb__ring *r)
 bool eb__ring_contains_sc(const eb__ring *r, const void *p)
 {
     unsigned c = r->ring.c_head;
-    /* Acquire: the slots below p_tail were written before it was released. */
+    /* Acquire: the slots below p_tail were written before it was released
+       (for TSan: pairs with the release in eb__ring_push_sp). */
     unsigned t = ck_pr_load_uint(&r->ring.p_tail);
     ck_pr_fence_load();
+    EB__HB_ACQUIRE((void *)&r->ring.p_tail);
     for (; c != t; c++) {
         if (r->buf[c & r->ring.mask].value == p)
             return true;
@@ -185,6 +187,13 @@ int64_t eb__now_mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t eb__now_coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 

@@ -165,7 +165,26 @@ static inline bool eb__ring_push_mp(eb__ring *r, void *p)
 static inline bool eb__ring_push_sp(eb__ring *r, void *p)
 {
     EB__HB_RELEASE(p);
+#ifdef EB__TSAN
+    /* eb__ring_contains_sc reads queued slots in place, not through ck: say
+       to TSan that the slot is written before the p_tail store that
+       publishes it (ck's store fence orders them; TSan cannot see it).
+       Pairs with the acquire in eb__ring_contains_sc. The reserve/commit
+       pair is ck_ring_enqueue_spsc split in two. */
+    ck_ring_buffer_t *slot = ck_ring_enqueue_reserve_spsc(&r->ring, r->buf);
+    if (slot == NULL)
+        return false;
+    /* The slot was last read by a consumer before it advanced c_head, which
+       the reserve saw: pairs with the release in the pops (as in
+       eb__ring_push_mp_fast). */
+    EB__HB_ACQUIRE(r->buf);
+    slot->value = p;
+    __tsan_release(&r->ring.p_tail);
+    ck_ring_enqueue_commit_spsc(&r->ring);
+    return true;
+#else
     return ck_ring_enqueue_spsc(&r->ring, r->buf, p);
+#endif
 }
 
 /* One consumer at a time (serialized like push_sp). */
@@ -218,6 +237,10 @@ int eb__ec_wait(eb__ec *e, uint32_t old, const struct timespec *deadline);
 /* Time helpers. */
 int64_t eb__now_mono_ns(void);
 int64_t eb__now_real_ns(void);
+/* CLOCK_MONOTONIC_COARSE: the kernel's last tick (a few ms resolution),
+   read from the vDSO without a system call; cheap enough per delivery.
+   Never 0. */
+int64_t eb__now_coarse_ns(void);
 struct timespec eb__ts_from_ns(int64_t ns);
 /* Absolute monotonic deadline for a relative timeout (<0: none -> INT64_MAX). */
 int64_t eb__deadline_after(int64_t timeout_ns);

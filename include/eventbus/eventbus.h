@@ -659,10 +659,11 @@ EB_API void eb_saga_options_init(eb_saga_options *opts);
  * Errors: EB_EINVAL (NULL bus, def, out or transition; a name, topic or
  * start topic missing, empty or too long; a topic whose first word starts
  * with '$' while the topics share no first word, which no covering pattern
- * could reach; a field out of range, unknown publish_flags), EB_ENOTSUP (publish_flags on a bus without a store),
- * EB_ENOMEM, EB_ECLOSED, the errors of eb_subscribe, and
- * those of the recovery's store walk and publishes (then nothing was
- * subscribed; what was already sent may be sent again next time).
+ * could reach; a field out of range, unknown publish_flags), EB_ENOTSUP
+ * (publish_flags on a bus without a store), EB_ENOMEM, EB_ECLOSED, the
+ * errors of eb_subscribe, and those of the recovery's store walk and
+ * publishes (then nothing was subscribed; what was already sent may be sent
+ * again next time).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_options *opts,
