@@ -496,6 +496,21 @@ static int run_job(eb_store *s, job *j)
     return rc == EB_OK ? j->rc : rc;
 }
 
+/* As run_job, for the jobs that must run (a durable subscription's start,
+   stop and close: the bus cannot take back the routing they follow). Only
+   queueing can fail — no memory to grow the queue — and then it retries:
+   late rather than lost. */
+static int run_job_must(eb_store *s, job *j)
+{
+    for (;;) {
+        int rc = run_job(s, j);
+        bool on_writer = s->has_writer && pthread_equal(pthread_self(), s->writer);
+        if (rc != EB_ENOMEM || j->done || on_writer)
+            return rc;
+        usleep(1000);
+    }
+}
+
 /* Queues a job nobody waits for (its `after` frees it). */
 static int post_job(eb_store *s, job *j)
 {
@@ -1039,8 +1054,10 @@ static void detach_after(eb_store *s, job *j)
 
 void eb__store_detach_begin(eb_store *s)
 {
+    /* Without it the writer could fire scheduled events into a bus that
+       already concluded it drained. */
     job j = {.after = detach_after};
-    run_job(s, &j);
+    run_job_must(s, &j);
 }
 
 void eb__store_detach(eb_store *s)
@@ -1056,7 +1073,7 @@ void eb__store_detach(eb_store *s)
        bus is freed after we return. A barrier job completes only once the
        writer is back in its loop, where it sees no bus. */
     job barrier = {0};
-    run_job(s, &barrier);
+    run_job_must(s, &barrier);
 }
 
 int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t timeout_ns,
@@ -1324,10 +1341,17 @@ static void sub_start_after(eb_store *s, job *j)
         return;
     cursor *c = calloc(1, sizeof(*c));
     if (c == NULL || fifo_push(s, c, F_CURSOR) != 0) {
-        /* No memory: the subscription misses its replay this time; its
-           checkpoint stays, so the next subscribe replays them. */
+        /* No memory: the subscription misses its replay this time. Its
+           checkpoint must stay below the events it missed, so that the
+           next subscribe replays them: freeze it (the live events it gets
+           meanwhile are delivered again then — at least once). */
         free(c);
-        slog(s, EB_LOG_ERROR, "no memory for the replay of '%s'", d->name);
+        pthread_mutex_lock(&d->lock);
+        d->frozen = true;
+        uint64_t ck = d->checkpoint;
+        pthread_mutex_unlock(&d->lock);
+        slog(s, EB_LOG_ERROR, "no memory for the replay of '%s'; its checkpoint stays at %llu",
+             d->name, (unsigned long long)ck);
         return;
     }
     c->d = d;
@@ -1339,8 +1363,10 @@ static void sub_start_after(eb_store *s, job *j)
 
 void eb__dsub_start(eb__dsub *d)
 {
+    /* The subscription is routed already and skips live durable events
+       until this job ran: it must run. */
     sub_job sj = {.j = {.after = sub_start_after}, .d = d};
-    run_job(d->store, &sj.j);
+    run_job_must(d->store, &sj.j);
 }
 
 static void sub_stop_after(eb_store *s, job *j)
@@ -1358,7 +1384,7 @@ static void sub_stop_after(eb_store *s, job *j)
 void eb__dsub_stop(eb__dsub *d)
 {
     sub_job sj = {.j = {.after = sub_stop_after}, .d = d};
-    run_job(d->store, &sj.j);
+    run_job_must(d->store, &sj.j);
 }
 
 static int sub_close_run(eb_store *s, job *j)
@@ -1380,7 +1406,8 @@ void eb__dsub_close(eb__dsub *d)
 {
     eb_store *s = d->store;
     sub_job sj = {.j = {.run = sub_close_run, .after = sub_stop_after}, .d = d};
-    if (run_job(s, &sj.j) != EB_OK)
+    /* Its after stops a replay cursor that may still point at d. */
+    if (run_job_must(s, &sj.j) != EB_OK)
         slog(s, EB_LOG_ERROR, "final checkpoint of '%s' not saved: it resumes from the last one",
              d->name);
     dsub_unlink(s, d);
@@ -1699,8 +1726,11 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
     }
 
     eb_store *s = calloc(1, sizeof(*s));
-    if (s == NULL)
+    if (s == NULL) {
+        if (created)
+            unlink(path); /* ours, and empty: leave nothing behind */
         return EB_ENOMEM;
+    }
     s->opts = o;
     s->path = strdup(path);
     pthread_mutex_init(&s->lock, NULL);
@@ -1726,8 +1756,15 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
     int flags = SQLITE_OPEN_NOMUTEX | (o.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE);
     if (rc == EB_OK) {
         int src = sqlite3_open_v2(path, &s->wdb, flags, NULL);
-        if (src != SQLITE_OK)
+        if (src != SQLITE_OK) {
             rc = sql_fail(s, s->wdb, src, "open");
+        } else if (!o.read_only && sqlite3_db_readonly(s->wdb, "main") == 1) {
+            /* SQLite opens a file it may not write read-only, silently:
+               refuse it here rather than fail every write later. */
+            slog(s, EB_LOG_ERROR, "store %s: the file is read-only (open it with read_only)",
+                 path);
+            rc = EB_EIO;
+        }
     }
     if (rc == EB_OK)
         rc = configure(s, s->wdb);
@@ -1780,6 +1817,16 @@ EB_API void eb_store_close(eb_store *s)
 {
     if (s == NULL)
         return;
+    /* A bus still attached (its eb_bus_shutdown timed out) would use the
+       freed store: refuse, and say so. */
+    pthread_mutex_lock(&s->lock);
+    bool attached = s->bus != NULL;
+    pthread_mutex_unlock(&s->lock);
+    if (attached) {
+        slog(s, EB_LOG_ERROR, "store %s not closed: a bus still uses it (shut it down first)",
+             s->path);
+        return;
+    }
     if (s->has_writer) {
         pthread_mutex_lock(&s->lock);
         s->stop = true;

@@ -80,7 +80,9 @@ EB_API void eb_store_options_init(eb_store_options *opts);
  * file, not an eventbus store, or damaged), EB_ENOTSUP (a newer schema
  * version, or the library was built without SQLite), EB_EBUSY (locked by
  * another process past busy_timeout_ms), EB_EIO (cannot open or create,
- * e.g. permissions, or path is a directory), EB_ENOMEM. On failure the file is left as it was.
+ * e.g. permissions, a read-only file without read_only, or path is a
+ * directory), EB_ENOMEM. On failure the file is left as it was (a file the
+ * call created is removed).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_store **out);
@@ -88,7 +90,9 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
 /*
  * Commits everything queued, stops the writer and closes the file. Call
  * after every bus using the store was destroyed and every saga store made
- * on it was destroyed. NULL is a no-op.
+ * on it was destroyed. NULL is a no-op. While a bus still uses the store
+ * (e.g. after eb_bus_shutdown returned EB_ETIMEDOUT) it closes nothing and
+ * logs an error instead: the store stays valid.
  * Thread-safe: once per store, with no other call on it running.
  */
 EB_API void eb_store_close(eb_store *store);
