@@ -6,8 +6,11 @@
 #  3. the benchmark harness in --quick mode (every scenario's correctness
 #     checks, no thresholds);
 #  4. ASan+UBSan build: the test suite again;
-#  5. TSan build: the test suite again, with tests/tsan.supp.
-# Set EB_TEST_QUICK=1 to skip the sanitizer builds.
+#  5. TSan build: the test suite again, with tests/tsan.supp;
+#  6. reliability: a 20 s smoke run of each libFuzzer target (tests/fuzz,
+#     clang) and valgrind memcheck of the examples.
+# The suites include the fault-injection tests (tests/fault) and the short
+# soak (soak_short). Set EB_TEST_QUICK=1 to skip the sanitizer builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -54,6 +57,21 @@ if [ "${EB_TEST_QUICK:-0}" != 1 ]; then
   TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
     run_suite build-tsan "TSan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEB_SANITIZER=thread -DEB_BUILD_EXAMPLES=OFF
 fi
+echo "== reliability: fuzz smoke run, valgrind memcheck of the examples ==" >&2
+EB_DEPS_RELIABILITY=1 scripts/deps.sh
+add_summary() { # log prefix: adds the "<prefix>: N passed, M failed" line
+  local line
+  line=$(sed -n "s/^$2: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p" "$1" | tail -n 1)
+  if [ -z "$line" ]; then status=1; return; fi
+  passed=$((passed + ${line%% *}))
+  failed=$((failed + ${line##* }))
+}
+rel_log=$(mktemp)
+CC=$(command -v clang || command -v clang-14) tests/fuzz/run.sh 20 | tee "$rel_log" || status=1
+add_summary "$rel_log" fuzz
+scripts/valgrind-examples.sh | tee "$rel_log" || status=1
+add_summary "$rel_log" valgrind
+rm -f "$rel_log"
 if [ $status -ne 0 ] && [ $failed -eq 0 ]; then failed=1; fi # a build or a run broke
 echo "tests: $passed passed, $failed failed"
 exit $status

@@ -22,7 +22,7 @@ else()
   set(EB_SOAK_SHORT_SECONDS 15)
 endif()
 add_test(NAME soak_short
-  COMMAND soak --duration ${EB_SOAK_SHORT_SECONDS} --progress 5)
+  COMMAND soak --duration ${EB_SOAK_SHORT_SECONDS} --progress 5 --unsubscribe-from-handlers)
 set_tests_properties(soak_short PROPERTIES TIMEOUT ${EB_TEST_TIMEOUT} LABELS stress)
 if(EB_TEST_ENV)
   set_tests_properties(soak_short PROPERTIES ENVIRONMENT "${EB_TEST_ENV}")
