@@ -152,17 +152,25 @@ static inline bool t_gate_wait(t_gate *g)
 #define T_WAIT_SUB_STATS(ok, sub, st, cond)                                                        \
     T_WAIT_FOR(ok, (eb_subscription_stats_get((sub), &(st)) == EB_OK && (cond)))
 
-/* A bus with a fixed worker count and otherwise default configuration. */
-static inline eb_bus *t_bus_new(unsigned workers)
+/* A bus on store (NULL: none) with a fixed worker count and otherwise
+   default configuration. */
+static inline eb_bus *t_bus_store(eb_store *store, unsigned workers)
 {
     eb_bus_config cfg;
     eb_bus_config_init(&cfg);
     cfg.workers = workers;
+    cfg.store = store;
     eb_bus *bus = NULL;
     int rc = eb_bus_create(&cfg, &bus);
     cr_assert_eq(rc, EB_OK, "eb_bus_create: %s", eb_err_name(rc));
     cr_assert_not_null(bus);
     return bus;
+}
+
+/* A bus with a fixed worker count and otherwise default configuration. */
+static inline eb_bus *t_bus_new(unsigned workers)
+{
+    return t_bus_store(NULL, workers);
 }
 
 /* A handler context that counts calls and can record the payload of each
@@ -300,6 +308,30 @@ static inline uint32_t t_fill_until_stuck(eb_bus *bus, const char *topic, int *l
     }
     *last_rc = rc;
     return accepted;
+}
+
+/* Starts the program exe with argv, its stdin and stdout on pipes:
+   *to_child and *from_child get the parent's ends. The caller waits for it
+   (waitpid). */
+static inline pid_t t_spawn(const char *exe, char *const argv[], int *to_child, int *from_child)
+{
+    int in[2], out[2];
+    cr_assert_eq(pipe(in), 0);
+    cr_assert_eq(pipe(out), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+        execv(exe, argv);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    *to_child = in[1];
+    *from_child = out[0];
+    return pid;
 }
 
 #endif /* EB_TESTS_COMMON_H */

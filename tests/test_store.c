@@ -45,16 +45,17 @@ static eb_store *t_store_open(const char *path)
     return s;
 }
 
-static eb_bus *t_bus_store(eb_store *s, unsigned workers)
+/* A store in the fresh directory d (t_store_done closes and removes it). */
+static eb_store *t_store_new(t_dir *d)
 {
-    eb_bus_config cfg;
-    eb_bus_config_init(&cfg);
-    cfg.workers = workers;
-    cfg.store = s;
-    eb_bus *bus = NULL;
-    int rc = eb_bus_create(&cfg, &bus);
-    cr_assert_eq(rc, EB_OK, "eb_bus_create: %s", eb_err_name(rc));
-    return bus;
+    t_dir_new(d);
+    return t_store_open(d->path);
+}
+
+static void t_store_done(t_dir *d, eb_store *s)
+{
+    eb_store_close(s);
+    t_dir_rm(d);
 }
 
 static eb_publish_options t_durable(unsigned flags)
@@ -135,6 +136,16 @@ static void t_pub_durable(eb_bus *bus, const char *topic, uint32_t v, unsigned f
     cr_assert_eq(rc, EB_OK, "durable publish: %s", eb_err_name(rc));
 }
 
+/* Logs n events (payloads 0 .. n-1) on topic through a bus of its own on s,
+   destroyed before it returns (every event committed and delivered). */
+static void t_log_events(eb_store *s, const char *topic, uint32_t n, unsigned flags)
+{
+    eb_bus *bus = t_bus_store(s, 2);
+    for (uint32_t i = 0; i < n; i++)
+        t_pub_durable(bus, topic, i, flags);
+    eb_bus_destroy(bus);
+}
+
 static int never_fails(const eb_event *ev, void *ctx)
 {
     (void)ev;
@@ -147,8 +158,7 @@ static int never_fails(const eb_event *ev, void *ctx)
 Test(store, open_creates_the_file_0600_in_wal_mode_with_our_schema)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     struct stat st;
     cr_assert_eq(stat(d.path, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0600, "mode %o", st.st_mode & 0777);
@@ -233,8 +243,7 @@ Test(store, open_refuses_another_applications_database)
 Test(store, open_refuses_a_newer_schema_version)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store_close(t_store_open(d.path));
+    eb_store_close(t_store_new(&d)); /* a new, empty store file */
     t_sql(d.path, "PRAGMA user_version = 99");
     eb_store *s = NULL;
     cr_assert_eq(eb_store_open(d.path, NULL, &s), EB_ENOTSUP);
@@ -244,12 +253,8 @@ Test(store, open_refuses_a_newer_schema_version)
 Test(store, open_refuses_a_damaged_file)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
-    eb_bus *bus = t_bus_store(s, 2);
-    for (uint32_t i = 0; i < 2000; i++)
-        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE_LAZY);
-    eb_bus_destroy(bus);
+    eb_store *s = t_store_new(&d);
+    t_log_events(s, "orders.created", 2000, EB_PUBLISH_DURABLE_LAZY);
     eb_store_close(s);
     t_sql(d.path, "PRAGMA wal_checkpoint(TRUNCATE)");
     /* Scribble over a page in the middle of the log table. */
@@ -323,8 +328,7 @@ Test(store, durable_features_need_a_store)
 Test(store, a_durable_publish_is_in_the_log_when_it_returns)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     eb_store_options ro;
     eb_store_options_init(&ro);
@@ -338,15 +342,13 @@ Test(store, a_durable_publish_is_in_the_log_when_it_returns)
     }
     eb_store_close(reader);
     eb_bus_destroy(bus);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 Test(store, durable_events_are_delivered_with_their_log_sequence_in_order)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     t_log_rec r;
     t_log_rec_init(&r);
@@ -377,8 +379,7 @@ Test(store, durable_events_are_delivered_with_their_log_sequence_in_order)
         last = r.seq[i];
     }
     cr_assert_eq(t_log_count(s), 300);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 static int count_events(const eb_stored_event *ev, void *ctx)
@@ -391,8 +392,7 @@ static int count_events(const eb_stored_event *ev, void *ctx)
 Test(store, batch_publishes_and_the_log_query)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     eb_message m[100];
     uint32_t v[100];
@@ -418,8 +418,7 @@ Test(store, batch_publishes_and_the_log_query)
     cr_assert_eq(eb_store_events(s, &q, count_events, &n), EB_OK);
     cr_assert_eq(n, 7);
     eb_bus_destroy(bus);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 static int durable_from_handler(const eb_event *ev, void *ctx)
@@ -437,8 +436,7 @@ static int durable_from_handler(const eb_event *ev, void *ctx)
 Test(store, handlers_publish_durably_without_deadlock_on_a_full_intake)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus_config cfg;
     eb_bus_config_init(&cfg);
     cfg.workers = 2;
@@ -458,8 +456,7 @@ Test(store, handlers_publish_durably_without_deadlock_on_a_full_intake)
     cr_assert(ok, "echoed %u of 500", t_log_n(&r));
     eb_bus_destroy(bus);
     cr_assert_eq(t_log_count(s), 500);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 Test(store, a_full_disk_fails_durable_publishes_and_memory_delivery_goes_on)
@@ -497,8 +494,7 @@ Test(store, a_full_disk_fails_durable_publishes_and_memory_delivery_goes_on)
     cr_assert_eq(st.events, (uint64_t)accepted, "only the committed events are in the log");
     cr_assert_geq(st.write_errors, 1);
     eb_bus_destroy(bus);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 /* ---- durable subscriptions --------------------------------------------- */
@@ -506,8 +502,7 @@ Test(store, a_full_disk_fails_durable_publishes_and_memory_delivery_goes_on)
 Test(store, a_durable_subscription_resumes_after_its_checkpoint)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     t_log_rec r;
     t_log_rec_init(&r);
     eb_bus *bus = t_bus_store(s, 2);
@@ -538,8 +533,7 @@ Test(store, a_durable_subscription_resumes_after_its_checkpoint)
     cr_assert_eq(r2.n, 15, "replayed twice?");
     for (unsigned i = 0; i < 15; i++)
         cr_assert_eq(r2.v[i], 10 + i, "at %u: %u", i, r2.v[i]);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 static int show_sub(const eb_store_subscription_info *i, void *ctx)
@@ -552,8 +546,7 @@ static int show_sub(const eb_store_subscription_info *i, void *ctx)
 Test(store, a_replay_overlapping_live_publishing_delivers_each_event_once_in_order)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     for (uint32_t i = 0; i < 1000; i++)
         t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE_LAZY);
@@ -574,15 +567,13 @@ Test(store, a_replay_overlapping_live_publishing_delivers_each_event_once_in_ord
     uint64_t ck = 0;
     cr_assert_eq(eb_store_subscriptions(s, show_sub, &ck), EB_OK);
     cr_assert_eq(ck, 2000, "checkpoint %llu", (unsigned long long)ck);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 Test(store, a_durable_subscription_name_is_used_once_at_a_time)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     t_log_rec r;
     t_log_rec_init(&r);
@@ -598,15 +589,13 @@ Test(store, a_durable_subscription_name_is_used_once_at_a_time)
     cr_assert_eq(eb_unsubscribe(a), EB_OK);
     t_durable_sub(bus, "x", "one", false, &r); /* free again */
     eb_bus_destroy(bus);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 Test(store, an_idempotent_subscription_never_sees_a_processed_id_again)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     t_log_rec a, b;
     t_log_rec_init(&a);
@@ -635,8 +624,7 @@ Test(store, an_idempotent_subscription_never_sees_a_processed_id_again)
     eb_bus_destroy(bus);
     cr_assert_eq(b2.n, 50, "at least once: the plain one sees them again");
     cr_assert_eq(a2.n, 0, "the idempotent one saw %u again", a2.n);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 /* ---- dead letters -------------------------------------------------------- */
@@ -667,8 +655,7 @@ static int see_dl(const eb_store_deadletter *dl, void *ctx)
 Test(store, dead_letters_are_stored_listed_requeued_and_purged)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     t_log_rec r;
     t_log_rec_init(&r);
@@ -717,8 +704,7 @@ Test(store, dead_letters_are_stored_listed_requeued_and_purged)
     cr_assert_eq(eb_store_deadletters(s, 0, see_dl, &seen), EB_OK);
     cr_assert_eq(seen.n, 0);
     eb_bus_destroy(bus);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 /* ---- scheduled events ---------------------------------------------------- */
@@ -726,8 +712,7 @@ Test(store, dead_letters_are_stored_listed_requeued_and_purged)
 Test(store, a_durable_scheduled_event_survives_a_restart_and_fires_once)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
     o.delay_ns = 300 * T_MS;
@@ -764,15 +749,13 @@ Test(store, a_durable_scheduled_event_survives_a_restart_and_fires_once)
     t_sleep_ms(100);
     eb_bus_destroy(bus);
     cr_assert_eq(r.n, 0);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 Test(store, publish_at_a_unix_time)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     t_log_rec r;
     t_log_rec_init(&r);
@@ -792,8 +775,7 @@ Test(store, publish_at_a_unix_time)
     cr_assert(ok);
     cr_assert_geq(t_realtime_ns() - t0, 150 * T_MS);
     eb_bus_destroy(bus);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 /* ---- outbox -------------------------------------------------------------- */
@@ -806,8 +788,7 @@ static eb_store *t_store_open_again(const char *path)
 Test(store, outbox_claim_ack_abandon_fail_and_lease_takeover)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *a = t_store_open(d.path);
+    eb_store *a = t_store_new(&d);
     eb_store *b = t_store_open_again(d.path);
     int64_t ids[4];
     for (int i = 0; i < 4; i++)
@@ -852,15 +833,13 @@ Test(store, outbox_claim_ack_abandon_fail_and_lease_takeover)
     cr_assert_eq(st.outbox_failed, 1);
     cr_assert_eq(st.outbox_ready + st.outbox_in_progress, 0);
     eb_store_close(b);
-    eb_store_close(a);
-    t_dir_rm(&d);
+    t_store_done(&d, a);
 }
 
 Test(store, outbox_reap_returns_expired_leases_and_abandon_backs_off)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *a = t_store_open(d.path);
+    eb_store *a = t_store_new(&d);
     int64_t id;
     cr_assert_eq(eb_outbox_add(a, "x", NULL, 0, NULL, 0, &id), EB_OK);
     eb_outbox_batch *b = NULL;
@@ -882,31 +861,7 @@ Test(store, outbox_reap_returns_expired_leases_and_abandon_backs_off)
     cr_assert_eq(eb_outbox_claim(a, 0, T_SEC, &b), EB_EINVAL);
     cr_assert_eq(eb_outbox_claim(a, 1, 0, &b), EB_EINVAL);
     cr_assert_eq(eb_outbox_add(a, NULL, NULL, 0, NULL, 0, NULL), EB_EINVAL);
-    eb_store_close(a);
-    t_dir_rm(&d);
-}
-
-/* Starts store_child (see store_child.c) with its stdin and stdout on
-   pipes: *to_child and *from_child get the parent's ends. */
-static pid_t t_child(char *const argv[], int *to_child, int *from_child)
-{
-    int in[2], out[2];
-    cr_assert_eq(pipe(in), 0);
-    cr_assert_eq(pipe(out), 0);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-        execv(EB_STORE_CHILD, argv);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    *to_child = in[1];
-    *from_child = out[0];
-    return pid;
+    t_store_done(&d, a);
 }
 
 /* Two processes claim from one file at once; every row is processed
@@ -924,7 +879,7 @@ Test(store, two_processes_never_claim_the_same_row)
     pid_t pid[2];
     for (int p = 0; p < 2; p++) {
         char *argv[] = {"store_child", "outbox", d.path, NULL};
-        pid[p] = t_child(argv, &to[p], &fds[p][0]);
+        pid[p] = t_spawn(EB_STORE_CHILD, argv, &to[p], &fds[p][0]); /* store_child.c */
     }
     for (int p = 0; p < 2; p++) {
         cr_assert_eq(write(to[p], "g", 1), 1); /* go, both at once */
@@ -959,8 +914,7 @@ Test(store, two_processes_never_claim_the_same_row)
 Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_saga_store *ss = NULL;
     cr_assert_eq(eb_saga_sqlite_store_create(s, &ss), EB_OK);
     uint64_t state = 7;
@@ -998,15 +952,13 @@ Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
     cr_assert_eq(ss->remove(ss, "order", "o1", 2, 2), EB_OK);
     cr_assert_eq(ss->load(ss, "order", "o1", 2, &out), EB_ENOENT);
     eb_saga_store_destroy(ss);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 Test(store, refusals_of_attaching_and_of_untrackable_durable_calls)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     eb_bus *bus = t_bus_store(s, 2);
     /* One bus per store at a time. */
     eb_bus_config cfg;
@@ -1041,8 +993,7 @@ Test(store, refusals_of_attaching_and_of_untrackable_durable_calls)
     cr_assert_eq(eb_store_deadletter_purge(s, 0, NULL), EB_ENOTSUP);
     eb_saga_store *ss = NULL;
     cr_assert_eq(eb_saga_sqlite_store_create(s, &ss), EB_ENOTSUP);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 /* ---- damaged files (regressions found by tests/fuzz/fuzz_store) ---------- */
@@ -1050,8 +1001,7 @@ Test(store, refusals_of_attaching_and_of_untrackable_durable_calls)
 Test(store, a_schema_damage_quick_check_misses_is_refused_and_the_file_left_as_it_was)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store_close(t_store_open(d.path));
+    eb_store_close(t_store_new(&d)); /* a new, empty store file */
     /* Back to a rollback journal, then rename a column in the schema text:
        quick_check passes, our statements cannot be prepared. */
     t_sql(d.path, "PRAGMA journal_mode = DELETE; PRAGMA writable_schema = ON;"
@@ -1070,17 +1020,13 @@ Test(store, a_schema_damage_quick_check_misses_is_refused_and_the_file_left_as_i
 Test(store, a_log_row_no_event_can_be_made_of_is_skipped_by_the_replay)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
-    eb_bus *bus = t_bus_store(s, 2);
-    for (uint32_t i = 0; i < 3; i++)
-        t_pub_durable(bus, "orders.created", i, EB_PUBLISH_DURABLE);
-    eb_bus_destroy(bus);
+    eb_store *s = t_store_new(&d);
+    t_log_events(s, "orders.created", 3, EB_PUBLISH_DURABLE);
     eb_store_close(s);
     /* The middle row gets a key no event may carry. */
     t_sql(d.path, "UPDATE eb_events SET key = randomblob(300) WHERE seq = 2");
     s = t_store_open(d.path);
-    bus = t_bus_store(s, 2);
+    eb_bus *bus = t_bus_store(s, 2);
     t_log_rec r;
     t_log_rec_init(&r);
     t_durable_sub(bus, "orders.#", "replayer", false, &r);
@@ -1105,8 +1051,7 @@ static int t_count_topic(const eb_stored_event *ev, void *ctx)
 Test(store, a_due_scheduled_row_no_event_can_be_made_of_is_removed_and_the_rest_fire)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store_close(t_store_open(d.path));
+    eb_store_close(t_store_new(&d)); /* a new, empty store file */
     t_sql(d.path, "INSERT INTO eb_scheduled(due, topic, key, payload, created)"
                   " VALUES(1, 'first', randomblob(300), x'00', 0),"
                   "       (2, 'later', NULL, x'00', 0)");
@@ -1125,8 +1070,7 @@ Test(store, a_due_scheduled_row_no_event_can_be_made_of_is_removed_and_the_rest_
                   (unsigned long long)(b.commits - a.commits));
     cr_assert_eq(b.scheduled, 0, "the damaged row is still scheduled");
     eb_bus_destroy(bus);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }
 
 /* The writer's last call into a draining bus must be over before the bus is
@@ -1134,14 +1078,12 @@ Test(store, a_due_scheduled_row_no_event_can_be_made_of_is_removed_and_the_rest_
 Test(store, destroying_a_bus_right_after_durable_publishes_is_safe)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store *s = t_store_open(d.path);
+    eb_store *s = t_store_new(&d);
     for (int i = 0; i < 300; i++) {
         eb_bus *bus = t_bus_store(s, 1);
         t_pub_durable(bus, "orders.created", (uint32_t)i, EB_PUBLISH_DURABLE_LAZY);
         eb_bus_destroy(bus);
     }
     cr_assert_eq(t_log_count(s), 300);
-    eb_store_close(s);
-    t_dir_rm(&d);
+    t_store_done(&d, s);
 }

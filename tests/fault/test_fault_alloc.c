@@ -357,6 +357,16 @@ static void fx_loop(const op_def *op)
     fx_loop_kind(op, FAULT_ALL, false);
 }
 
+/* Defines the operation op_<test> (named nm in the report; the other
+   arguments are its op_def fields) and Test(fault_alloc, <test>), which runs
+   the loop over it. */
+#define FX_TEST(test, nm, ...)                                                                     \
+    static const op_def op_##test = {.name = nm, __VA_ARGS__};                                     \
+    Test(fault_alloc, test)                                                                        \
+    {                                                                                              \
+        fx_loop(&op_##test);                                                                       \
+    }
+
 /* ---- bus ---------------------------------------------------------------------- */
 
 static const int CREATE_CODES[] = {EB_ENOMEM, EB_EIO, 0}; /* EB_EIO: a thread did not start */
@@ -398,25 +408,10 @@ static void check_bus_create(fx *f)
     }
 }
 
-static const op_def op_bus_create = {.name = "bus_create",
-                                     .run = run_bus_create,
-                                     .check = check_bus_create,
-                                     .ok_codes = CREATE_CODES};
-static const op_def op_bus_create_store = {.name = "bus_create_with_store",
-                                           .store = true,
-                                           .run = run_bus_create,
-                                           .check = check_bus_create,
-                                           .ok_codes = CREATE_CODES};
-
-Test(fault_alloc, bus_create)
-{
-    fx_loop(&op_bus_create);
-}
-
-Test(fault_alloc, bus_create_with_a_store)
-{
-    fx_loop(&op_bus_create_store);
-}
+FX_TEST(bus_create, "bus_create", .run = run_bus_create, .check = check_bus_create,
+        .ok_codes = CREATE_CODES)
+FX_TEST(bus_create_with_a_store, "bus_create_with_store", .store = true, .run = run_bus_create,
+        .check = check_bus_create, .ok_codes = CREATE_CODES)
 
 /* Destroying a bus: events accepted before are all delivered, whatever
    allocation fails on the way (none may be needed, and none may leak). The
@@ -459,29 +454,10 @@ static void check_destroy(fx *f)
 }
 
 static const int NO_CODES[] = {0};
-static const op_def op_bus_destroy = {.name = "bus_destroy",
-                                      .bus = true,
-                                      .setup = setup_destroy,
-                                      .run = run_destroy,
-                                      .check = check_destroy,
-                                      .ok_codes = NO_CODES};
-static const op_def op_bus_destroy_store = {.name = "bus_destroy_with_store",
-                                            .store = true,
-                                            .bus = true,
-                                            .setup = setup_destroy,
-                                            .run = run_destroy,
-                                            .check = check_destroy,
-                                            .ok_codes = NO_CODES};
-
-Test(fault_alloc, bus_destroy)
-{
-    fx_loop(&op_bus_destroy);
-}
-
-Test(fault_alloc, bus_destroy_with_a_store)
-{
-    fx_loop(&op_bus_destroy_store);
-}
+FX_TEST(bus_destroy, "bus_destroy", .bus = true, .setup = setup_destroy, .run = run_destroy,
+        .check = check_destroy, .ok_codes = NO_CODES)
+FX_TEST(bus_destroy_with_a_store, "bus_destroy_with_store", .store = true, .bus = true,
+        .setup = setup_destroy, .run = run_destroy, .check = check_destroy, .ok_codes = NO_CODES)
 
 /* ---- subscribe ------------------------------------------------------------------ */
 
@@ -570,21 +546,17 @@ static void check_subscribe(fx *f)
     fx_expect(f, 2, true);
 }
 
-#define SUB_OP(id, nm, st)                                                                         \
-    static const op_def id = {                                                                     \
-        .name = nm, .store = st, .bus = true, .run = run_subscribe, .check = check_subscribe}
+/* fx_kind picks the subscription from the name. */
+#define SUB_TEST(test)                                                                             \
+    FX_TEST(test, #test, .bus = true, .run = run_subscribe, .check = check_subscribe)
 
-SUB_OP(op_sub_exact, "subscribe_exact", false);
-SUB_OP(op_sub_wild, "subscribe_wildcard", false);
-SUB_OP(op_sub_keyed, "subscribe_keyed", false);
-SUB_OP(op_sub_conc, "subscribe_concurrent", false);
+SUB_TEST(subscribe_exact)
+SUB_TEST(subscribe_wildcard)
+SUB_TEST(subscribe_keyed)
+SUB_TEST(subscribe_concurrent)
 static const int DSUB_CODES[] = {EB_ENOMEM, EB_EIO, 0};
-static const op_def op_sub_durable = {.name = "subscribe_durable",
-                                      .store = true,
-                                      .bus = true,
-                                      .run = run_subscribe,
-                                      .check = check_subscribe,
-                                      .ok_codes = DSUB_CODES};
+FX_TEST(subscribe_durable, "subscribe_durable", .store = true, .bus = true, .run = run_subscribe,
+        .check = check_subscribe, .ok_codes = DSUB_CODES)
 
 /* A durable subscription with events to replay: three durable events are
    logged before it subscribes. While armed: the subscribe, the replay and a
@@ -656,43 +628,9 @@ static void check_subscribe_replay(fx *f)
                  eb_err_name(f->rc));
 }
 
-static const op_def op_sub_replay = {.name = "subscribe_durable_replay",
-                                     .store = true,
-                                     .bus = true,
-                                     .setup = setup_replay,
-                                     .run = run_subscribe_replay,
-                                     .check = check_subscribe_replay,
-                                     .ok_codes = DSUB_CODES};
-
-Test(fault_alloc, subscribe_durable_with_a_replay)
-{
-    fx_loop(&op_sub_replay);
-}
-
-Test(fault_alloc, subscribe_exact)
-{
-    fx_loop(&op_sub_exact);
-}
-
-Test(fault_alloc, subscribe_wildcard)
-{
-    fx_loop(&op_sub_wild);
-}
-
-Test(fault_alloc, subscribe_keyed)
-{
-    fx_loop(&op_sub_keyed);
-}
-
-Test(fault_alloc, subscribe_concurrent)
-{
-    fx_loop(&op_sub_conc);
-}
-
-Test(fault_alloc, subscribe_durable)
-{
-    fx_loop(&op_sub_durable);
-}
+FX_TEST(subscribe_durable_with_a_replay, "subscribe_durable_replay", .store = true, .bus = true,
+        .setup = setup_replay, .run = run_subscribe_replay, .check = check_subscribe_replay,
+        .ok_codes = DSUB_CODES)
 
 /* ---- publish ------------------------------------------------------------------------ */
 
@@ -780,25 +718,32 @@ static int run_publish_async(fx *f)
     return rc;
 }
 
-static int run_publish_batch(fx *f)
+/* Publishes ids 1 .. n (at most 100) in one batch with flags, and waits for
+   the accepted prefix (f->accepted) to be delivered. */
+static int publish_batch_of(fx *f, uint32_t n, unsigned flags)
 {
-    enum { N = 100 }; /* three carriers */
-    eb_message m[N];
-    uint32_t v[N];
-    for (uint32_t i = 0; i < N; i++) {
+    eb_message m[100];
+    uint32_t v[100];
+    for (uint32_t i = 0; i < n; i++) {
         v[i] = i + 1;
         m[i] = (eb_message){.topic = "p.batch", .payload = &v[i], .len = 4};
     }
     eb_publish_options o = t_bounded_opts();
+    o.flags = flags;
     size_t acc = 999;
-    int rc = eb_publish_batch(f->bus, m, N, &o, &acc);
+    int rc = eb_publish_batch(f->bus, m, n, &o, &acc);
     f->accepted = acc;
-    FX_CHECK(&f->err, acc <= N && (rc != EB_OK || acc == N), "accepted %zu with %s", acc,
+    FX_CHECK(&f->err, acc <= n && (rc != EB_OK || acc == n), "accepted %zu with %s", acc,
              eb_err_name(rc));
-    for (uint32_t i = 0; i < acc && i < N; i++)
+    for (uint32_t i = 0; i < acc && i < n; i++)
         if (!fx_wait_seen(f, i + 1, 1))
             fx_fail(&f->err, "accepted event %u not delivered", i + 1);
     return rc;
+}
+
+static int run_publish_batch(fx *f)
+{
+    return publish_batch_of(f, 100, 0); /* three carriers */
 }
 
 static void check_publish_batch(fx *f)
@@ -895,9 +840,8 @@ static void check_publish_zero_copy(fx *f)
     f->payload = NULL;
 }
 
-#define PUB_OP(id, nm, setupfn, runfn, checkfn)                                                    \
-    static const op_def id = {                                                                     \
-        .name = nm, .bus = true, .setup = setupfn, .run = runfn, .check = checkfn}
+#define PUB_TEST(test, nm, setupfn, runfn, checkfn)                                                \
+    FX_TEST(test, nm, .bus = true, .setup = setupfn, .run = runfn, .check = checkfn)
 
 /* A handler publishes (the nested event inherits ids from the one being
    handled) and returns the code: a refused publish fails the delivery, and
@@ -943,63 +887,19 @@ static void check_publish_from_handler(fx *f)
     fx_bus_alive(f, "p.alive");
 }
 
-PUB_OP(op_pub, "publish", setup_recorder, run_publish, check_publish);
-PUB_OP(op_pub_wait, "publish_wait", setup_recorder, run_publish_wait, check_publish);
-PUB_OP(op_pub_async, "publish_async", setup_recorder, run_publish_async, check_publish);
-PUB_OP(op_pub_batch, "publish_batch", setup_recorder, run_publish_batch, check_publish_batch);
-PUB_OP(op_pub_key, "publish_with_key", setup_keyed, run_publish_key, check_publish_key);
-PUB_OP(op_pub_delayed, "publish_delayed", setup_recorder, run_publish_delayed,
-       check_publish_delayed);
-PUB_OP(op_pub_at, "publish_at_time", setup_recorder, run_publish_at, check_publish_delayed);
-PUB_OP(op_pub_zc, "publish_zero_copy", setup_zc_sub, run_publish_zero_copy,
-       check_publish_zero_copy);
-PUB_OP(op_pub_nested, "publish_from_a_handler", setup_relay, run_publish_from_handler,
-       check_publish_from_handler);
-
-Test(fault_alloc, publish)
-{
-    fx_loop(&op_pub);
-}
-
-Test(fault_alloc, publish_wait)
-{
-    fx_loop(&op_pub_wait);
-}
-
-Test(fault_alloc, publish_async)
-{
-    fx_loop(&op_pub_async);
-}
-
-Test(fault_alloc, publish_batch)
-{
-    fx_loop(&op_pub_batch);
-}
-
-Test(fault_alloc, publish_with_key)
-{
-    fx_loop(&op_pub_key);
-}
-
-Test(fault_alloc, publish_delayed)
-{
-    fx_loop(&op_pub_delayed);
-}
-
-Test(fault_alloc, publish_at_a_time)
-{
-    fx_loop(&op_pub_at);
-}
-
-Test(fault_alloc, publish_zero_copy)
-{
-    fx_loop(&op_pub_zc);
-}
-
-Test(fault_alloc, publish_from_a_handler)
-{
-    fx_loop(&op_pub_nested);
-}
+PUB_TEST(publish, "publish", setup_recorder, run_publish, check_publish)
+PUB_TEST(publish_wait, "publish_wait", setup_recorder, run_publish_wait, check_publish)
+PUB_TEST(publish_async, "publish_async", setup_recorder, run_publish_async, check_publish)
+PUB_TEST(publish_batch, "publish_batch", setup_recorder, run_publish_batch, check_publish_batch)
+PUB_TEST(publish_with_key, "publish_with_key", setup_keyed, run_publish_key, check_publish_key)
+PUB_TEST(publish_delayed, "publish_delayed", setup_recorder, run_publish_delayed,
+         check_publish_delayed)
+PUB_TEST(publish_at_a_time, "publish_at_time", setup_recorder, run_publish_at,
+         check_publish_delayed)
+PUB_TEST(publish_zero_copy, "publish_zero_copy", setup_zc_sub, run_publish_zero_copy,
+         check_publish_zero_copy)
+PUB_TEST(publish_from_a_handler, "publish_from_a_handler", setup_relay, run_publish_from_handler,
+         check_publish_from_handler)
 
 /* ---- durable publishing ----------------------------------------------------------- */
 
@@ -1038,24 +938,7 @@ static void check_durable_lazy(fx *f)
 
 static int run_durable_batch(fx *f)
 {
-    enum { N = 20 };
-    eb_message m[N];
-    uint32_t v[N];
-    for (uint32_t i = 0; i < N; i++) {
-        v[i] = i + 1;
-        m[i] = (eb_message){.topic = "p.batch", .payload = &v[i], .len = 4};
-    }
-    eb_publish_options o = t_bounded_opts();
-    o.flags = EB_PUBLISH_DURABLE;
-    size_t acc = 999;
-    int rc = eb_publish_batch(f->bus, m, N, &o, &acc);
-    f->accepted = acc;
-    FX_CHECK(&f->err, acc <= N && (rc != EB_OK || acc == N), "accepted %zu with %s", acc,
-             eb_err_name(rc));
-    for (uint32_t i = 0; i < acc && i < N; i++)
-        if (!fx_wait_seen(f, i + 1, 1))
-            fx_fail(&f->err, "accepted event %u not delivered", i + 1);
-    return rc;
+    return publish_batch_of(f, 20, EB_PUBLISH_DURABLE);
 }
 
 static void check_durable_batch(fx *f)
@@ -1085,39 +968,14 @@ static void check_durable_delayed(fx *f)
              "%llu scheduled rows left", (unsigned long long)st.scheduled);
 }
 
-#define DUR_OP(id, nm, runfn, checkfn)                                                             \
-    static const op_def id = {.name = nm,                                                          \
-                              .store = true,                                                       \
-                              .bus = true,                                                         \
-                              .setup = setup_recorder,                                             \
-                              .run = runfn,                                                        \
-                              .check = checkfn,                                                    \
-                              .ok_codes = DURABLE_CODES}
+#define DUR_TEST(test, runfn, checkfn)                                                             \
+    FX_TEST(test, #test, .store = true, .bus = true, .setup = setup_recorder, .run = runfn,        \
+            .check = checkfn, .ok_codes = DURABLE_CODES)
 
-DUR_OP(op_durable, "durable_publish", run_durable, check_durable);
-DUR_OP(op_durable_lazy, "durable_publish_lazy", run_durable_lazy, check_durable_lazy);
-DUR_OP(op_durable_batch, "durable_publish_batch", run_durable_batch, check_durable_batch);
-DUR_OP(op_durable_delayed, "durable_publish_delayed", run_durable_delayed, check_durable_delayed);
-
-Test(fault_alloc, durable_publish)
-{
-    fx_loop(&op_durable);
-}
-
-Test(fault_alloc, durable_publish_lazy)
-{
-    fx_loop(&op_durable_lazy);
-}
-
-Test(fault_alloc, durable_publish_batch)
-{
-    fx_loop(&op_durable_batch);
-}
-
-Test(fault_alloc, durable_publish_delayed)
-{
-    fx_loop(&op_durable_delayed);
-}
+DUR_TEST(durable_publish, run_durable, check_durable)
+DUR_TEST(durable_publish_lazy, run_durable_lazy, check_durable_lazy)
+DUR_TEST(durable_publish_batch, run_durable_batch, check_durable_batch)
+DUR_TEST(durable_publish_delayed, run_durable_delayed, check_durable_delayed)
 
 /* ---- the store ---------------------------------------------------------------------- */
 
@@ -1165,27 +1023,11 @@ static void setup_store_existing(fx *f)
     f->store = NULL;
 }
 
-static const op_def op_store_open_new = {.name = "store_open_new",
-                                         .dir_only = true,
-                                         .run = run_store_open_new,
-                                         .check = check_store_open,
-                                         .ok_codes = OPEN_CODES};
-static const op_def op_store_open_existing = {.name = "store_open_existing",
-                                              .store = true,
-                                              .setup = setup_store_existing,
-                                              .run = run_store_open_new,
-                                              .check = check_store_open,
-                                              .ok_codes = OPEN_CODES};
-
-Test(fault_alloc, store_open_creating_the_file)
-{
-    fx_loop(&op_store_open_new);
-}
-
-Test(fault_alloc, store_open_an_existing_file)
-{
-    fx_loop(&op_store_open_existing);
-}
+FX_TEST(store_open_creating_the_file, "store_open_new", .dir_only = true, .run = run_store_open_new,
+        .check = check_store_open, .ok_codes = OPEN_CODES)
+FX_TEST(store_open_an_existing_file, "store_open_existing", .store = true,
+        .setup = setup_store_existing, .run = run_store_open_new, .check = check_store_open,
+        .ok_codes = OPEN_CODES)
 
 /* ---- the outbox ----------------------------------------------------------------------- */
 
@@ -1341,50 +1183,17 @@ static void check_outbox_reap(fx *f)
     }
 }
 
-#define OB_OP(id, nm, runfn, checkfn)                                                              \
-    static const op_def id = {.name = nm,                                                          \
-                              .store = true,                                                       \
-                              .setup = setup_outbox,                                               \
-                              .run = runfn,                                                        \
-                              .check = checkfn,                                                    \
-                              .ok_codes = OUTBOX_CODES}
+/* setup_outbox reads the operation from the name. */
+#define OB_TEST(test, runfn, checkfn)                                                              \
+    FX_TEST(test, #test, .store = true, .setup = setup_outbox, .run = runfn, .check = checkfn,     \
+            .ok_codes = OUTBOX_CODES)
 
-OB_OP(op_ob_add, "outbox_add", run_outbox_add, check_outbox_add);
-OB_OP(op_ob_claim, "outbox_claim", run_outbox_claim, check_outbox_claim);
-OB_OP(op_ob_ack, "outbox_ack", run_outbox_ack, check_outbox_ack);
-OB_OP(op_ob_abandon, "outbox_abandon", run_outbox_abandon, check_outbox_abandon);
-OB_OP(op_ob_fail, "outbox_fail", run_outbox_fail, check_outbox_fail);
-OB_OP(op_ob_reap, "outbox_reap", run_outbox_reap, check_outbox_reap);
-
-Test(fault_alloc, outbox_add)
-{
-    fx_loop(&op_ob_add);
-}
-
-Test(fault_alloc, outbox_claim)
-{
-    fx_loop(&op_ob_claim);
-}
-
-Test(fault_alloc, outbox_ack)
-{
-    fx_loop(&op_ob_ack);
-}
-
-Test(fault_alloc, outbox_abandon)
-{
-    fx_loop(&op_ob_abandon);
-}
-
-Test(fault_alloc, outbox_fail)
-{
-    fx_loop(&op_ob_fail);
-}
-
-Test(fault_alloc, outbox_reap)
-{
-    fx_loop(&op_ob_reap);
-}
+OB_TEST(outbox_add, run_outbox_add, check_outbox_add)
+OB_TEST(outbox_claim, run_outbox_claim, check_outbox_claim)
+OB_TEST(outbox_ack, run_outbox_ack, check_outbox_ack)
+OB_TEST(outbox_abandon, run_outbox_abandon, check_outbox_abandon)
+OB_TEST(outbox_fail, run_outbox_fail, check_outbox_fail)
+OB_TEST(outbox_reap, run_outbox_reap, check_outbox_reap)
 
 /* ---- a saga transition with the SQLite saga store ----------------------------------- */
 
@@ -1501,18 +1310,9 @@ static void teardown_saga(fx *f)
     eb_saga_store_destroy(f->sstore);
 }
 
-static const op_def op_saga = {.name = "saga_transition_sqlite",
-                               .store = true,
-                               .bus = true,
-                               .setup = setup_saga,
-                               .run = run_saga,
-                               .check = check_saga,
-                               .teardown = teardown_saga};
-
-Test(fault_alloc, saga_transition_with_the_sqlite_saga_store)
-{
-    fx_loop(&op_saga);
-}
+FX_TEST(saga_transition_with_the_sqlite_saga_store, "saga_transition_sqlite", .store = true,
+        .bus = true, .setup = setup_saga, .run = run_saga, .check = check_saga,
+        .teardown = teardown_saga)
 
 /* ---- regressions of the bugs these loops found ------------------------------ */
 
@@ -1779,7 +1579,7 @@ Test(fault_regress, a_durable_subscription_that_returned_ok_goes_live)
 {
     if (EB_FAULT_PENDING_DSUB_START)
         cr_skip_test("pending fix in src/store_sqlite.c (EB_FAULT_PENDING_DSUB_START)");
-    fx_loop_kind(&op_sub_durable, FAULT_REALLOC, true);
+    fx_loop_kind(&op_subscribe_durable, FAULT_REALLOC, true);
 }
 
 /* Every calloc of a durable subscribe with events to replay failing in
@@ -1789,5 +1589,5 @@ Test(fault_regress, a_replay_that_could_not_start_is_not_skipped_for_good)
 {
     if (EB_FAULT_PENDING_REPLAY_FREEZE || EB_FAULT_PENDING_DSUB_START)
         cr_skip_test("pending fix in src/store_sqlite.c (EB_FAULT_PENDING_REPLAY_FREEZE)");
-    fx_loop_kind(&op_sub_replay, FAULT_CALLOC, true);
+    fx_loop_kind(&op_subscribe_durable_with_a_replay, FAULT_CALLOC, true);
 }

@@ -276,43 +276,64 @@ static int read_ckpt(const eb_store_subscription_info *i, void *ctx)
     return 0;
 }
 
+/* A store and a bus on it, each logging to its own fx_log, with a durable
+   subscription "ledger" to pay.# whose handler is stuck on st's gate. */
+typedef struct ledger {
+    fx_dir d;
+    fx_log slog, blog;
+    eb_store *s;
+    eb_bus *bus;
+    stuck st;
+} ledger;
+
+static void ledger_open(ledger *l)
+{
+    fx_log_init(&l->slog);
+    fx_log_init(&l->blog);
+    l->s = open_store(&l->d, &l->slog);
+    l->bus = bus_with_log(2, &l->blog, l->s);
+    stuck_init(&l->st);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.name = "ledger";
+    o.durable = true;
+    cr_assert_eq(eb_subscribe(l->bus, "pay.#", stuck_handler, &l->st, &o, NULL), EB_OK);
+}
+
+/* Durable publish options for the ledger's events. */
+static eb_publish_options durable_opts(void)
+{
+    eb_publish_options po = t_bounded_opts();
+    po.flags = EB_PUBLISH_DURABLE;
+    return po;
+}
+
 /* The documented order: the store is closed only after a shutdown call
    returned EB_OK. The durable subscription's checkpoint covers everything
    it finished. */
 Test(shutdown, a_timed_out_bus_keeps_using_its_store_until_a_later_call_succeeds)
 {
-    fx_dir d;
-    fx_log slog, blog;
-    fx_log_init(&slog);
-    fx_log_init(&blog);
-    eb_store *s = open_store(&d, &slog);
-    eb_bus *bus = bus_with_log(2, &blog, s);
-    stuck st;
-    stuck_init(&st);
-    eb_subscribe_options o;
-    eb_subscribe_options_init(&o);
-    o.name = "ledger";
-    o.durable = true;
-    cr_assert_eq(eb_subscribe(bus, "pay.#", stuck_handler, &st, &o, NULL), EB_OK);
-    eb_publish_options po = t_bounded_opts();
-    po.flags = EB_PUBLISH_DURABLE;
+    ledger l;
+    ledger_open(&l);
+    eb_publish_options po = durable_opts();
     for (uint32_t i = 0; i < 3; i++)
-        cr_assert_eq(eb_publish(bus, "pay.in", &i, 4, &po), EB_OK);
-    cr_assert(t_wait_ge(&st.calls, 1));
-    cr_assert_eq(eb_bus_shutdown(bus, 50 * T_MS), EB_ETIMEDOUT);
-    cr_assert(fx_log_has(&blog, "'ledger' (pattern 'pay.#') running for"), "log:\n%s", blog.text);
-    cr_assert_eq(eb_publish(bus, "pay.in", "x", 1, &po), EB_ECLOSED);
+        cr_assert_eq(eb_publish(l.bus, "pay.in", &i, 4, &po), EB_OK);
+    cr_assert(t_wait_ge(&l.st.calls, 1));
+    cr_assert_eq(eb_bus_shutdown(l.bus, 50 * T_MS), EB_ETIMEDOUT);
+    cr_assert(fx_log_has(&l.blog, "'ledger' (pattern 'pay.#') running for"), "log:\n%s",
+              l.blog.text);
+    cr_assert_eq(eb_publish(l.bus, "pay.in", "x", 1, &po), EB_ECLOSED);
     /* The store still serves other callers meanwhile. */
-    cr_assert_eq(eb_outbox_add(s, "cmd", "p", 1, NULL, 0, NULL), EB_OK);
-    t_gate_open(&st.gate);
-    cr_assert_eq(eb_bus_shutdown(bus, -1), EB_OK);
-    cr_assert_eq(atomic_load(&st.done), 3);
+    cr_assert_eq(eb_outbox_add(l.s, "cmd", "p", 1, NULL, 0, NULL), EB_OK);
+    t_gate_open(&l.st.gate);
+    cr_assert_eq(eb_bus_shutdown(l.bus, -1), EB_OK);
+    cr_assert_eq(atomic_load(&l.st.done), 3);
     ckpt c = {0};
-    cr_assert_eq(eb_store_subscriptions(s, read_ckpt, &c), EB_OK);
+    cr_assert_eq(eb_store_subscriptions(l.s, read_ckpt, &c), EB_OK);
     cr_assert_eq(c.checkpoint, 3, "checkpoint %llu", (unsigned long long)c.checkpoint);
-    eb_store_close(s);
-    fx_dir_rm(&d);
-    cr_assert_eq(atomic_load(&st.gate.expired), 0);
+    eb_store_close(l.s);
+    fx_dir_rm(&l.d);
+    cr_assert_eq(atomic_load(&l.st.gate.expired), 0);
 }
 
 /* Closing the store while a timed-out bus still uses it is the misuse the
@@ -322,33 +343,21 @@ Test(shutdown, closing_the_store_of_a_timed_out_bus_is_refused)
 {
     if (EB_FAULT_PENDING_CLOSE_ATTACHED)
         cr_skip_test("pending fix in src/store_sqlite.c (EB_FAULT_PENDING_CLOSE_ATTACHED)");
-    fx_dir d;
-    fx_log slog, blog;
-    fx_log_init(&slog);
-    fx_log_init(&blog);
-    eb_store *s = open_store(&d, &slog);
-    eb_bus *bus = bus_with_log(2, &blog, s);
-    stuck st;
-    stuck_init(&st);
-    eb_subscribe_options o;
-    eb_subscribe_options_init(&o);
-    o.name = "ledger";
-    o.durable = true;
-    cr_assert_eq(eb_subscribe(bus, "pay.#", stuck_handler, &st, &o, NULL), EB_OK);
-    eb_publish_options po = t_bounded_opts();
-    po.flags = EB_PUBLISH_DURABLE;
+    ledger l;
+    ledger_open(&l);
+    eb_publish_options po = durable_opts();
     uint32_t v = 1;
-    cr_assert_eq(eb_publish(bus, "pay.in", &v, 4, &po), EB_OK);
-    cr_assert(t_wait_ge(&st.calls, 1));
-    cr_assert_eq(eb_bus_shutdown(bus, 20 * T_MS), EB_ETIMEDOUT);
-    eb_store_close(s); /* refused: the bus still uses it */
-    cr_assert(slog.warnings >= 1, "the refusal was not logged");
+    cr_assert_eq(eb_publish(l.bus, "pay.in", &v, 4, &po), EB_OK);
+    cr_assert(t_wait_ge(&l.st.calls, 1));
+    cr_assert_eq(eb_bus_shutdown(l.bus, 20 * T_MS), EB_ETIMEDOUT);
+    eb_store_close(l.s); /* refused: the bus still uses it */
+    cr_assert(l.slog.warnings >= 1, "the refusal was not logged");
     eb_store_stats ss;
-    cr_assert_eq(eb_store_stats_get(s, &ss), EB_OK, "the store was closed under the bus");
-    t_gate_open(&st.gate);
-    cr_assert_eq(eb_bus_shutdown(bus, -1), EB_OK);
-    eb_store_close(s); /* now it closes */
-    fx_dir_rm(&d);
+    cr_assert_eq(eb_store_stats_get(l.s, &ss), EB_OK, "the store was closed under the bus");
+    t_gate_open(&l.st.gate);
+    cr_assert_eq(eb_bus_shutdown(l.bus, -1), EB_OK);
+    eb_store_close(l.s); /* now it closes */
+    fx_dir_rm(&l.d);
 }
 
 /* ---- the deadlock scan of a waiting handler ------------------------------------ */

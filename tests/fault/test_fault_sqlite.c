@@ -80,15 +80,15 @@ static eb_store *store_open(const char *path, unsigned busy_ms, uint32_t max_pag
     return s;
 }
 
-static eb_bus *bus_on(eb_store *s)
+/* A bus on s with two subscriptions: dur records topic "d" (the durable
+   events), mem topic "m" (the memory-only ones). */
+static eb_bus *bus_recording(eb_store *s, seen *dur, seen *mem)
 {
-    eb_bus_config cfg;
-    eb_bus_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.store = s;
-    eb_bus *bus = NULL;
-    int rc = eb_bus_create(&cfg, &bus);
-    cr_assert_eq(rc, EB_OK, "eb_bus_create: %s", eb_err_name(rc));
+    eb_bus *bus = t_bus_store(s, 2);
+    seen_init(dur);
+    seen_init(mem);
+    cr_assert_eq(eb_subscribe(bus, "d", seen_handler, dur, NULL, NULL), EB_OK);
+    cr_assert_eq(eb_subscribe(bus, "m", seen_handler, mem, NULL, NULL), EB_OK);
     return bus;
 }
 
@@ -122,28 +122,6 @@ static void raw_sql(const char *path, const char *sql)
 
 /* ---- the helper process ---------------------------------------------------- */
 
-/* Starts fault_lock_holder with argv; stdin/stdout on pipes. */
-static pid_t helper(char *const argv[], int *to_child, int *from_child)
-{
-    int in[2], out[2];
-    cr_assert_eq(pipe(in), 0);
-    cr_assert_eq(pipe(out), 0);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-        execv(EB_LOCK_HOLDER, argv);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    *to_child = in[1];
-    *from_child = out[0];
-    return pid;
-}
-
 static void helper_wait(pid_t pid)
 {
     int st;
@@ -161,7 +139,7 @@ static lock lock_take(const char *path)
 {
     lock l;
     char *argv[] = {"fault_lock_holder", "lock", (char *)path, NULL};
-    l.pid = helper(argv, &l.to, &l.from);
+    l.pid = t_spawn(EB_LOCK_HOLDER, argv, &l.to, &l.from);
     char c = 0;
     cr_assert_eq(read(l.from, &c, 1), 1, "the lock holder did not start");
     cr_assert_eq(c, 'R');
@@ -182,7 +160,7 @@ static void helper_open(const char *path, const char *mode, char *line, size_t c
 {
     int to, from;
     char *argv[] = {"fault_lock_holder", "open", (char *)path, (char *)mode, NULL};
-    pid_t pid = helper(argv, &to, &from);
+    pid_t pid = t_spawn(EB_LOCK_HOLDER, argv, &to, &from);
     close(to);
     size_t n = 0;
     ssize_t r;
@@ -195,6 +173,15 @@ static void helper_open(const char *path, const char *mode, char *line, size_t c
     helper_wait(pid);
 }
 
+/* Runs helper_open and asserts its line is want ("<open code> <outbox add
+   code>"); what says which open it was. */
+static void expect_open(const char *path, const char *mode, const char *want, const char *what)
+{
+    char line[128];
+    helper_open(path, mode, line, sizeof line);
+    cr_assert_str_eq(line, want, "%s: %s", what, line);
+}
+
 /* ---- a full file ------------------------------------------------------------- */
 
 Test(sqlite, a_full_file_fails_durable_writes_while_memory_delivery_goes_on_and_then_recovers)
@@ -202,12 +189,8 @@ Test(sqlite, a_full_file_fails_durable_writes_while_memory_delivery_goes_on_and_
     fx_dir d;
     cr_assert(fx_dir_new(&d));
     eb_store *s = store_open(d.path, 0, 40); /* 160 KiB */
-    eb_bus *bus = bus_on(s);
     seen dur, mem;
-    seen_init(&dur);
-    seen_init(&mem);
-    cr_assert_eq(eb_subscribe(bus, "d", seen_handler, &dur, NULL, NULL), EB_OK);
-    cr_assert_eq(eb_subscribe(bus, "m", seen_handler, &mem, NULL, NULL), EB_OK);
+    eb_bus *bus = bus_recording(s, &dur, &mem);
 
     uint32_t id = 0;
     int rc = EB_OK;
@@ -293,8 +276,7 @@ Test(sqlite, a_read_only_file_is_refused_read_write_and_opened_read_only_when_as
         cr_assert(!has_file(d.path, "-wal") && !has_file(d.path, "-shm"),
                   "the refused open left -wal/-shm files");
     }
-    helper_open(d.path, "ro", line, sizeof line);
-    cr_assert_str_eq(line, "EB_OK EB_ENOTSUP", "read-only open: reads work, writes refused");
+    expect_open(d.path, "ro", "EB_OK EB_ENOTSUP", "read-only open: reads work, writes refused");
     cr_assert_eq(chmod(d.dir, 0700), 0);
     fx_dir_rm(&d);
 }
@@ -309,18 +291,14 @@ Test(sqlite, a_read_only_directory_refuses_new_and_existing_stores_with_clear_co
     if (geteuid() == 0)
         cr_assert_eq(chown(d.path, 65534, 65534), 0);
     cr_assert_eq(chmod(d.dir, 0555), 0);
-    char fresh[128], line[128];
+    char fresh[128];
     snprintf(fresh, sizeof fresh, "%s/new.db", d.dir);
-    helper_open(fresh, "rw", line, sizeof line);
-    cr_assert_str_eq(line, "EB_EIO -", "creating a store in a read-only directory");
+    expect_open(fresh, "rw", "EB_EIO -", "creating a store in a read-only directory");
     cr_assert(!fx_exists(fresh));
-    helper_open(fresh, "ro", line, sizeof line);
-    cr_assert_str_eq(line, "EB_ENOENT -", "a missing file, read-only");
+    expect_open(fresh, "ro", "EB_ENOENT -", "a missing file, read-only");
     /* A WAL file needs its -shm next to it: neither mode can open it here. */
-    helper_open(d.path, "rw", line, sizeof line);
-    cr_assert_str_eq(line, "EB_EIO -", "read-write open in a read-only directory");
-    helper_open(d.path, "ro", line, sizeof line);
-    cr_assert_str_eq(line, "EB_EIO -", "read-only open in a read-only directory");
+    expect_open(d.path, "rw", "EB_EIO -", "read-write open in a read-only directory");
+    expect_open(d.path, "ro", "EB_EIO -", "read-only open in a read-only directory");
     cr_assert_eq(chmod(d.dir, 0700), 0);
     fx_dir_rm(&d);
 }
@@ -332,12 +310,8 @@ Test(sqlite, a_database_locked_by_another_process_is_busy_and_work_resumes_after
     fx_dir d;
     cr_assert(fx_dir_new(&d));
     eb_store *s = store_open(d.path, 200, 0);
-    eb_bus *bus = bus_on(s);
     seen dur, mem;
-    seen_init(&dur);
-    seen_init(&mem);
-    cr_assert_eq(eb_subscribe(bus, "d", seen_handler, &dur, NULL, NULL), EB_OK);
-    cr_assert_eq(eb_subscribe(bus, "m", seen_handler, &mem, NULL, NULL), EB_OK);
+    eb_bus *bus = bus_recording(s, &dur, &mem);
     cr_assert_eq(pub(bus, "d", 1, 4, EB_PUBLISH_DURABLE), EB_OK);
     int64_t id1 = 0;
     cr_assert_eq(eb_outbox_add(s, "cmd", "p", 1, NULL, 0, &id1), EB_OK);
