@@ -12,9 +12,9 @@ set terminal pngcairo noenhanced size 900,460 font ",9"
 set output "bench/results/saga.png"
 set multiplot layout 1,1 title "9. Saga transitions"
 set title "orders: order saga over inventory (32 SKUs) and payment aggregates: 100000 orders (+10000 warm-up), 20% of payments de"
-set ylabel "Mtransitions/s, higher is better"
-unset logscale y
-set yrange [0:*]
+set ylabel "Mtransitions/s, higher is better (log scale)"
+set logscale y
+set yrange [*:*]
 set key off
 set boxwidth 0.7 absolute
 plot "bench/results/saga.tsv" index 0 using 0:2:5:xtic(1) with boxes lc variable, '' index 0 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
@@ -24,9 +24,9 @@ set terminal svg noenhanced size 900,460 dynamic font "sans,9"
 set output "bench/results/saga.svg"
 set multiplot layout 1,1 title "9. Saga transitions"
 set title "orders: order saga over inventory (32 SKUs) and payment aggregates: 100000 orders (+10000 warm-up), 20% of payments de"
-set ylabel "Mtransitions/s, higher is better"
-unset logscale y
-set yrange [0:*]
+set ylabel "Mtransitions/s, higher is better (log scale)"
+set logscale y
+set yrange [*:*]
 set key off
 set boxwidth 0.7 absolute
 plot "bench/results/saga.tsv" index 0 using 0:2:5:xtic(1) with boxes lc variable, '' index 0 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
