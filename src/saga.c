@@ -1172,8 +1172,8 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
     s->ctx = def->ctx;
     s->state_size = def->state_size;
     s->publish_flags = opts->publish_flags;
-    int rc = s->store->pending != NULL ? s->store->pending(s->store, s->name, recover_one, s)
-                                       : EB_OK;
+    int rc =
+        s->store->pending != NULL ? s->store->pending(s->store, s->name, recover_one, s) : EB_OK;
     if (rc != EB_OK) {
         saga_free(s);
         return rc;

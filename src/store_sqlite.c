@@ -69,7 +69,7 @@
 #define SCHED_RECHECK_NS 1000000000 /* other processes may schedule too */
 #define INTAKE_RETRY_NS 1000000
 #define FIRE_RETRY_NS 10000000 /* scheduled events after a failed allocation */
-#define GATHER_NS 150000 /* how long the writer waits for the last round's waiters */
+#define GATHER_NS 150000       /* how long the writer waits for the last round's waiters */
 #define EB__O_MAX 24
 
 /* Schema version 1. Events are keyed by their log sequence; outbox rows
@@ -204,10 +204,10 @@ struct job {
        unless a caller waits. Optional. */
     void (*after)(eb_store *s, job *j);
     int rc;
-    bool waited;       /* a caller sleeps on done (the job is on its stack) */
-    atomic_bool done;  /* set under the store lock (release), after rc */
-    bool abandoned;    /* its waiter timed out: the writer frees it; under
-                          the store lock */
+    bool waited;      /* a caller sleeps on done (the job is on its stack) */
+    atomic_bool done; /* set under the store lock (release), after rc */
+    bool abandoned;   /* its waiter timed out: the writer frees it; under
+                         the store lock */
 };
 
 enum { IT_EVENT, IT_EVENT_OWNED, IT_JOB };
@@ -286,7 +286,7 @@ struct eb_store {
 
     /* Writer only. */
     uint64_t last_seq;
-    int64_t next_due; /* Unix ns of the earliest scheduled event; INT64_MAX none */
+    int64_t next_due;      /* Unix ns of the earliest scheduled event; INT64_MAX none */
     int64_t fire_retry_at; /* monotonic: no firing before (out of memory) */
     int64_t sched_check;
     bool detaching;
@@ -1761,8 +1761,7 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
         } else if (!o.read_only && sqlite3_db_readonly(s->wdb, "main") == 1) {
             /* SQLite opens a file it may not write read-only, silently:
                refuse it here rather than fail every write later. */
-            slog(s, EB_LOG_ERROR, "store %s: the file is read-only (open it with read_only)",
-                 path);
+            slog(s, EB_LOG_ERROR, "store %s: the file is read-only (open it with read_only)", path);
             rc = EB_EIO;
         }
     }

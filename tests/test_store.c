@@ -1059,8 +1059,8 @@ Test(store, a_due_scheduled_row_no_event_can_be_made_of_is_removed_and_the_rest_
     eb_bus *bus = t_bus_store(s, 2);
     unsigned later = 0;
     bool ok;
-    T_WAIT_FOR(ok, (later = 0, eb_store_events(s, NULL, t_count_topic, &later) == EB_OK &&
-                                   later == 1));
+    T_WAIT_FOR(ok,
+               (later = 0, eb_store_events(s, NULL, t_count_topic, &later) == EB_OK && later == 1));
     cr_assert(ok, "the later scheduled event did not fire");
     eb_store_stats a, b;
     cr_assert_eq(eb_store_stats_get(s, &a), EB_OK);

@@ -816,8 +816,7 @@ struct eb_saga_store {
        returned. eb_saga_register calls this to send what a crash between a
        save and its dispatch left behind. Errors: EB_ENOMEM, EB_EIO. */
     int (*pending)(eb_saga_store *store, const char *saga,
-                   int (*fn)(const void *key, size_t key_len, const eb_saga_record *rec,
-                             void *ctx),
+                   int (*fn)(const void *key, size_t key_len, const eb_saga_record *rec, void *ctx),
                    void *ctx);
 };
 

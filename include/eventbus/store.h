@@ -320,9 +320,10 @@ EB_API int eb_store_deadletter_purge(eb_store *store, int64_t id, size_t *count)
  * state and the commands of each transition are saved in one transaction
  * (the row's outbox, cleared once they were published), and commands a
  * crash left unsent are listed to eb_saga_register, which sends them before
- * the saga subscribes (eb_saga_store.pending). Shareable by several sagas. On EB_OK *out owns it; free it with
- * eb_saga_store_destroy before eb_store_close.
- * Errors: EB_EINVAL, EB_ENOTSUP (read-only), EB_ENOMEM. Thread-safe: yes.
+ * the saga subscribes (eb_saga_store.pending). Shareable by several
+ * sagas. On EB_OK *out owns it; free it with eb_saga_store_destroy before
+ * eb_store_close. Errors: EB_EINVAL, EB_ENOTSUP (read-only), EB_ENOMEM.
+ * Thread-safe: yes.
  */
 EB_API int eb_saga_sqlite_store_create(eb_store *store, eb_saga_store **out);
 

@@ -357,8 +357,7 @@ Test(crash, saga_commands_survive_sigkill_between_save_and_dispatch, .timeout = 
         total_recovered += gs.redispatched;
         unsigned still = 0;
         cr_assert_eq(eb_store_sagas(s, "order", 0, saga_scan, &still), EB_OK);
-        cr_assert_eq(still, 0, "round %d: %u outboxes still pending after recovery", round,
-                     still);
+        cr_assert_eq(still, 0, "round %d: %u outboxes still pending after recovery", round, still);
         eb_store_stats st;
         cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
         bool ok;
@@ -372,8 +371,7 @@ Test(crash, saga_commands_survive_sigkill_between_save_and_dispatch, .timeout = 
         total_dups += ship.dups;
         for (uint32_t v = 0; v < MAXV; v++)
             cr_assert(!saga_saved[v] || ship_seen[v],
-                      "round %d: instance %u was saved but its command never arrived", round,
-                      v);
+                      "round %d: instance %u was saved but its command never arrived", round, v);
     }
     unsigned n_saved = 0;
     for (uint32_t v = 0; v < MAXV; v++)
@@ -382,8 +380,8 @@ Test(crash, saga_commands_survive_sigkill_between_save_and_dispatch, .timeout = 
     cr_log_info("saga crash: %d kills, %u transitions acknowledged, %u saved, %u outboxes "
                 "pending after a kill (%llu recovered at registration), %u repeated commands "
                 "(at least once), 0 lost",
-                rounds, total_acked, n_saved, total_pending,
-                (unsigned long long)total_recovered, total_dups);
+                rounds, total_acked, n_saved, total_pending, (unsigned long long)total_recovered,
+                total_dups);
     char cmd[96];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
