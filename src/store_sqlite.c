@@ -269,8 +269,7 @@ struct eb_store {
 
     pthread_mutex_t lock;
     pthread_cond_t wake;  /* the writer: work queued */
-    pthread_cond_t done;  /* waiters with a deadline: items completed */
-    eb__ec done_ec;       /* waiters without one: bumped after completions */
+    eb__ec done_ec;       /* waiters: bumped after completions */
     pthread_cond_t space; /* publishers: backlog went down */
     item *q;              /* protected by lock */
     size_t qn, qcap;      /* protected by lock */
@@ -458,18 +457,32 @@ static int wait_room_locked(eb_store *s, size_t n, int64_t timeout_ns)
 }
 
 /* Queues a job and waits for its completion; returns its rc. */
-/* Called with the store lock held; returns with it released once the
-   writer completed j. The wait is on an eventcount, not the condition
-   variable: a commit wakes all its waiters at once, and none of them has to
-   take the store lock again to leave. */
-static void wait_done_unlock(eb_store *s, job *j)
+/* Called with the store lock held; returns with it released: EB_OK once
+   the writer completed j, EB_ETIMEDOUT at deadline (monotonic, INT64_MAX:
+   none), j then being left to the writer, which frees it. The wait is on
+   an eventcount, not a condition variable: a commit wakes all its waiters
+   at once, and none of them has to take the store lock again to leave. */
+static int wait_done_unlock(eb_store *s, job *j, int64_t deadline)
 {
     pthread_mutex_unlock(&s->lock);
     for (;;) {
         uint32_t snap = eb__ec_value(&s->done_ec);
         if (atomic_load_explicit(&j->done, memory_order_acquire))
-            return;
-        eb__ec_wait(&s->done_ec, snap, NULL);
+            return EB_OK;
+        if (deadline == INT64_MAX) {
+            eb__ec_wait(&s->done_ec, snap, NULL);
+            continue;
+        }
+        if (eb__now_mono_ns() >= deadline) {
+            /* done and abandoned are decided under the lock. */
+            pthread_mutex_lock(&s->lock);
+            bool done = atomic_load_explicit(&j->done, memory_order_relaxed);
+            j->abandoned = !done;
+            pthread_mutex_unlock(&s->lock);
+            return done ? EB_OK : EB_ETIMEDOUT;
+        }
+        struct timespec ts = abs_mono(deadline);
+        eb__ec_wait(&s->done_ec, snap, &ts);
     }
 }
 
@@ -490,7 +503,7 @@ static int run_job(eb_store *s, job *j)
     pthread_mutex_lock(&s->lock);
     int rc = q_push_locked(s, j, IT_JOB);
     if (rc == EB_OK)
-        wait_done_unlock(s, j);
+        wait_done_unlock(s, j, INT64_MAX);
     else
         pthread_mutex_unlock(&s->lock);
     return rc == EB_OK ? j->rc : rc;
@@ -919,7 +932,6 @@ static void writer_txn(eb_store *s, item *batch, size_t n, bool fire, ckpt_snap 
         else
             atomic_store_explicit(&j->done, true, memory_order_release);
     }
-    pthread_cond_broadcast(&s->done);
     pthread_cond_broadcast(&s->space);
     pthread_mutex_unlock(&s->lock);
     eb__ec_inc(&s->done_ec); /* touches no job: a waiter may be gone */
@@ -1104,7 +1116,7 @@ int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t t
             q_push_locked(s, evs[i], wait ? IT_EVENT_OWNED : IT_EVENT);
         if (wait) {
             q_push_locked(s, &barrier, IT_JOB);
-            wait_done_unlock(s, &barrier);
+            wait_done_unlock(s, &barrier, INT64_MAX);
             return barrier.rc;
         }
     }
@@ -1677,7 +1689,6 @@ static void store_free(eb_store *s)
     pthread_mutex_destroy(&s->rlock);
     pthread_mutex_destroy(&s->errlock);
     pthread_cond_destroy(&s->wake);
-    pthread_cond_destroy(&s->done);
     pthread_cond_destroy(&s->space);
     free(s->q);
     free(s->spare);
@@ -1740,7 +1751,6 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->wake, &ca);
-    pthread_cond_init(&s->done, &ca);
     pthread_cond_init(&s->space, &ca);
     pthread_condattr_destroy(&ca);
     eb__ec_init(&s->done_ec);
@@ -1854,22 +1864,12 @@ EB_API int eb_store_flush(eb_store *s, int64_t timeout_ns)
     j->waited = true;
     pthread_mutex_lock(&s->lock);
     int rc = q_push_locked(s, j, IT_JOB);
-    int64_t deadline = eb__deadline_after(timeout_ns < 0 ? -1 : timeout_ns);
-    while (rc == EB_OK && !atomic_load_explicit(&j->done, memory_order_relaxed)) {
-        if (deadline == INT64_MAX) {
-            pthread_cond_wait(&s->done, &s->lock);
-        } else if (eb__now_mono_ns() >= deadline) {
-            rc = EB_ETIMEDOUT;
-        } else {
-            struct timespec ts = abs_mono(deadline);
-            pthread_cond_timedwait(&s->done, &s->lock, &ts);
-        }
-    }
-    if (rc == EB_ETIMEDOUT) {
-        j->abandoned = true; /* the writer frees it */
-        j = NULL;
-    }
-    pthread_mutex_unlock(&s->lock);
+    if (rc == EB_OK)
+        rc = wait_done_unlock(s, j, eb__deadline_after(timeout_ns < 0 ? -1 : timeout_ns));
+    else
+        pthread_mutex_unlock(&s->lock);
+    if (rc == EB_ETIMEDOUT)
+        j = NULL; /* abandoned: the writer frees it */
     if (j != NULL) {
         if (rc == EB_OK && j->rc == EB_OK &&
             atomic_load_explicit(&s->failed_since_open, memory_order_relaxed))

@@ -917,3 +917,71 @@ Test(saga, register_refuses_bad_definitions)
     cr_expect_eq(eb_saga_unregister(NULL), EB_OK);
     eb_bus_destroy(bus);
 }
+
+/* A saga store whose recovery walk fails; the rest is never reached. */
+static int t_load_none(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                       eb_saga_record *rec)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)rec;
+    return EB_ENOENT;
+}
+
+static int t_create_none(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                         const eb_saga_record *rec)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)rec;
+    return EB_ENOMEM;
+}
+
+static int t_save_none(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                       uint64_t expected, const eb_saga_record *rec)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)expected, (void)rec;
+    return EB_ENOMEM;
+}
+
+static int t_remove_none(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                         uint64_t expected)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)expected;
+    return EB_ENOENT;
+}
+
+static int t_pending_fails(eb_saga_store *st, const char *saga,
+                           int (*fn)(const void *key, size_t key_len, const eb_saga_record *rec,
+                                     void *ctx),
+                           void *ctx)
+{
+    (void)st, (void)saga, (void)fn, (void)ctx;
+    return EB_EIO;
+}
+
+Test(saga, a_failing_recovery_walk_fails_register_and_subscribes_nothing)
+{
+    eb_bus *bus = new_bus(1);
+    eb_saga_store store = {.load = t_load_none,
+                           .create = t_create_none,
+                           .save = t_save_none,
+                           .remove = t_remove_none,
+                           .pending = t_pending_fails};
+    const char *topics[] = {"a.b"};
+    eb_saga_def def = {.name = "x",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = topics,
+                       .n_start_topics = 1,
+                       .transition = dup_transition};
+    eb_saga_options o;
+    eb_saga_options_init(&o);
+    o.store = &store;
+    eb_saga *saga = NULL;
+    cr_assert_eq(eb_saga_register(bus, &def, &o, &saga), EB_EIO);
+    cr_assert_null(saga);
+    eb_publish_result res;
+    eb_publish_options po = t_bounded_opts();
+    po.key = "k";
+    po.key_len = 1;
+    cr_assert_eq(eb_publish_wait(bus, "a.b", NULL, 0, &po, &res), EB_OK);
+    cr_assert_eq(res.matched, 0, "a saga whose register failed is subscribed");
+    eb_bus_destroy(bus);
+}

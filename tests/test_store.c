@@ -1087,3 +1087,30 @@ Test(store, destroying_a_bus_right_after_durable_publishes_is_safe)
     cr_assert_eq(t_log_count(s), 300);
     t_store_done(&d, s);
 }
+
+Test(store, flush_times_out_while_the_writer_waits_for_a_lock_and_completes_after)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_NORMAL;
+    o.busy_timeout_ms = 5000;
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_OK);
+    eb_bus *bus = t_bus_store(s, 1);
+    /* Another connection holds the write lock: the writer's next
+       transaction waits for it (busy_timeout_ms). */
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(d.path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    t_pub_durable(bus, "orders.created", 1, EB_PUBLISH_DURABLE_LAZY);
+    cr_assert_eq(eb_store_flush(s, 50 * T_MS), EB_ETIMEDOUT);
+    cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    cr_assert_eq(eb_store_flush(s, t_wait_budget_ns()), EB_OK);
+    cr_assert_eq(t_log_count(s), 1);
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    t_dir_rm(&d);
+}
