@@ -551,12 +551,15 @@ static int run_case(struct bn_case *c)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: eventbus-bench [--quick] [--runs N] [--scenario NAME]... [--json FILE]\n"
-               "                      [--note TEXT] [--list]\n"
+               "                      [--note TEXT] [--case NAME]... [--only TEXT]... [--list]\n"
                "  --quick          every scenario with small counts, 1 run (CI smoke test)\n"
                "  --runs N         runs per figure (default 5; quick: 1)\n"
                "  --scenario NAME  run only this scenario (name or number; repeatable)\n"
                "  --json FILE      write all results as JSON\n"
                "  --note TEXT      free text stored in the JSON (e.g. the git revision)\n"
+               "  --case NAME      run only cases with this name (e.g. pub1; repeatable)\n"
+               "  --only TEXT      measure only implementations whose name contains TEXT\n"
+               "                   (repeatable; the others are reported as skipped)\n"
                "  --list           list the scenarios and exit\n");
 }
 
@@ -575,6 +578,8 @@ int main(int argc, char **argv)
 {
     int selected[32] = {0};
     int any_selected = 0, runs_given = 0;
+    const char *case_names[16], *only[16];
+    int ncase_names = 0, nonly = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--quick") == 0) {
@@ -593,6 +598,10 @@ int main(int argc, char **argv)
                 return 64;
             }
             selected[s] = any_selected = 1;
+        } else if (strcmp(a, "--case") == 0 && i + 1 < argc && ncase_names < 16) {
+            case_names[ncase_names++] = argv[++i];
+        } else if (strcmp(a, "--only") == 0 && i + 1 < argc && nonly < 16) {
+            only[nonly++] = argv[++i];
         } else if (strcmp(a, "--json") == 0 && i + 1 < argc) {
             json_path = argv[++i];
         } else if (strcmp(a, "--note") == 0 && i + 1 < argc) {
@@ -626,6 +635,21 @@ int main(int argc, char **argv)
             bn_scenarios[s].build(&opts, &cases, &ncases, &capcases);
     }
     first_case[bn_nscenarios] = ncases;
+    /* --case and --only: tuning runs that measure a subset. Unselected
+       implementations are skipped (and say so); unselected cases too. */
+    for (int i = 0; i < ncases; i++) {
+        int case_on = ncase_names == 0;
+        for (int k = 0; k < ncase_names; k++)
+            case_on |= strcmp(cases[i].name, case_names[k]) == 0;
+        for (int j = 0; j < cases[i].nimpl; j++) {
+            struct bn_impl *im = &cases[i].impl[j];
+            int on = case_on && nonly == 0;
+            for (int k = 0; case_on && k < nonly; k++)
+                on |= strstr(im->name, only[k]) != NULL;
+            if (!on && im->skip == NULL)
+                im->skip = "not selected (--case / --only)";
+        }
+    }
     case_ran = calloc((size_t)ncases + 1, sizeof(int));
     for (int i = 0; i < ncases; i++)
         for (int j = 0; j < cases[i].nimpl; j++)

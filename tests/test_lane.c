@@ -253,6 +253,60 @@ Test(lane, keyed_events_without_a_key_are_delivered_in_order)
     free(r.vals);
 }
 
+/* A handler that blocks until another subscription's handler ran. */
+struct held_up {
+    atomic_int entered;   /* the blocking handler is running */
+    atomic_int fast_done; /* the other subscription's deliveries */
+    atomic_int saw_fast;  /* 1: the blocked handler saw them finish; -1: never */
+};
+
+static int blocking_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct held_up *h = ctx;
+    atomic_store(&h->entered, 1);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h->fast_done) > 0);
+    atomic_store(&h->saw_fast, ok ? 1 : -1);
+    return 0;
+}
+
+static int fast_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct held_up *)ctx)->fast_done, 1);
+    return 0;
+}
+
+/*
+ * An event published while the only busy worker is held up in a handler is
+ * still delivered by the other worker. (With fewer CPUs than workers plus
+ * one, publishers leave waking to the busy worker, and a parked worker finds
+ * such intake on its own: see wake_for_intake in src/bus.c.)
+ */
+Test(lane, events_published_while_a_handler_blocks_are_delivered_by_another_worker)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct held_up h;
+    atomic_init(&h.entered, 0);
+    atomic_init(&h.fast_done, 0);
+    atomic_init(&h.saw_fast, 0);
+    t_sub(bus, "slow", blocking_handler, &h, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "fast", fast_handler, &h, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(t_pub_u32(bus, "slow", 0), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h.entered));
+    cr_assert(ok);
+    for (uint32_t i = 0; i < 3; i++)
+        cr_assert_eq(t_pub_u32(bus, "fast", i), EB_OK);
+    T_WAIT_FOR(ok, atomic_load(&h.saw_fast) != 0);
+    cr_assert(ok);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&h.saw_fast), 1,
+                 "events published while a handler blocked waited for that handler");
+    cr_assert_eq(atomic_load(&h.fast_done), 3);
+}
+
 /* ---- CONCURRENT ---- */
 
 struct parallel {

@@ -71,6 +71,7 @@ typedef struct failstore {
     atomic_uint failed;
     atomic_uint cmds_at_failure;
     atomic_uint *cmds;
+    atomic_uint dispatched; /* outboxes marked sent */
 } failstore;
 
 static int fs_load(eb_saga_store *s, const char *saga, const void *key, size_t key_len,
@@ -120,7 +121,9 @@ static int fs_dispatched(eb_saga_store *s, const char *saga, const void *key, si
                          uint64_t version)
 {
     failstore *f = (failstore *)s;
-    return f->inner->dispatched(f->inner, saga, key, key_len, version);
+    int rc = f->inner->dispatched(f->inner, saga, key, key_len, version);
+    atomic_fetch_add(&f->dispatched, 1);
+    return rc;
 }
 
 typedef struct pbd_ctx {
@@ -207,6 +210,9 @@ Test(saga, failed_save_sends_nothing_and_the_retried_event_succeeds)
     eb__saga_id("pbd", "k1", 2, true, 2, 0, want);
     cr_expect(memcmp(c.last_id, want, 16) == 0);
 
+    /* The command can reach its subscriber before the saga marks the
+       outbox sent (which follows the publish): wait for that too. */
+    cr_assert(t_wait_ge(&fs.dispatched, 2));
     eb_saga_stats st;
     cr_assert_eq(eb_saga_stats_get(saga, &st), EB_OK);
     cr_expect_eq(st.transitions, 2);
