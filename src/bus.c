@@ -45,6 +45,7 @@
 #define IDLE_SPINS 2048  /* idle loops (~100 us) before a spinning worker parks */
 #define WAIT_SPINS 2000  /* loops before an outside waiter sleeps */
 #define WATCH_NS 1000000 /* a parked worker's look at the intake; see park */
+#define INTAKE_BEHIND (2 * EB__DISPATCH_BATCH) /* see wake_for_intake */
 #define MAX_WORKERS 256
 #define MAX_LANES 1024
 #define MAX_ATTEMPTS 1000
@@ -96,7 +97,8 @@ static void wake_pool(eb_bus *b)
  * whenever nobody spins (wake_for_work). New intake (a publish) is lazier:
  * it wakes a parked worker only while fewer than `eager_max` workers are
  * awake (wake_for_intake), one CPU fewer than the process may use, so the
- * pool leaves a CPU to the threads that publish; idle workers likewise spin
+ * pool leaves a CPU to the threads that publish — or when the awake ones
+ * are behind (INTAKE_BEHIND entries wait on the intake); idle workers likewise spin
  * only while fewer than eager_max others are awake. An awake worker looks
  * at the intake before it parks, so no intake is ever missed; it can only be
  * late while every awake worker is inside a handler, and a worker that parks
@@ -120,7 +122,9 @@ static void wake_for_work(eb_bus *b)
 static void wake_for_intake(eb_bus *b)
 {
     int idle = atomic_load_explicit(&b->idle, memory_order_seq_cst);
-    if (idle > 0 && (int)b->nworkers - idle < (int)b->eager_max &&
+    if (idle > 0 &&
+        ((int)b->nworkers - idle < (int)b->eager_max ||
+         eb__ring_size(&b->intake) >= INTAKE_BEHIND) &&
         atomic_load_explicit(&b->spinners, memory_order_seq_cst) == 0)
         wake_pool(b);
 }
