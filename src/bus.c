@@ -41,11 +41,9 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#define LANE_BATCH 64    /* deliveries run per lane turn */
-#define IDLE_SPINS 2048  /* idle loops (~100 us) before a spinning worker parks */
-#define WAIT_SPINS 2000  /* loops before an outside waiter sleeps */
-#define WATCH_NS 1000000 /* a parked worker's look at the intake; see park */
-#define INTAKE_BEHIND (2 * EB__DISPATCH_BATCH) /* see wake_for_intake */
+#define LANE_BATCH 64   /* deliveries run per lane turn */
+#define IDLE_SPINS 2048 /* idle loops (~100 us) before a spinning worker parks */
+#define WAIT_SPINS 2000 /* loops before an outside waiter sleeps */
 #define MAX_WORKERS 256
 #define MAX_LANES 1024
 #define MAX_ATTEMPTS 1000
@@ -91,26 +89,12 @@ static void wake_pool(eb_bus *b)
 }
 
 /*
- * Waking policy. A worker is awake unless parked (`idle` counts the parked).
- * Work that only the pool can run in parallel — lanes queued on the run
- * queue beyond the one the dispatching worker takes — wakes a parked worker
- * whenever nobody spins (wake_for_work). New intake (a publish) is lazier:
- * it wakes a parked worker only while fewer than `eager_max` workers are
- * awake (wake_for_intake), one CPU fewer than the process may use, so the
- * pool leaves a CPU to the threads that publish — or when the awake ones
- * are behind (INTAKE_BEHIND entries wait on the intake); idle workers likewise spin
- * only while fewer than eager_max others are awake. An awake worker looks
- * at the intake before it parks, so no intake is ever missed; it can only be
- * late while every awake worker is inside a handler, and a worker that parks
- * while eager_max others are awake wakes every WATCH_NS to take such intake
- * (park). Measured on 2 CPUs (1 publisher, 2 workers): a second worker woken
- * for every burst of intake made three busy threads on two CPUs and halved
- * the publisher's rate (docs/ARCHITECTURE.md, "Parking and waking").
- *
- * All of these run after new work was made visible and a full fence. A
- * spinner that is about to park decrements `spinners`, increments `idle`
- * and re-checks for work, all seq_cst after our store, so if we still saw
- * it spinning (or awake) it will see the work (Dekker).
+ * After new work was made visible and a full fence: wake parked workers only
+ * if nobody spins. A spinner that is about to park decrements `spinners`,
+ * increments `idle` and re-checks for work, all seq_cst after our store, so
+ * if we still saw it spinning it will see the work (Dekker); and a worker
+ * that parked without spinning is not woken for work a spinner takes anyway,
+ * which would cost a futex wake and a context switch per publish.
  */
 static void wake_for_work(eb_bus *b)
 {
@@ -119,23 +103,13 @@ static void wake_for_work(eb_bus *b)
         wake_pool(b);
 }
 
-static void wake_for_intake(eb_bus *b)
-{
-    int idle = atomic_load_explicit(&b->idle, memory_order_seq_cst);
-    if (idle > 0 &&
-        ((int)b->nworkers - idle < (int)b->eager_max ||
-         eb__ring_size(&b->intake) >= INTAKE_BEHIND) &&
-        atomic_load_explicit(&b->spinners, memory_order_seq_cst) == 0)
-        wake_pool(b);
-}
-
-/* Called after making intake work visible with a store: the seq_cst fence
-   orders that store before the load of `idle`, pairing with park()'s
-   increment of idle before its re-check for work (Dekker). */
+/* Called after making work visible with a store: the seq_cst fence orders
+   that store before the load of `idle`, pairing with park()'s increment of
+   idle before its re-check for work (Dekker), so no wake-up is lost. */
 static void wake_if_idle(eb_bus *b)
 {
     eb__fence_seq_cst();
-    wake_for_intake(b);
+    wake_for_work(b);
 }
 
 static bool token_take(eb_bus *b)
@@ -225,11 +199,10 @@ static void runq_push(eb_bus *b, eb__lane *l)
         b->rq_head = l;
     b->rq_tail = l;
     pthread_mutex_unlock(&b->rq_lock);
-    /* seq_cst RMW: orders the queue before help_once's load of idle, and
-       pairs with park()'s increment of idle before its re-check (Dekker).
-       No wake here: every push comes from a worker, whose help_once takes a
-       lane next and wakes the pool for the ones it leaves (see there). */
+    /* seq_cst RMW: orders the queue before the load of idle (Dekker with
+       park). */
     atomic_fetch_add_explicit(&b->rq_len, 1, memory_order_seq_cst);
+    wake_for_work(b);
 }
 
 /*
@@ -255,9 +228,6 @@ static eb__lane *runq_pop(eb_bus *b, bool newest)
         else
             b->rq_tail = l->rq_prev;
         atomic_fetch_sub_explicit(&b->rq_len, 1, memory_order_relaxed);
-        atomic_store_explicit(&b->rq_taken,
-                              atomic_load_explicit(&b->rq_taken, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
     }
     pthread_mutex_unlock(&b->rq_lock);
     return l;
@@ -1027,7 +997,7 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
     if (atomic_load_explicit(&l->dispatcher_waiting, memory_order_relaxed) &&
         atomic_exchange_explicit(&l->dispatcher_waiting, false, memory_order_relaxed)) {
         atomic_store_explicit(&b->stall_relief, true, memory_order_release);
-        wake_for_intake(b);
+        wake_pool(b);
     }
     if (backoff)
         arm_backoff(b, w, l); /* the lane stays SCHEDULED; the timer requeues it */
@@ -1058,56 +1028,28 @@ static bool help_once(eb_bus *b, eb__worker *w)
 {
     bool progress = timers_fire(b);
     progress |= dispatch_step(b);
-    eb__lane *l = w->depth < EB__MAX_NEST ? runq_pop(b, w->depth > 0) : NULL;
-    if (l != NULL)
-        stop_spinning(b, w);
-    /* More lanes left on the run queue than the other awake workers will
-       take can run in parallel with ours (and ours may run long or block):
-       make sure a parked worker is awake for them (unless one spins). Intake
-       is not a reason: see wake_for_intake. */
-    unsigned queued = atomic_load_explicit(&b->rq_len, memory_order_seq_cst);
-    if (queued > 0 &&
-        (int)queued >= (int)b->nworkers - atomic_load_explicit(&b->idle, memory_order_seq_cst))
-        wake_for_work(b);
-    if (l != NULL) {
-        run_lane(b, w, l);
-        progress = true;
+    if (w->depth < EB__MAX_NEST) {
+        eb__lane *l = runq_pop(b, w->depth > 0);
+        if (l != NULL) {
+            stop_spinning(b, w);
+            /* A handler may run long or block: if more work is waiting, make
+               sure a parked worker is awake for it (unless one spins). */
+            if (atomic_load_explicit(&b->rq_len, memory_order_seq_cst) > 0 || dispatch_ready(b))
+                wake_for_work(b);
+            run_lane(b, w, l);
+            progress = true;
+        }
     }
     return progress;
 }
 
-/* Work that a parked worker must wake for even while eager_max others are
-   awake: more lanes queued than there are awake workers to take them (each
-   awake worker takes one as soon as its step or lane turn ends), and due
-   timers. The intake is the awake workers' (see wake_for_intake). */
-static bool has_lane_work(eb_bus *b, int awake)
-{
-    return (int)atomic_load_explicit(&b->rq_len, memory_order_relaxed) > awake ||
-           eb__timers_next(&b->timers) <= eb__now_mono_ns();
-}
-
-/* Steps taken by the pool (intake events dispatched, lanes taken): what a
-   parked worker watches to tell a busy pool from one held up in handlers. */
-static uint64_t pool_steps(eb_bus *b)
-{
-    return atomic_load_explicit(&b->dispatched, memory_order_relaxed) +
-           atomic_load_explicit(&b->rq_taken, memory_order_relaxed);
-}
-
-/*
- * Sleeps until new work, a timer deadline, `limit` (monotonic ns) or a
- * wake; while the bus is closing, at most 5 ms (the last worker to go idle
- * is the one that sees the bus drained).
- *
- * While eager_max other workers are awake, publishers do not wake us and the
- * intake is theirs: we sleep through it, and every WATCH_NS look whether the
- * dispatcher moved since the last look. If it did not and intake waits, the
- * awake workers are all held up in handlers, and we return to take it.
- */
+/* Sleeps until new work, a timer deadline, `limit` (monotonic ns) or a
+   wake; while the bus is closing, at most 5 ms (the last worker to go idle
+   is the one that sees the bus drained). */
 static void park(eb_bus *b, int64_t limit)
 {
     uint32_t snap = eb__ec_value(&b->work_ec);
-    int idle = atomic_fetch_add_explicit(&b->idle, 1, memory_order_seq_cst) + 1;
+    atomic_fetch_add_explicit(&b->idle, 1, memory_order_seq_cst);
     /* closing is read after the snapshot: the shutdown stores it before its
        wake_pool, so either we see it here or its increment of work_ec comes
        after our snapshot and the wait returns at once. (Read before the
@@ -1118,36 +1060,16 @@ static void park(eb_bus *b, int64_t limit)
         if (soon < limit)
             limit = soon;
     }
-    uint64_t seen = pool_steps(b);
-    for (;;) {
-        int awake = (int)b->nworkers - idle;
-        bool watch = awake >= (int)b->eager_max;
-        if ((watch ? has_lane_work(b, awake) : has_work(b)) ||
-            atomic_load_explicit(&b->stop, memory_order_seq_cst))
-            break;
-        int64_t now = eb__now_mono_ns();
-        if (now >= limit)
-            break;
+    if (!has_work(b) && !atomic_load_explicit(&b->stop, memory_order_seq_cst)) {
         int64_t deadline = eb__timers_next(&b->timers);
         if (limit < deadline)
             deadline = limit;
-        bool watching = watch && now + WATCH_NS < deadline;
-        if (watching)
-            deadline = now + WATCH_NS;
         if (deadline == INT64_MAX) {
             eb__ec_wait(&b->work_ec, snap, NULL);
         } else {
             struct timespec ts = mono_ts(deadline);
             eb__ec_wait(&b->work_ec, snap, &ts);
         }
-        if (!watching || eb__ec_value(&b->work_ec) != snap)
-            break; /* woken, or the limit or a timer is due */
-        uint64_t d = pool_steps(b);
-        if (d == seen &&
-            (dispatch_ready(b) || atomic_load_explicit(&b->rq_len, memory_order_relaxed) > 0))
-            break; /* work waits and the pool did not move: take it */
-        seen = d;
-        idle = atomic_load_explicit(&b->idle, memory_order_seq_cst);
     }
     atomic_fetch_sub_explicit(&b->idle, 1, memory_order_seq_cst);
 }
@@ -1197,10 +1119,7 @@ static void *worker_main(void *arg)
            once instead of taking CPU from publishers and busy workers. */
         if (!w->spinning) {
             unsigned n = atomic_load_explicit(&b->spinners, memory_order_relaxed);
-            /* Others awake: every worker but us that is not parked. */
-            int others =
-                (int)b->nworkers - 1 - atomic_load_explicit(&b->idle, memory_order_relaxed);
-            w->spinning = n < b->max_spinners && others < (int)b->eager_max &&
+            w->spinning = n < b->max_spinners &&
                           atomic_compare_exchange_strong_explicit(
                               &b->spinners, &n, n + 1, memory_order_seq_cst, memory_order_relaxed);
         }
@@ -1374,9 +1293,7 @@ static int intake_push(eb_bus *b, void *ev, unsigned n, int64_t timeout_ns)
             uint32_t snap = eb__ec_value(&b->space_ec);
             if (intake_try(b, ev, n))
                 return EB_OK;
-            /* A full intake: the awake workers are behind, wake another. */
-            eb__fence_seq_cst();
-            wake_for_work(b);
+            wake_if_idle(b);
             struct timespec ts = mono_ts(
                 deadline < eb__now_mono_ns() + 10000000 ? deadline : eb__now_mono_ns() + 10000000);
             eb__ec_wait(&b->space_ec, snap, &ts);
@@ -1443,7 +1360,7 @@ static void publish_exit(eb_bus *b, size_t accepted)
     atomic_fetch_add_explicit(&b->gate, ((uint64_t)accepted << EB__INFLIGHT_BITS) - 1,
                               memory_order_seq_cst);
     if (accepted > 0)
-        wake_for_intake(b);
+        wake_for_work(b);
 }
 
 /* Builds an event; correlation and causation are explicit, else inherited
@@ -1781,7 +1698,7 @@ void eb__bus_store_done(eb_bus *bus, uint64_t n)
     /* seq_cst, after the pushes: try_finish reads this count, then the
        ring, so it never sees neither. */
     uint64_t left = atomic_fetch_sub_explicit(&bus->store_inflight, n, memory_order_seq_cst) - n;
-    wake_for_intake(bus);
+    wake_for_work(bus);
     if (left == 0 && atomic_load_explicit(&bus->closing, memory_order_seq_cst))
         wake_pool(bus); /* the workers may be waiting for us to finish */
 }
@@ -1987,20 +1904,6 @@ EB_API void eb_bus_config_init(eb_bus_config *cfg)
     cfg->log_level = EB_LOG_WARN;
 }
 
-/* Workers awake up to which new intake wakes another (wake_for_intake):
-   one CPU fewer than this process may run on, at least 1. */
-static unsigned eager_max_for(unsigned workers)
-{
-    long n = 0;
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0)
-        n = CPU_COUNT(&set);
-    if (n <= 0)
-        n = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned m = n > 1 ? (unsigned)(n - 1) : 1;
-    return m < workers ? m : workers;
-}
-
 EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
 {
     eb_bus_config c;
@@ -2029,7 +1932,6 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
     b->nworkers = c.workers;
     b->touch_gen = 1; /* lanes start with touch 0: "not touched" */
     b->max_spinners = c.workers > 3 ? c.workers / 2 : 1;
-    b->eager_max = eager_max_for(c.workers);
     if (getrandom(&b->nonce, sizeof(b->nonce), 0) != sizeof(b->nonce))
         b->nonce = (uint64_t)eb__now_real_ns() ^ (uint64_t)(uintptr_t)b;
     eb__ec_init(&b->work_ec);

@@ -100,15 +100,13 @@ struct eb_bus {
     alignas(EB__CACHELINE) pthread_mutex_t rq_lock;
     eb__lane *rq_head, *rq_tail; /* protected by rq_lock */
     atomic_uint rq_len;
-    _Atomic uint64_t rq_taken; /* lanes popped; written under rq_lock */
 
     /* Parking. */
     alignas(EB__CACHELINE) eb__ec work_ec; /* bumped when there is new work */
     atomic_int idle;                       /* workers parked or about to */
     atomic_uint spinners;                  /* idle workers spinning, not parked */
     unsigned max_spinners;
-    unsigned eager_max; /* see wake_for_intake in bus.c */
-    eb__ec space_ec;    /* bumped after intake space frees */
+    eb__ec space_ec; /* bumped after intake space frees */
 
     alignas(EB__CACHELINE) atomic_long busy_lanes; /* lanes SCHEDULED */
     atomic_bool stop;

@@ -280,9 +280,9 @@ static int fast_handler(const eb_event *ev, void *ctx)
 
 /*
  * An event published while the only busy worker is held up in a handler is
- * still delivered by the other worker. (With fewer CPUs than workers plus
- * one, publishers leave waking to the busy worker, and a parked worker finds
- * such intake on its own: see wake_for_intake in src/bus.c.)
+ * still delivered by the other worker: the intake must not wait for the
+ * busy one (a waking policy that leaves intake to awake workers has to
+ * cover this case).
  */
 Test(lane, events_published_while_a_handler_blocks_are_delivered_by_another_worker)
 {

@@ -143,13 +143,7 @@ typedef struct eb_deadletter_info {
 typedef void (*eb_deadletter_fn)(const eb_event *ev, const eb_deadletter_info *info, void *ctx);
 
 typedef struct eb_bus_config {
-    unsigned workers;         /* 0: one per online CPU; at most 256. New
-                                 events wake at most one worker fewer than
-                                 the CPUs the process may use (the others
-                                 run queued lanes in parallel, and step in
-                                 within ~1 ms when the busy workers are all
-                                 held up in handlers): see "Parking and
-                                 waking" in docs/ARCHITECTURE.md */
+    unsigned workers;         /* 0: one per online CPU; at most 256 */
     unsigned intake_capacity; /* entries; 0: 4095; at most 2^24 - 1. Rounded
                                  up to the next 2^k - 1 (Concurrency Kit's
                                  ring keeps one slot of 2^k free), so the
