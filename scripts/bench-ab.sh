@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# A/B comparison of two revisions with the benchmark harness, interleaved.
+#
+#   scripts/bench-ab.sh [-n ROUNDS] REV_A REV_B [eventbus-bench arguments]
+#
+# Builds eventbus-bench at each revision (git worktrees under build-ab/; the
+# working tree itself when a revision is "WORKTREE") with the working tree's
+# bench/ (so that only the library differs: the same harness measures both
+# sides, and its options work for old revisions), then runs A, B, A, B,
+# ... ROUNDS times (default 6) with the given arguments (default:
+# --scenario throughput --only eventbus --runs 3) and prints, for every
+# figure, the median over the rounds of each side's median and in how many
+# rounds B beat A. Alternating matters on a shared machine: its load moves
+# within minutes, and two sequential measurements can differ by 2x for the
+# same code (bench/RESULTS.md). Example:
+#
+#   scripts/bench-ab.sh HEAD~1 WORKTREE --scenario durable --case memory --runs 3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=6
+if [ "${1:-}" = -n ]; then
+  rounds=$2
+  shift 2
+fi
+if [ $# -lt 2 ]; then
+  sed -n '2,18p' "$0" >&2
+  exit 64
+fi
+rev_a=$1 rev_b=$2
+shift 2
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(--scenario throughput --only eventbus --runs 3)
+root=$PWD
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+build_rev() { # rev -> path of its eventbus-bench
+  local rev=$1 src dir
+  if [ "$rev" = WORKTREE ]; then
+    src=$root
+    dir=$root/build-ab/worktree
+  else
+    local sha
+    sha=$(git rev-parse --short "$rev")
+    src=$root/build-ab/src-$sha
+    dir=$root/build-ab/build-$sha
+    [ -d "$src" ] || git worktree add --detach "$src" "$sha" >/dev/null 2>&1
+    rm -rf "$src/bench"
+    cp -r "$root/bench" "$src/bench"
+  fi
+  cmake -S "$src" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DEB_BUILD_TESTS=OFF \
+    -DEB_BUILD_EXAMPLES=OFF -DEB_BUILD_BENCH=ON >/dev/null
+  cmake --build "$dir" -j"$(nproc)" --target eventbus-bench >/dev/null
+  echo "$dir/bench/eventbus-bench"
+}
+
+echo "bench-ab: building $rev_a and $rev_b" >&2
+bin_a=$(build_rev "$rev_a")
+bin_b=$(build_rev "$rev_b")
+for r in $(seq "$rounds"); do
+  for side in a b; do
+    bin=$bin_a
+    [ $side = b ] && bin=$bin_b
+    echo "bench-ab: round $r/$rounds, $side" >&2
+    "$bin" "${args[@]}" --json "$out/$side-$r.json" >/dev/null 2>&1 ||
+      echo "bench-ab: round $r $side failed (exit $?)" >&2
+  done
+done
+
+python3 - "$out" "$rounds" "$rev_a" "$rev_b" <<'EOF'
+import json, os, statistics, sys
+out, rounds, rev_a, rev_b = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+# (case, impl, metric) -> side -> [per-round medians]
+figs, lower = {}, {}
+for side in 'ab':
+    for r in range(1, rounds + 1):
+        path = os.path.join(out, f'{side}-{r}.json')
+        if not os.path.exists(path):
+            continue
+        for scn in json.load(open(path))['scenarios']:
+            for case in scn['cases']:
+                for res in case['results']:
+                    if res.get('status') != 'ok':
+                        continue
+                    for m in case['metrics']:
+                        v = res['metrics'].get(m['name'])
+                        if v is None:
+                            continue
+                        k = (f"{scn['name']}/{case['name']}", res['impl'], m['name'])
+                        lower[k] = m['lower_better']
+                        figs.setdefault(k, {'a': {}, 'b': {}})[side][r] = v['median']
+print(f'A = {rev_a}, B = {rev_b}; {rounds} rounds, alternating')
+print(f"{'figure':<70} {'A':>12} {'B':>12} {'B/A':>6}  B better")
+for k in sorted(figs):
+    a, b = figs[k]['a'], figs[k]['b']
+    if not a or not b:
+        continue
+    ma, mb = statistics.median(a.values()), statistics.median(b.values())
+    both = [r for r in a if r in b]
+    wins = sum(1 for r in both if (b[r] < a[r] if lower[k] else b[r] > a[r]))
+    name = f'{k[0]} {k[1]} {k[2]}'
+    ratio = mb / ma if ma else float('nan')
+    print(f'{name[:70]:<70} {ma:12.4g} {mb:12.4g} {ratio:6.2f}  {wins}/{len(both)}')
+EOF
