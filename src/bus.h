@@ -133,6 +133,13 @@ struct eb_bus {
     eb__worker *workers;
 };
 
+/* Events accepted by publish calls so far, memory-only and durable alike
+   (relaxed: a rate estimate for the store's writer). */
+static inline uint64_t eb__bus_accepted(eb_bus *b)
+{
+    return atomic_load_explicit(&b->gate, memory_order_relaxed) >> EB__INFLIGHT_BITS;
+}
+
 /* ---- the store's writer hands events back (store_sqlite.c) ---------- */
 
 /* Puts a committed (or replayed, or fired) event on the intake without

@@ -70,6 +70,10 @@
 #define INTAKE_RETRY_NS 1000000
 #define FIRE_RETRY_NS 10000000 /* scheduled events after a failed allocation */
 #define GATHER_NS 150000       /* how long the writer waits for the last round's waiters */
+#define DEFAULT_LAZY_SHARE 10
+#define YIELD_MAX_NS 50000000 /* the longest pause of lazy work (lazy_share) */
+#define MEMORY_FLOWING 10000  /* memory-only events/s that make lazy work pause */
+#define LAZY_BATCH_MAX 2048   /* items per transaction of pausing lazy work */
 #define EB__O_MAX 24
 
 /* Schema version 1. Events are keyed by their log sequence; outbox rows
@@ -268,18 +272,20 @@ struct eb_store {
     uint64_t nonce;
 
     pthread_mutex_t lock;
-    pthread_cond_t wake;  /* the writer: work queued */
-    eb__ec done_ec;       /* waiters: bumped after completions */
-    pthread_cond_t space; /* publishers: backlog went down */
-    item *q;              /* protected by lock */
-    size_t qn, qcap;      /* protected by lock */
-    bool stop;            /* protected by lock */
-    bool ckpt_dirty;      /* some dsub checkpoint moved; protected by lock */
-    bool gathering;       /* the writer waits for more waiters; ditto */
-    size_t qwaited;       /* waiting callers' items in the queue; ditto */
-    size_t gather_want;   /* the writer gathers until qwaited reaches this */
-    eb__dsub *dsubs;      /* protected by lock */
-    eb_bus *bus;          /* protected by lock; read freely by the writer */
+    pthread_cond_t wake;    /* the writer: work queued */
+    eb__ec done_ec;         /* waiters: bumped after completions */
+    pthread_cond_t space;   /* publishers: backlog went down */
+    item *q;                /* protected by lock */
+    size_t qn, qcap;        /* protected by lock */
+    bool stop;              /* protected by lock */
+    bool ckpt_dirty;        /* some dsub checkpoint moved; protected by lock */
+    bool gathering;         /* the writer waits for more waiters; ditto */
+    size_t qwaited;         /* waiting callers' items in the queue; ditto */
+    size_t gather_want;     /* the writer gathers until qwaited reaches this */
+    bool yielding;          /* lazy work pauses (lazy_share); protected by lock */
+    uint64_t queued_events; /* durable events queued so far; ditto */
+    eb__dsub *dsubs;        /* protected by lock */
+    eb_bus *bus;            /* protected by lock; read freely by the writer */
     pthread_t writer;
     bool has_writer;
 
@@ -295,9 +301,14 @@ struct eb_store {
     item *spare;            /* the other queue array (swapped under lock) */
     size_t spare_cap;
     int64_t ckpt_at;
+    /* Lazy work's pauses (see yield_next): the bus's accepted count and our
+       queued count when last sampled, and when; the end of the pause. */
+    uint64_t mem_acc, mem_queued;
+    int64_t mem_at, yield_until;
+    bool mem_flowing;
 
     /* Counters (relaxed atomics; stats only). */
-    _Atomic uint64_t commits, appended, write_errors;
+    _Atomic uint64_t commits, appended, write_errors, lazy_pauses;
     atomic_bool failed_since_open;
 
     pthread_mutex_t errlock;
@@ -419,7 +430,8 @@ static int q_push_locked(eb_store *s, void *p, int kind)
     /* Wake the writer for the first item, or when the callers it gathers
        for are all back: not once per caller (each wake-up is a context
        switch on a machine the woken callers need too). */
-    if (s->qn == 1 || (s->gathering && s->qwaited >= s->gather_want))
+    if (s->qn == 1 || (s->gathering && s->qwaited >= s->gather_want) ||
+        (s->yielding && kind == IT_JOB && ((job *)p)->waited))
         pthread_cond_signal(&s->wake);
     return EB_OK;
 }
@@ -943,6 +955,59 @@ static bool fire_wanted(eb_store *s)
            eb__now_mono_ns() >= s->fire_retry_at;
 }
 
+/* Under the lock: do memory-only events flow through the bus (at least
+   MEMORY_FLOWING a second)? Memory-only = accepted by the bus's publish
+   calls minus the durable ones queued here, over at least 1 ms (a durable
+   publish is queued before the bus counts it accepted, so short windows
+   would mistake that lag for traffic); a shorter interval keeps the last
+   answer. */
+static bool memory_flowing_locked(eb_store *s)
+{
+    if (s->opts.lazy_share >= 100 || s->bus == NULL || s->detaching)
+        return false;
+    int64_t now = eb__now_mono_ns();
+    int64_t dt = now - s->mem_at;
+    if (s->mem_at != 0 && dt < 1000000)
+        return s->mem_flowing;
+    uint64_t acc = eb__bus_accepted(s->bus), q = s->queued_events;
+    uint64_t mem = (acc - s->mem_acc) - (q - s->mem_queued);
+    s->mem_flowing = s->mem_at != 0 && mem < (UINT64_C(1) << 62) &&
+                     (double)mem * 1e9 >= (double)MEMORY_FLOWING * (double)dt;
+    s->mem_acc = acc;
+    s->mem_queued = q;
+    s->mem_at = now;
+    return s->mem_flowing;
+}
+
+/* Makes the spare queue array hold at least n items; false if out of
+   memory (the caller then takes the whole queue as usual). */
+static bool spare_room(eb_store *s, size_t n)
+{
+    if (s->spare_cap >= n)
+        return true;
+    item *v = realloc(s->spare, n * sizeof(*v));
+    if (v == NULL)
+        return false;
+    s->spare = v;
+    s->spare_cap = n;
+    return true;
+}
+
+/* After a transaction that began at t0: if nobody waited for it and memory
+   traffic flows, lazy work pauses so that it takes lazy_share of the
+   writer's time (the pause is (100 - share) / share times the transaction,
+   at most YIELD_MAX_NS). */
+static void yield_next(eb_store *s, int64_t t0, bool lazy_only)
+{
+    s->yield_until = 0;
+    if (!lazy_only)
+        return;
+    int64_t now = eb__now_mono_ns();
+    int64_t pause = (now - t0) * (int64_t)(100 - s->opts.lazy_share) / (int64_t)s->opts.lazy_share;
+    s->yield_until = now + (pause < YIELD_MAX_NS ? pause : YIELD_MAX_NS);
+    atomic_fetch_add_explicit(&s->lazy_pauses, 1, memory_order_relaxed);
+}
+
 static void *writer_main(void *arg)
 {
     eb_store *s = arg;
@@ -983,6 +1048,15 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&s->lock);
             break;
         }
+        /* Work nobody waits for pauses while memory-only traffic flows
+           (lazy_share); a waiting caller's item ends the pause. */
+        if (s->qwaited == 0 && !s->stop && eb__now_mono_ns() < s->yield_until) {
+            s->yielding = true;
+            struct timespec ts = abs_mono(s->yield_until);
+            while (s->qwaited == 0 && !s->stop && eb__now_mono_ns() < s->yield_until)
+                pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+            s->yielding = false;
+        }
         /* Group commit across rounds: the callers woken by the last commit
            are about to queue their next write. Fewer of them queued than
            last time: give the rest a moment (at most GATHER_NS, far below an
@@ -999,6 +1073,7 @@ static void *writer_main(void *arg)
         }
         last_waited = s->qwaited;
         s->qwaited = 0;
+        bool flowing = memory_flowing_locked(s);
         /* Checkpoints first, then the batch (see the design notes). */
         size_t nck = 0;
         ckpt_snap ck[64];
@@ -1021,18 +1096,34 @@ static void *writer_main(void *arg)
         /* Take the whole queue: swap arrays, so publishers never wait for
            the transaction. */
         size_t n = s->qn;
-        item *batch = s->q;
-        size_t bcap = s->qcap;
-        s->q = s->spare;
-        s->qcap = s->spare_cap;
-        s->qn = 0;
-        s->spare = batch;
-        s->spare_cap = bcap;
+        item *batch;
+        if (flowing && last_waited == 0 && !s->stop && n > LAZY_BATCH_MAX &&
+            spare_room(s, LAZY_BATCH_MAX)) {
+            /* Pausing lazy work takes it in short transactions, so that
+               each pause stays in proportion (lazy_share): the oldest items
+               now, the rest after the pause. */
+            batch = s->spare;
+            memcpy(batch, s->q, LAZY_BATCH_MAX * sizeof(*batch));
+            memmove(s->q, s->q + LAZY_BATCH_MAX, (n - LAZY_BATCH_MAX) * sizeof(*batch));
+            n = LAZY_BATCH_MAX;
+            s->qn -= n;
+        } else {
+            batch = s->q;
+            size_t bcap = s->qcap;
+            s->q = s->spare;
+            s->qcap = s->spare_cap;
+            s->qn = 0;
+            s->spare = batch;
+            s->spare_cap = bcap;
+        }
         bool fire = fire_wanted(s);
         pthread_mutex_unlock(&s->lock);
 
-        if (n > 0 || fire || nck > 0)
+        if (n > 0 || fire || nck > 0) {
+            int64_t t0 = eb__now_mono_ns();
             writer_txn(s, batch, n, fire, ck, nck);
+            yield_next(s, t0, last_waited == 0 && flowing);
+        }
         if (nck > 0)
             s->ckpt_at = eb__now_mono_ns() + CKPT_DELAY_NS;
         if (s->f_n > 0)
@@ -1112,6 +1203,7 @@ int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t t
         }
     }
     if (rc == EB_OK) {
+        s->queued_events += n;
         for (size_t i = 0; i < n; i++)
             q_push_locked(s, evs[i], wait ? IT_EVENT_OWNED : IT_EVENT);
         if (wait) {
@@ -1561,6 +1653,7 @@ EB_API void eb_store_options_init(eb_store_options *opts)
     opts->busy_timeout_ms = 5000;
     opts->max_pending = DEFAULT_PENDING;
     opts->log_level = EB_LOG_WARN;
+    opts->lazy_share = DEFAULT_LAZY_SHARE;
 }
 
 /* Runs one statement that returns one integer. */
@@ -1713,6 +1806,10 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
         return EB_EINVAL;
     if (o.max_pending == 0)
         o.max_pending = DEFAULT_PENDING;
+    if (o.lazy_share == 0)
+        o.lazy_share = DEFAULT_LAZY_SHARE;
+    if (o.lazy_share > 100)
+        return EB_EINVAL;
 
     /* A new file is created here with mode 0600 (SQLite would use 0644),
        and O_EXCL: never someone else's file. */
@@ -1965,6 +2062,7 @@ EB_API int eb_store_stats_get(eb_store *s, eb_store_stats *out)
     st.commits = atomic_load_explicit(&s->commits, memory_order_relaxed);
     st.appended = atomic_load_explicit(&s->appended, memory_order_relaxed);
     st.write_errors = atomic_load_explicit(&s->write_errors, memory_order_relaxed);
+    st.lazy_pauses = atomic_load_explicit(&s->lazy_pauses, memory_order_relaxed);
     pthread_mutex_lock(&s->lock);
     st.pending = backlog_locked(s);
     pthread_mutex_unlock(&s->lock);

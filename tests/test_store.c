@@ -1114,3 +1114,109 @@ Test(store, flush_times_out_while_the_writer_waits_for_a_lock_and_completes_afte
     eb_store_close(s);
     t_dir_rm(&d);
 }
+
+/* ---- lazy work and memory traffic (lazy_share) -------------------------- */
+
+typedef struct t_flood {
+    eb_bus *bus;
+    atomic_int stop;
+    atomic_uint published;
+    pthread_t th;
+} t_flood;
+
+/* Publishes memory-only events on "m" as fast as it can until told to stop. */
+static void *t_flood_main(void *arg)
+{
+    t_flood *f = arg;
+    uint32_t v = 0;
+    while (!atomic_load(&f->stop)) {
+        if (eb_publish(f->bus, "m", &v, sizeof v, NULL) == EB_OK)
+            atomic_fetch_add(&f->published, 1);
+        v++;
+    }
+    return NULL;
+}
+
+static int t_tally(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add((atomic_uint *)ctx, 1);
+    return 0;
+}
+
+/*
+ * Publishes 2000 lazy durable events in 20 rounds (so the writer commits
+ * many times), with memory-only traffic flowing meanwhile if `memory`, then
+ * one waiting durable publish; checks that every event was committed and
+ * delivered once. Returns how often lazy work paused.
+ */
+static uint64_t t_lazy_run(unsigned lazy_share, bool memory)
+{
+    enum { ROUNDS = 20, PER = 100, N = ROUNDS * PER };
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_NORMAL;
+    o.lazy_share = lazy_share;
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_OK);
+    eb_bus *bus = t_bus_store(s, 2);
+    atomic_uint mem_seen, dur_seen;
+    atomic_init(&mem_seen, 0);
+    atomic_init(&dur_seen, 0);
+    t_sub(bus, "m", t_tally, &mem_seen, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "d", t_tally, &dur_seen, EB_DELIVERY_SERIAL, 0);
+    t_flood f = {.bus = bus};
+    atomic_init(&f.stop, 0);
+    atomic_init(&f.published, 0);
+    if (memory)
+        cr_assert_eq(pthread_create(&f.th, NULL, t_flood_main, &f), 0);
+    for (uint32_t r = 0; r < ROUNDS; r++) {
+        for (uint32_t i = 0; i < PER; i++)
+            t_pub_durable(bus, "d", r * PER + i, EB_PUBLISH_DURABLE_LAZY);
+        t_sleep_ms(2);
+    }
+    /* A waiting publish ends any pause: it returns committed. */
+    t_pub_durable(bus, "d", N, EB_PUBLISH_DURABLE);
+    if (memory) {
+        atomic_store(&f.stop, 1);
+        pthread_join(f.th, NULL);
+    }
+    cr_assert_eq(eb_store_flush(s, t_wait_budget_ns()), EB_OK);
+    cr_assert(t_wait_ge(&dur_seen, N + 1));
+    cr_assert(t_wait_ge(&mem_seen, atomic_load(&f.published)));
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert_eq(st.events, N + 1);
+    cr_assert_eq(atomic_load(&dur_seen), N + 1, "every lazy event delivered once");
+    cr_assert_eq(atomic_load(&mem_seen), atomic_load(&f.published));
+    t_store_done(&d, s);
+    return st.lazy_pauses;
+}
+
+Test(store, lazy_work_pauses_while_memory_traffic_flows_and_all_of_it_still_commits)
+{
+    cr_assert_gt(t_lazy_run(0, true), 0, "the default lazy_share pauses lazy work");
+}
+
+Test(store, lazy_work_never_pauses_without_memory_traffic_or_with_a_share_of_100)
+{
+    cr_assert_eq(t_lazy_run(0, false), 0);
+    cr_assert_eq(t_lazy_run(100, true), 0);
+}
+
+Test(store, lazy_share_above_100_is_refused)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_options o;
+    eb_store_options_init(&o);
+    cr_assert_eq(o.lazy_share, 10);
+    o.lazy_share = 101;
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_EINVAL);
+    cr_assert_null(s);
+    t_dir_rm(&d);
+}

@@ -67,6 +67,15 @@ typedef struct eb_store_options {
     eb_log_fn log;            /* NULL: no logging */
     void *log_ctx;
     eb_log_level log_level; /* default WARN */
+    unsigned lazy_share;    /* percent, 1-100; 0: 10. While memory-only events
+                               flow through the attached bus, work no caller
+                               waits for (EB_PUBLISH_DURABLE_LAZY events,
+                               checkpoints, dead letters) takes at most this
+                               share of the writer's time: it pauses between
+                               such commits, so that the memory path keeps
+                               the CPUs. A waiting caller (EB_PUBLISH_DURABLE,
+                               eb_store_flush, outbox and saga calls) ends a
+                               pause at once. 100: never pause */
 } eb_store_options;
 
 /* Fills opts with the defaults. Thread-safe: yes. */
@@ -126,6 +135,7 @@ typedef struct eb_store_stats {
     uint64_t appended;     /* events it appended to the log */
     uint64_t write_errors; /* transactions that failed */
     uint64_t pending;      /* items queued for the writer now */
+    uint64_t lazy_pauses;  /* pauses of lazy work for memory traffic (lazy_share) */
 } eb_store_stats;
 
 /* Counts rows and reports this handle's counters.
