@@ -69,7 +69,8 @@
 #define SCHED_RECHECK_NS 1000000000 /* other processes may schedule too */
 #define INTAKE_RETRY_NS 1000000
 #define FIRE_RETRY_NS 10000000 /* scheduled events after a failed allocation */
-#define GATHER_NS 150000       /* how long the writer waits for the last round's waiters */
+#define GATHER_NS                                                                                  \
+    50000 /* how long the writer waits for the last round's waiters (see writer_main) */
 #define DEFAULT_LAZY_SHARE 10
 #define YIELD_MAX_NS 50000000 /* the longest pause of lazy work (lazy_share) */
 #define MEMORY_FLOWING 10000  /* memory-only events/s that make lazy work pause */
@@ -1061,7 +1062,10 @@ static void *writer_main(void *arg)
            are about to queue their next write. Fewer of them queued than
            last time: give the rest a moment (at most GATHER_NS, far below an
            fsync) so they share this commit instead of waiting a whole extra
-           one. Lazy-only traffic has no waiters and never waits here. */
+           one. Lazy-only traffic has no waiters and never waits here.
+           50 us, not 150: with 8 waiting publishers on 2 CPUs, two sets of
+           alternating runs gave +10% and +21% events/s and a 13-20% lower
+           p50 (the last stragglers cost more than a commit they miss). */
         if (s->qwaited > 0 && s->qwaited < last_waited && !s->stop) {
             int64_t until = eb__now_mono_ns() + GATHER_NS;
             struct timespec ts = abs_mono(until);
