@@ -1052,9 +1052,17 @@ static void *writer_main(void *arg)
         /* Work nobody waits for pauses while memory-only traffic flows
            (lazy_share); a waiting caller's item ends the pause. */
         if (s->qwaited == 0 && !s->stop && eb__now_mono_ns() < s->yield_until) {
+            /* A scheduled event that falls due ends it too. */
+            int64_t until = s->yield_until;
+            if (s->bus != NULL && !s->detaching && s->next_due != INT64_MAX) {
+                int64_t in = s->next_due - now_ns();
+                int64_t at = eb__now_mono_ns() + (in > 0 ? in : 0);
+                if (at < until)
+                    until = at;
+            }
             s->yielding = true;
-            struct timespec ts = abs_mono(s->yield_until);
-            while (s->qwaited == 0 && !s->stop && eb__now_mono_ns() < s->yield_until)
+            struct timespec ts = abs_mono(until);
+            while (s->qwaited == 0 && !s->stop && eb__now_mono_ns() < until)
                 pthread_cond_timedwait(&s->wake, &s->lock, &ts);
             s->yielding = false;
         }

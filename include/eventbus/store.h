@@ -74,8 +74,9 @@ typedef struct eb_store_options {
                                share of the writer's time: it pauses between
                                such commits, so that the memory path keeps
                                the CPUs. A waiting caller (EB_PUBLISH_DURABLE,
-                               eb_store_flush, outbox and saga calls) ends a
-                               pause at once. 100: never pause */
+                               eb_store_flush, outbox and saga calls) or a
+                               scheduled event falling due ends a pause.
+                               100: never pause. Above 100: EB_EINVAL */
 } eb_store_options;
 
 /* Fills opts with the defaults. Thread-safe: yes. */
