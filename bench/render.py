@@ -542,6 +542,7 @@ def write_md(data, json_name, md_path, plots_rel):
                "this file\n"
                "bench/run.sh --quick                  # CI smoke test (< 60 s, checks only)\n"
                "build-bench/bench/eventbus-bench --scenario roundtrip --runs 3   # one scenario\n"
+               "scripts/bench-ab.sh HEAD~1 WORKTREE --scenario fanout --runs 3  # A/B, alternating\n"
                "```\n")
     with open(md_path + ".tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(out))
