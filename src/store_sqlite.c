@@ -1050,9 +1050,15 @@ static void *writer_main(void *arg)
             break;
         }
         /* Work nobody waits for pauses while memory-only traffic flows
-           (lazy_share); a waiting caller's item ends the pause. */
-        if (s->qwaited == 0 && !s->stop && eb__now_mono_ns() < s->yield_until) {
-            /* A scheduled event that falls due ends it too. */
+           (lazy_share): no transaction until the pause ends, a waiting
+           caller's item comes or a scheduled event falls due. Committed
+           events and replays keep going to the bus meanwhile. */
+        if (s->qwaited == 0 && !s->stop && !fire_wanted(s) && eb__now_mono_ns() < s->yield_until) {
+            if (s->f_n > 0 && !blocked) {
+                pthread_mutex_unlock(&s->lock);
+                blocked = fifo_inject(s);
+                continue;
+            }
             int64_t until = s->yield_until;
             if (s->bus != NULL && !s->detaching && s->next_due != INT64_MAX) {
                 int64_t in = s->next_due - now_ns();
@@ -1060,11 +1066,15 @@ static void *writer_main(void *arg)
                 if (at < until)
                     until = at;
             }
+            if (s->f_n > 0 && eb__now_mono_ns() + INTAKE_RETRY_NS < until)
+                until = eb__now_mono_ns() + INTAKE_RETRY_NS;
             s->yielding = true;
             struct timespec ts = abs_mono(until);
-            while (s->qwaited == 0 && !s->stop && eb__now_mono_ns() < until)
-                pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+            if (pthread_cond_timedwait(&s->wake, &s->lock, &ts) != 0)
+                blocked = false; /* timed out: look at the intake again */
             s->yielding = false;
+            pthread_mutex_unlock(&s->lock);
+            continue;
         }
         /* Group commit across rounds: the callers woken by the last commit
            are about to queue their next write. Fewer of them queued than
