@@ -2174,7 +2174,7 @@ EB_API int eb_bus_stats_get(eb_bus *b, eb_bus_stats *out)
     if (b == NULL || out == NULL)
         return EB_EINVAL;
     eb_bus_stats st = {0};
-    st.published = atomic_load_explicit(&b->gate, memory_order_relaxed) >> EB__INFLIGHT_BITS;
+    st.published = eb__bus_accepted(b);
     st.dispatched = atomic_load_explicit(&b->dispatched, memory_order_relaxed);
     st.unrouted = atomic_load_explicit(&b->unrouted, memory_order_relaxed);
     st.dropped = atomic_load_explicit(&b->dropped, memory_order_relaxed);
