@@ -198,7 +198,9 @@ EB_API void eb_bus_destroy(eb_bus *bus);
  * timeout_ns for the deliveries to finish (< 0: forever, as eb_bus_destroy;
  * 0: do not wait). The store's writer finishing a transaction it is in
  * (busy_timeout_ms of another process's lock, an fsync) is not bounded by
- * the timeout.
+ * the timeout; nor is, once no delivery is left, the workers' own
+ * bookkeeping of the last one (at most 10 ms): a bus with nothing left to
+ * deliver shuts down with EB_OK even with a zero timeout.
  * EB_OK: the bus was destroyed; the handle is invalid.
  * EB_ETIMEDOUT: deliveries were still running or queued at the deadline.
  *   The bus stays closed but is not freed, and the handle stays valid; the
