@@ -674,9 +674,19 @@ def main():
         data = json.load(f)
     plots_rel = None
     ok = True
+    plots_dir = args.plots
     if args.plots:
         ok = make_plots(data, args.plots)
-        plots_rel = os.path.relpath(os.path.abspath(args.plots),
+    else:
+        # Re-rendering (e.g. after editing the notes) keeps the links to the
+        # plots already drawn for this JSON next to it (none older than it).
+        jdir = os.path.dirname(os.path.abspath(args.json))
+        pngs = [os.path.join(jdir, s["name"] + ".png") for s in data.get("scenarios", [])]
+        if pngs and all(os.path.exists(p) and os.path.getmtime(p) >= os.path.getmtime(args.json)
+                        for p in pngs):
+            plots_dir = jdir
+    if plots_dir:
+        plots_rel = os.path.relpath(os.path.abspath(plots_dir),
                                     os.path.dirname(os.path.abspath(args.md)))
     json_rel = os.path.relpath(os.path.abspath(args.json), os.path.dirname(os.path.abspath(args.md)))
     write_md(data, json_rel, args.md, plots_rel)
