@@ -10,7 +10,8 @@
 # ... ROUNDS times (default 6) with the given arguments (default:
 # --scenario throughput --only eventbus --runs 3) and prints, for every
 # figure, the median over the rounds of each side's median and in how many
-# rounds B beat A. Alternating matters on a shared machine: its load moves
+# rounds B beat A; and the same for the harness's in-run ratios ("X vs Y",
+# > 1: X better), which is what the targets in bench/RESULTS.md are made of. Alternating matters on a shared machine: its load moves
 # within minutes, and two sequential measurements can differ by 2x for the
 # same code (bench/RESULTS.md). Example:
 #
@@ -89,8 +90,15 @@ for side in 'ab':
                         k = (f"{scn['name']}/{case['name']}", res['impl'], m['name'])
                         lower[k] = m['lower_better']
                         figs.setdefault(k, {'a': {}, 'b': {}})[side][r] = v['median']
+                # The harness's in-run ratios (what the targets are made of):
+                # "impl vs other", > 1 means impl is better.
+                for ra in case.get('ratios', []):
+                    k = (f"{scn['name']}/{case['name']}", f"{ra['impl']} vs {ra['vs']}",
+                         ra['metric'] + ' ratio')
+                    lower[k] = False
+                    figs.setdefault(k, {'a': {}, 'b': {}})[side][r] = ra['advantage']
 print(f'A = {rev_a}, B = {rev_b}; {rounds} rounds, alternating')
-print(f"{'figure':<70} {'A':>12} {'B':>12} {'B/A':>6}  B better")
+print(f"{'figure':<100} {'A':>12} {'B':>12} {'B/A':>6}  B better")
 for k in sorted(figs):
     a, b = figs[k]['a'], figs[k]['b']
     if not a or not b:
@@ -100,5 +108,5 @@ for k in sorted(figs):
     wins = sum(1 for r in both if (b[r] < a[r] if lower[k] else b[r] > a[r]))
     name = f'{k[0]} {k[1]} {k[2]}'
     ratio = mb / ma if ma else float('nan')
-    print(f'{name[:70]:<70} {ma:12.4g} {mb:12.4g} {ratio:6.2f}  {wins}/{len(both)}')
+    print(f'{name[:100]:<100} {ma:12.4g} {mb:12.4g} {ratio:6.2f}  {wins}/{len(both)}')
 EOF
