@@ -1009,6 +1009,17 @@ static void yield_next(eb_store *s, int64_t t0, bool lazy_only)
     atomic_fetch_add_explicit(&s->lazy_pauses, 1, memory_order_relaxed);
 }
 
+/* When (monotonic ns) fire_wanted will next hold for a due scheduled
+   event; INT64_MAX if none is due or the bus cannot take them. */
+static int64_t fire_at(eb_store *s)
+{
+    if (s->bus == NULL || s->detaching || s->next_due == INT64_MAX)
+        return INT64_MAX;
+    int64_t in = s->next_due - now_ns();
+    int64_t at = eb__now_mono_ns() + (in > 0 ? in : 0);
+    return at < s->fire_retry_at ? s->fire_retry_at : at;
+}
+
 static void *writer_main(void *arg)
 {
     eb_store *s = arg;
@@ -1029,14 +1040,8 @@ static void *writer_main(void *arg)
                 continue;
             }
             int64_t deadline = s->sched_check;
-            if (s->bus != NULL && !s->detaching && s->next_due != INT64_MAX) {
-                int64_t in = s->next_due - now_ns();
-                int64_t at = eb__now_mono_ns() + (in > 0 ? in : 0);
-                if (at < s->fire_retry_at)
-                    at = s->fire_retry_at;
-                if (at < deadline)
-                    deadline = at;
-            }
+            if (fire_at(s) < deadline)
+                deadline = fire_at(s);
             if (blocked && eb__now_mono_ns() + INTAKE_RETRY_NS < deadline)
                 deadline = eb__now_mono_ns() + INTAKE_RETRY_NS;
             if (s->ckpt_dirty && s->ckpt_at < deadline)
@@ -1060,12 +1065,8 @@ static void *writer_main(void *arg)
                 continue;
             }
             int64_t until = s->yield_until;
-            if (s->bus != NULL && !s->detaching && s->next_due != INT64_MAX) {
-                int64_t in = s->next_due - now_ns();
-                int64_t at = eb__now_mono_ns() + (in > 0 ? in : 0);
-                if (at < until)
-                    until = at;
-            }
+            if (fire_at(s) < until)
+                until = fire_at(s);
             if (s->f_n > 0 && eb__now_mono_ns() + INTAKE_RETRY_NS < until)
                 until = eb__now_mono_ns() + INTAKE_RETRY_NS;
             s->yielding = true;
