@@ -74,7 +74,7 @@
 #define DEFAULT_LAZY_SHARE 10
 #define YIELD_MAX_NS 50000000 /* the longest pause of lazy work (lazy_share) */
 #define MEMORY_FLOWING 10000  /* memory-only events/s that make lazy work pause */
-#define LAZY_BATCH_MAX 2048   /* items per transaction of pausing lazy work */
+#define LAZY_BATCH_MAX 2048   /* items per transaction of lazy-only work */
 #define EB__O_MAX 24
 
 /* Schema version 1. Events are keyed by their log sequence; outbox rows
@@ -1120,11 +1120,13 @@ static void *writer_main(void *arg)
            the transaction. */
         size_t n = s->qn;
         item *batch;
-        if (flowing && last_waited == 0 && !s->stop && n > LAZY_BATCH_MAX &&
-            spare_room(s, LAZY_BATCH_MAX)) {
-            /* Pausing lazy work takes it in short transactions, so that
-               each pause stays in proportion (lazy_share): the oldest items
-               now, the rest after the pause. */
+        if (last_waited == 0 && !s->stop && n > LAZY_BATCH_MAX && spare_room(s, LAZY_BATCH_MAX)) {
+            /* Lazy work goes in short transactions, the oldest items now
+               and the rest after: while memory traffic flows, so that each
+               pause stays in proportion (lazy_share); and always, so that
+               memory traffic that begins meanwhile is noticed within one
+               short transaction (a whole backlog of lazy events is a
+               transaction of 100 ms or more at full speed). */
             batch = s->spare;
             memcpy(batch, s->q, LAZY_BATCH_MAX * sizeof(*batch));
             memmove(s->q, s->q + LAZY_BATCH_MAX, (n - LAZY_BATCH_MAX) * sizeof(*batch));

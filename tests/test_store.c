@@ -1207,6 +1207,51 @@ Test(store, lazy_work_never_pauses_without_memory_traffic_or_with_a_share_of_100
     cr_assert_eq(t_lazy_run(100, true), 0);
 }
 
+/* A backlog of lazy events is committed in transactions of at most 2048
+   (LAZY_BATCH_MAX) even with no memory traffic, so that traffic beginning
+   meanwhile is noticed within one short transaction. */
+Test(store, a_lazy_backlog_is_committed_in_short_transactions)
+{
+    enum { N = 9000, MAX_PER_TXN = 2048 };
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_NORMAL;
+    o.busy_timeout_ms = 5000;
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_OK);
+    eb_bus *bus = t_bus_store(s, 1);
+    atomic_uint seen;
+    atomic_init(&seen, 0);
+    t_sub(bus, "d", t_tally, &seen, EB_DELIVERY_SERIAL, 0);
+    eb_store_stats st0, st1;
+    cr_assert_eq(eb_store_stats_get(s, &st0), EB_OK);
+    /* Another connection holds the write lock while the events are
+       published: the writer's first transaction waits for it, and the rest
+       queue up behind it. */
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(d.path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    for (uint32_t i = 0; i < N; i++)
+        t_pub_durable(bus, "d", i, EB_PUBLISH_DURABLE_LAZY);
+    cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    /* Not eb_store_flush: a caller waiting in the queue makes the writer
+       take all of it at once (see the waiting caller's batch). */
+    cr_assert(t_wait_ge(&seen, N));
+    cr_assert_eq(eb_store_stats_get(s, &st1), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert_eq(st1.events, N);
+    cr_assert_eq(atomic_load(&seen), N, "every lazy event delivered once");
+    /* The first transaction (blocked by the lock) took at most MAX_PER_TXN;
+       the backlog behind it went at most MAX_PER_TXN at a time: 1 + 4
+       transactions at least, where one for the whole backlog makes 2. */
+    uint64_t commits = st1.commits - st0.commits;
+    cr_assert_geq(commits, 1 + (N - 1) / MAX_PER_TXN, "%llu commits", (unsigned long long)commits);
+    t_store_done(&d, s);
+}
+
 Test(store, lazy_share_above_100_is_refused)
 {
     t_dir d;
