@@ -71,10 +71,10 @@
 #define FIRE_RETRY_NS 10000000 /* scheduled events after a failed allocation */
 #define GATHER_NS                                                                                  \
     50000 /* how long the writer waits for the last round's waiters (see writer_main) */
-#define DEFAULT_LAZY_SHARE 10
-#define YIELD_MAX_NS 50000000 /* the longest pause of lazy work (lazy_share) */
-#define MEMORY_FLOWING 10000  /* memory-only events/s that make lazy work pause */
-#define LAZY_BATCH_MAX 2048   /* items per transaction of lazy-only work */
+#define DEFAULT_LAZY_SHARE 5
+#define YIELD_MAX_NS 100000000 /* the longest pause of lazy work (lazy_share) */
+#define MEMORY_FLOWING 10000   /* memory-only events/s that make lazy work pause */
+#define LAZY_BATCH_MAX 2048    /* items per transaction of lazy-only work */
 #define EB__O_MAX 24
 
 /* Schema version 1. Events are keyed by their log sequence; outbox rows

@@ -1258,7 +1258,7 @@ Test(store, lazy_share_above_100_is_refused)
     t_dir_new(&d);
     eb_store_options o;
     eb_store_options_init(&o);
-    cr_assert_eq(o.lazy_share, 10);
+    cr_assert_eq(o.lazy_share, 5);
     o.lazy_share = 101;
     eb_store *s = NULL;
     cr_assert_eq(eb_store_open(d.path, &o, &s), EB_EINVAL);

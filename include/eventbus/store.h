@@ -67,7 +67,7 @@ typedef struct eb_store_options {
     eb_log_fn log;            /* NULL: no logging */
     void *log_ctx;
     eb_log_level log_level; /* default WARN */
-    unsigned lazy_share;    /* percent, 1-100; 0: 10. While memory-only events
+    unsigned lazy_share;    /* percent, 1-100; 0: 5. While memory-only events
                                flow through the attached bus, work no caller
                                waits for (EB_PUBLISH_DURABLE_LAZY events,
                                checkpoints, dead letters) takes at most this
