@@ -1088,26 +1088,45 @@ Test(store, destroying_a_bus_right_after_durable_publishes_is_safe)
     t_store_done(&d, s);
 }
 
-Test(store, flush_times_out_while_the_writer_waits_for_a_lock_and_completes_after)
+/* A store whose writer waits up to 5 s for another connection's lock, on a
+   bus with one worker. */
+static eb_bus *t_patient_store(t_dir *d, eb_store **s)
 {
-    t_dir d;
-    t_dir_new(&d);
+    t_dir_new(d);
     eb_store_options o;
     eb_store_options_init(&o);
     o.synchronous = EB_STORE_SYNC_NORMAL;
     o.busy_timeout_ms = 5000;
-    eb_store *s = NULL;
-    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_OK);
-    eb_bus *bus = t_bus_store(s, 1);
-    /* Another connection holds the write lock: the writer's next
-       transaction waits for it (busy_timeout_ms). */
+    *s = NULL;
+    cr_assert_eq(eb_store_open(d->path, &o, s), EB_OK);
+    return t_bus_store(*s, 1);
+}
+
+/* Another connection takes the write lock (until t_write_unlock): the
+   writer's next transaction waits for it (busy_timeout_ms). */
+static sqlite3 *t_write_lock(const t_dir *d)
+{
     sqlite3 *db;
-    cr_assert_eq(sqlite3_open(d.path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_open(d->path, &db), SQLITE_OK);
     cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    t_pub_durable(bus, "orders.created", 1, EB_PUBLISH_DURABLE_LAZY);
-    cr_assert_eq(eb_store_flush(s, 50 * T_MS), EB_ETIMEDOUT);
+    return db;
+}
+
+static void t_write_unlock(sqlite3 *db)
+{
     cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
+}
+
+Test(store, flush_times_out_while_the_writer_waits_for_a_lock_and_completes_after)
+{
+    t_dir d;
+    eb_store *s;
+    eb_bus *bus = t_patient_store(&d, &s);
+    sqlite3 *db = t_write_lock(&d);
+    t_pub_durable(bus, "orders.created", 1, EB_PUBLISH_DURABLE_LAZY);
+    cr_assert_eq(eb_store_flush(s, 50 * T_MS), EB_ETIMEDOUT);
+    t_write_unlock(db);
     cr_assert_eq(eb_store_flush(s, t_wait_budget_ns()), EB_OK);
     cr_assert_eq(t_log_count(s), 1);
     eb_bus_destroy(bus);
@@ -1214,14 +1233,8 @@ Test(store, a_lazy_backlog_is_committed_in_short_transactions)
 {
     enum { N = 9000, MAX_PER_TXN = 2048 };
     t_dir d;
-    t_dir_new(&d);
-    eb_store_options o;
-    eb_store_options_init(&o);
-    o.synchronous = EB_STORE_SYNC_NORMAL;
-    o.busy_timeout_ms = 5000;
-    eb_store *s = NULL;
-    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_OK);
-    eb_bus *bus = t_bus_store(s, 1);
+    eb_store *s;
+    eb_bus *bus = t_patient_store(&d, &s);
     atomic_uint seen;
     atomic_init(&seen, 0);
     t_sub(bus, "d", t_tally, &seen, EB_DELIVERY_SERIAL, 0);
@@ -1230,13 +1243,10 @@ Test(store, a_lazy_backlog_is_committed_in_short_transactions)
     /* Another connection holds the write lock while the events are
        published: the writer's first transaction waits for it, and the rest
        queue up behind it. */
-    sqlite3 *db;
-    cr_assert_eq(sqlite3_open(d.path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3 *db = t_write_lock(&d);
     for (uint32_t i = 0; i < N; i++)
         t_pub_durable(bus, "d", i, EB_PUBLISH_DURABLE_LAZY);
-    cr_assert_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    t_write_unlock(db);
     /* Not eb_store_flush: a caller waiting in the queue makes the writer
        take all of it at once (see the waiting caller's batch). */
     cr_assert(t_wait_ge(&seen, N));
