@@ -1954,7 +1954,11 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
                        (c.mailbox_capacity < 1024 ? c.mailbox_capacity : 1024) +
                        EB__DISPATCH_BATCH + EB__CARRIER_MAX +
                        ((c.workers < 16 ? c.workers : 16) + 2) * EB__MAG_SIZE;
-    if (eb__depot_init(&b->depot, prefill) != 0)
+    /* And two empty magazines per size class for each thread that frees
+       blocks (workers, publishers, the store's writer; counted for 16
+       workers at most): 0.1 MiB at most. */
+    unsigned spare_mags = ((c.workers < 16 ? c.workers : 16) + 4) * 2 * EB__CLASSES;
+    if (eb__depot_init(&b->depot, prefill, spare_mags) != 0)
         goto fail_depot;
     pthread_mutex_init(&b->ctl_lock, NULL);
     pthread_mutex_init(&b->side_lock, NULL);

@@ -92,7 +92,7 @@ static tcache *tc_get(void)
     return &tc;
 }
 
-int eb__depot_init(eb__depot *d, unsigned prefill)
+int eb__depot_init(eb__depot *d, unsigned prefill, unsigned spare_mags)
 {
     memset(d, 0, sizeof(*d));
     if (pthread_mutex_init(&d->lock, NULL) != 0)
@@ -120,6 +120,18 @@ int eb__depot_init(eb__depot *d, unsigned prefill)
         d->full[0] = m;
         if (m->n < EB__MAG_SIZE)
             break;
+    }
+    /* Empty magazines for threads that free before they ever took a full
+       one (workers) and for trading full ones in: otherwise each such
+       thread's first free, and each new peak of magazines in use, is a
+       malloc in the middle of a steady load. */
+    for (unsigned i = 0; i < spare_mags; i++) {
+        eb__mag *m = malloc(sizeof(*m));
+        if (m == NULL)
+            break; /* a cold cache only costs a few mallocs later */
+        m->n = 0;
+        m->next = d->empty;
+        d->empty = m;
     }
     return 0;
 }

@@ -99,8 +99,9 @@ typedef struct eb__depot {
     eb__mag *empty;             /* protected by lock */
 } eb__depot;
 
-/* prefill: class-0 blocks to allocate up front (rounded up to magazines). */
-int eb__depot_init(eb__depot *d, unsigned prefill);
+/* prefill: class-0 blocks to allocate up front (rounded up to magazines);
+   spare_mags: empty magazines to allocate up front. */
+int eb__depot_init(eb__depot *d, unsigned prefill, unsigned spare_mags);
 void eb__depot_fini(eb__depot *d);
 /* Returns this thread's cached blocks and magazines to d (worker exit). */
 void eb__tcache_flush(eb__depot *d);

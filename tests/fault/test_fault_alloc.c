@@ -1331,7 +1331,7 @@ static void *prefill_init(void *arg)
 {
     prefill_run *p = arg;
     fault_arm(2); /* the first block of the first magazine */
-    p->init_rc = eb__depot_init(&p->d, EB__MAG_SIZE);
+    p->init_rc = eb__depot_init(&p->d, EB__MAG_SIZE, 2);
     fault_disarm();
     p->hit = fault_hit();
     return NULL;
