@@ -1367,6 +1367,50 @@ Test(fault_regress, a_prefill_magazine_without_blocks_is_never_handed_out)
     cr_assert_eq(fault_track_end(), 0);
 }
 
+typedef struct spare_run {
+    eb__depot d;
+    eb_event *ev;
+    bool hit;
+} spare_run;
+
+static void *spare_take(void *arg)
+{
+    spare_run *p = arg;
+    p->ev = eb__event_new(NULL, &p->d, "t", 1, NULL, 0, "x", 1, true, false, 0);
+    eb__tcache_flush(&p->d);
+    return NULL;
+}
+
+static void *spare_free(void *arg)
+{
+    spare_run *p = arg;
+    /* A fresh thread that has never taken a block (a worker): its first
+       free needs an empty magazine to put the block in. */
+    fault_arm(1);
+    eb__event_unref(p->ev, &p->d);
+    fault_disarm();
+    p->hit = fault_hit();
+    eb__tcache_flush(&p->d);
+    return NULL;
+}
+
+/* A worker's first free took its magazine from malloc, in the middle of a
+   steady load (bench scenario 7 counted it): the depot starts with empty
+   magazines for that. */
+Test(fault_regress, a_threads_first_free_takes_a_spare_magazine_not_malloc)
+{
+    static spare_run p;
+    memset(&p, 0, sizeof p);
+    fault_track_begin();
+    cr_assert_eq(eb__depot_init(&p.d, EB__MAG_SIZE, 1), 0);
+    cr_assert_eq(fault_run(spare_take, &p), 0);
+    cr_assert_not_null(p.ev);
+    cr_assert_eq(fault_run(spare_free, &p), 0);
+    cr_assert(!p.hit, "the first free called malloc");
+    eb__depot_fini(&p.d);
+    cr_assert_eq(fault_track_end(), 0);
+}
+
 typedef struct side_run {
     fx_err err;
     eb_bus *bus;
