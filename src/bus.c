@@ -2060,7 +2060,6 @@ static void bus_free(eb_bus *b)
     free(b);
 }
 
-/* Waits until the workers set stop (the bus drained) or the deadline. */
 /* Is a delivery still to run or running: an event on the intake, the side
    list, the timer heap or on its way from the store, a delivery not
    finished (queued, or waiting out a retry), or a handler call? */
@@ -2086,6 +2085,7 @@ static bool deliveries_left(eb_bus *b)
 
 #define FINISH_GRACE_NS 10000000 /* see wait_drained */
 
+/* Waits until the workers set stop (the bus drained) or the deadline. */
 static bool wait_drained(eb_bus *b, int64_t deadline)
 {
     for (;;) {

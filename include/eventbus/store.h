@@ -70,9 +70,11 @@ typedef struct eb_store_options {
     unsigned lazy_share;    /* percent, 1-100; 0: 5. While memory-only events
                                flow through the attached bus, work no caller
                                waits for (EB_PUBLISH_DURABLE_LAZY events,
-                               checkpoints, dead letters) takes at most this
-                               share of the writer's time: it pauses between
-                               such commits, so that the memory path keeps
+                               checkpoints, dead letters) takes about this
+                               share of the writer's time: it pauses after
+                               each such commit (of at most 2048 items) for
+                               (100 - share) / share times its length, at
+                               most 100 ms, so that the memory path keeps
                                the CPUs. A waiting caller (EB_PUBLISH_DURABLE,
                                eb_store_flush, outbox and saga calls) or a
                                scheduled event falling due ends a pause.
