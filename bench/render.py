@@ -233,6 +233,10 @@ def target_rows(R):
                  "enqueue/dequeue", "≥ ×0.50",
                  "×%.2f (%s vs %s)" % (ratio, fmt(e, "events/s"), fmt(b, "events/s"))
                  if ratio else "—", verdict_ge(ratio, 0.5)))
+    one = R.median("batch", "batch64", "eventbus eb_publish_batch, workers=1", "events_per_s")
+    if one and b:
+        rows.append(("4", "For information: the same with workers=1 (not the default)", "—",
+                     "%s: ×%.2f vs moodycamel bulk" % (fmt(one, "events/s"), one / b), "—"))
 
     # 5. routing: flat within 10% (our reading of "must stay flat").
     for case in ("exact_1topic", "exact_16ktopics", "wildcard_1topic", "wildcard_16ktopics"):

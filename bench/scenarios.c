@@ -374,6 +374,12 @@ static void build_batch(const struct bn_options *o, struct bn_case **cases, int 
     struct tp_cfg cfg = tp_base(o, pick(o, 4000000, 200000), 1);
     cfg.batch = BATCH;
     add_tp(c, "eventbus eb_publish_batch", BN_OURS, run_events, &tp_eventbus, cfg);
+    {
+        /* For tuning, as in scenario 1: the same with a single worker. */
+        struct tp_cfg one = cfg;
+        one.workers = 1;
+        add_tp(c, "eventbus eb_publish_batch, workers=1", BN_OURS, run_events, &tp_eventbus, one);
+    }
 #ifdef BN_HAVE_MOODYCAMEL
     add_tp(c, "moodycamel bulk", BN_PEER, run_events, &tp_moodycamel_bulk, cfg);
 #else

@@ -513,11 +513,15 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
     return true;
 }
 
-/* Routes one event taken off the intake. Returns false when it stalled. */
-static bool route_event(eb_bus *b, eb_event *ev)
+/* Routes one event taken off the intake, to the subscriptions of memo if
+   not NULL (the event before it had the same topic, and the routes have not
+   changed since). Returns false when it stalled. */
+static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo)
 {
     eb__match *m;
-    if (ev->flags & EB__EV_REPLAY) {
+    if (memo != NULL) {
+        m = memo;
+    } else if (ev->flags & EB__EV_REPLAY) {
         /* A replayed event goes to its durable subscription only (if that is
            still routed), which it kept alive with a reference. */
         struct eb_subscription *t = ev->ext->target;
@@ -551,7 +555,12 @@ static bool route_event(eb_bus *b, eb_event *ev)
         eb__count(&b->unrouted, 1);
     if (m->n + tracked > 1)
         eb__event_ref(ev, m->n + tracked - 1);
-    return push_from(b, ev, m, 0);
+    if (!push_from(b, ev, m, 0))
+        return false;
+    /* Not for a replayed event: its set is the scratch one, for one target. */
+    if (!(ev->flags & EB__EV_REPLAY))
+        b->memo = m;
+    return true;
 }
 
 static bool resume_pending(eb_bus *b)
@@ -560,7 +569,7 @@ static bool resume_pending(eb_bus *b)
     if (b->pend_m == NULL) {
         b->pend_ev = NULL;
         atomic_store_explicit(&b->pend_retry, false, memory_order_relaxed);
-        return route_event(b, ev);
+        return route_event(b, ev, NULL);
     }
     return push_from(b, ev, b->pend_m, b->pend_i);
 }
@@ -577,9 +586,16 @@ static void ctl_apply(eb_bus *b);
 static bool dispatch_held(eb_bus *b)
 {
     while (b->held_i < b->held_n) {
-        if (!route_event(b, b->held[b->held_i++]))
+        eb_event *ev = b->held[b->held_i++];
+        /* An event flagged by eb_publish_batch follows its carrier
+           predecessor in held[]; the memo is that event's set if it was
+           routed by the iteration just before (see dispatch_batch). */
+        eb__match *memo = (ev->flags & EB__EV_SAME_TOPIC) ? b->memo : NULL;
+        b->memo = NULL;
+        if (!route_event(b, ev, memo))
             return false;
     }
+    b->memo = NULL;
     b->held_i = b->held_n = 0;
     return true;
 }
@@ -619,7 +635,7 @@ static bool dispatch_side(eb_bus *b, bool *progress)
         eb_event *ev = b->sb[b->sb_i++];
         stamp(b, ev, now);
         *progress = true;
-        if (!route_event(b, ev))
+        if (!route_event(b, ev, NULL))
             return false;
     }
     free(b->sb);
@@ -641,6 +657,9 @@ static bool dispatch_locked(eb_bus *b)
 static bool dispatch_batch(eb_bus *b)
 {
     bool progress = false;
+    /* Routes may change below (ctl_apply), and the side list and a pending
+       event route out of held[]'s order: no memo survives a step. */
+    b->memo = NULL;
     if (atomic_load_explicit(&b->ctl_pending, memory_order_acquire) > 0) {
         ctl_apply(b);
         progress = true;
@@ -1551,14 +1570,23 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             break;
         }
         size_t want = n - done < EB__CARRIER_MAX ? n - done : EB__CARRIER_MAX;
+        const char *prev = NULL;
+        size_t prev_len = 0;
         for (c->n = 0; c->n < want; c->n++) {
             const eb_message *m = &msgs[done + c->n];
-            eb_event *ev = build_event(bus, m->topic, strlen(m->topic), m->payload, m->len, m->key,
-                                       m->key_len, opts, false);
+            size_t tl = strlen(m->topic);
+            eb_event *ev =
+                build_event(bus, m->topic, tl, m->payload, m->len, m->key, m->key_len, opts, false);
             if (ev == NULL) {
                 rc = EB_ENOMEM;
                 break;
             }
+            /* A run of one topic is routed once per carrier (dispatch_held). */
+            if (prev != NULL && tl == prev_len &&
+                (m->topic == prev || memcmp(m->topic, prev, tl) == 0))
+                ev->flags |= EB__EV_SAME_TOPIC;
+            prev = m->topic;
+            prev_len = tl;
             c->ev[c->n] = ev;
         }
         unsigned cn = c->n;

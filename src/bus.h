@@ -72,6 +72,9 @@ struct eb_bus {
     /* Events popped in the current batch, stamped, not yet routed. */
     eb_event *held[EB__DISPATCH_BATCH + EB__CARRIER_MAX];
     unsigned held_i, held_n;
+    /* The match set of the held event routed last, while the next held event
+       may reuse it (EB__EV_SAME_TOPIC); NULL otherwise. */
+    eb__match *memo;
     /* The full lane the pending event waits for. Only compared, never
        dereferenced, outside the token (the lane may be freed meanwhile). */
     _Atomic(eb__lane *) stall_lane;

@@ -29,7 +29,10 @@ enum {
     EB__EV_DEADLETTER = 1u << 5, /* dl points at dead-letter details */
     EB__EV_LOGGED = 1u << 6,     /* in the store's log: id, ts and ext->log_seq are
                                     the logged ones, dispatch stamps only seq */
-    EB__EV_REPLAY = 1u << 7      /* a replayed copy for ext->target only */
+    EB__EV_REPLAY = 1u << 7,     /* a replayed copy for ext->target only */
+    /* Same topic as the event before it in its carrier (eb_publish_batch):
+       the dispatcher reuses that event's match set instead of routing. */
+    EB__EV_SAME_TOPIC = 1u << 8
 };
 
 typedef struct eb__deadletter {
@@ -68,7 +71,7 @@ struct eb_event {
     /* Written once by the publisher before the event is enqueued (the ring's
        release publishes them), read-only afterwards. */
     atomic_uint refs;
-    uint8_t flags;
+    uint16_t flags;
     uint8_t cls;
     uint16_t topic_len;
     uint16_t key_len; /* 0: no key; the key follows the topic's NUL */

@@ -239,3 +239,133 @@ Test(batch, carriers_are_not_touched_after_they_are_handed_over)
     cr_assert_eq(atomic_load(&r->n2), total);
     free(r);
 }
+
+/*
+ * A run of one topic inside a carrier is routed once (EB__EV_SAME_TOPIC):
+ * each event must still reach exactly the subscriptions of its own topic, in
+ * order, including when a full mailbox stops the dispatcher in the middle of
+ * a run and it resumes later.
+ */
+enum { RUNS_N = 3000 };
+
+struct recorder {
+    atomic_uint n;
+    uint32_t rec[RUNS_N];
+    unsigned slow_first; /* sleep 50 us in each of the first calls */
+};
+
+static int record(const eb_event *ev, void *ctx)
+{
+    struct recorder *r = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    unsigned i = atomic_fetch_add(&r->n, 1);
+    if (i < RUNS_N)
+        r->rec[i] = v;
+    if (i < r->slow_first)
+        t_sleep_ns(50000);
+    return 0;
+}
+
+static void expect_in_order(const struct recorder *r, const uint32_t *want, unsigned n,
+                            const char *who)
+{
+    cr_assert_eq(atomic_load(&r->n), n, "%s: %u deliveries, expected %u", who, atomic_load(&r->n),
+                 n);
+    for (unsigned i = 0; i < n; i++)
+        cr_assert_eq(r->rec[i], want[i], "%s: delivery %u is event %u, expected %u", who, i,
+                     r->rec[i], want[i]);
+}
+
+Test(batch, runs_of_one_topic_reach_exactly_their_subscribers_across_stalls)
+{
+    static const char *const topics[] = {"r.a", "r.b", "r.a.x"};
+    static eb_message m[RUNS_N];
+    static uint32_t vals[RUNS_N];
+    static uint32_t want_a[RUNS_N], want_b[RUNS_N], want_star[RUNS_N], want_all[RUNS_N];
+    unsigned na = 0, nb = 0, nstar = 0;
+    uint64_t rng = 12345;
+    for (unsigned i = 0; i < RUNS_N;) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        unsigned t = (unsigned)(rng >> 33) % 3, run = 1 + (unsigned)(rng >> 40) % 60;
+        for (; run > 0 && i < RUNS_N; run--, i++) {
+            vals[i] = i;
+            m[i] = (eb_message){.topic = topics[t], .payload = &vals[i], .len = sizeof vals[i]};
+            if (t == 0)
+                want_a[na++] = i;
+            if (t == 1)
+                want_b[nb++] = i;
+            if (t != 2)
+                want_star[nstar++] = i;
+            want_all[i] = i;
+        }
+    }
+    /* Copies of equal topics, not the same pointers: the publisher compares
+       the bytes. */
+    static char copies[RUNS_N][8];
+    for (unsigned i = 0; i < RUNS_N; i += 2) {
+        strcpy(copies[i], m[i].topic);
+        m[i].topic = copies[i];
+    }
+
+    eb_bus *bus = t_bus_new(2);
+    static struct recorder ra, rb, rstar, rall;
+    ra.slow_first = 200;
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.mailbox_capacity = 2; /* stalls the dispatcher inside runs of r.a */
+    cr_assert_eq(eb_subscribe(bus, "r.a", record, &ra, &o, NULL), EB_OK);
+    t_sub(bus, "r.b", record, &rb, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "r.*", record, &rstar, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "r.#", record, &rall, EB_DELIVERY_SERIAL, 0);
+    for (unsigned i = 0; i < RUNS_N; i += 500) {
+        size_t accepted = 0;
+        cr_assert_eq(eb_publish_batch(bus, m + i, 500, NULL, &accepted), EB_OK);
+        cr_assert_eq(accepted, 500);
+    }
+    cr_assert(t_quiesce(bus));
+    eb_bus_destroy(bus);
+    expect_in_order(&ra, want_a, na, "r.a");
+    expect_in_order(&rb, want_b, nb, "r.b");
+    expect_in_order(&rstar, want_star, nstar, "r.*");
+    expect_in_order(&rall, want_all, RUNS_N, "r.#");
+}
+
+/* A routing change between two batches of one topic is seen by the second
+   one's events, even while the first batch is still held up by a full
+   mailbox when the change is made. */
+Test(batch, a_subscription_made_between_two_batches_of_one_topic_gets_the_second)
+{
+    enum { HALF = 300 };
+    static eb_message m[2 * HALF];
+    static uint32_t vals[2 * HALF], want[2 * HALF];
+    for (unsigned i = 0; i < 2 * HALF; i++) {
+        vals[i] = want[i] = i;
+        m[i] = (eb_message){.topic = "s", .payload = &vals[i], .len = sizeof vals[i]};
+    }
+    eb_bus *bus = t_bus_new(2);
+    static struct recorder r1, r2, r3;
+    r1.slow_first = 100;
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.mailbox_capacity = 1;
+    eb_subscription *s3 = NULL;
+    cr_assert_eq(eb_subscribe(bus, "s", record, &r1, &o, NULL), EB_OK);
+    cr_assert_eq(eb_subscribe(bus, "s", record, &r3, NULL, &s3), EB_OK);
+    cr_assert_eq(eb_publish_batch(bus, m, HALF, NULL, NULL), EB_OK);
+    cr_assert_eq(eb_subscribe(bus, "#", record, &r2, NULL, NULL), EB_OK);
+    cr_assert_eq(eb_unsubscribe(s3), EB_OK);
+    unsigned r3_after_unsubscribe = atomic_load(&r3.n);
+    cr_assert_eq(eb_publish_batch(bus, m + HALF, HALF, NULL, NULL), EB_OK);
+    cr_assert(t_quiesce(bus));
+    eb_bus_destroy(bus);
+    expect_in_order(&r1, want, 2 * HALF, "first subscriber");
+    /* The new one: possibly some of the first batch (dispatched after it
+       was made), then every event of the second, in order. */
+    unsigned n2 = atomic_load(&r2.n);
+    cr_assert_geq(n2, HALF);
+    for (unsigned i = 0; i < n2; i++)
+        cr_assert_eq(r2.rec[i], 2 * HALF - n2 + i, "delivery %u of the new subscription", i);
+    cr_assert_eq(atomic_load(&r3.n), r3_after_unsubscribe, "no delivery after eb_unsubscribe");
+    cr_assert_leq(r3_after_unsubscribe, HALF);
+}
