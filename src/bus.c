@@ -1143,7 +1143,10 @@ static void *worker_main(void *arg)
                               &b->spinners, &n, n + 1, memory_order_seq_cst, memory_order_relaxed);
         }
         if (w->spinning && ++spins < IDLE_SPINS) {
-            eb__cpu_relax();
+            if (spins % 64 == 0)
+                sched_yield();
+            else
+                eb__cpu_relax();
             continue;
         }
         /* seq_cst, before park's increment of idle: see wake_for_work. */
