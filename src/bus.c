@@ -1310,7 +1310,10 @@ static int intake_push(eb_bus *b, void *ev, unsigned n, int64_t timeout_ns)
                 if (eb__ring_size(&b->intake) < eb__ring_capacity(&b->intake) &&
                     intake_try(b, ev, n))
                     return EB_OK;
-                eb__cpu_relax();
+                if (i % 64 == 63)
+                    sched_yield();
+                else
+                    eb__cpu_relax();
             }
             uint32_t snap = eb__ec_value(&b->space_ec);
             if (intake_try(b, ev, n))
