@@ -34,7 +34,6 @@
 
 #include <errno.h>
 #include <stdarg.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1143,10 +1142,7 @@ static void *worker_main(void *arg)
                               &b->spinners, &n, n + 1, memory_order_seq_cst, memory_order_relaxed);
         }
         if (w->spinning && ++spins < IDLE_SPINS) {
-            if (spins % 64 == 0)
-                sched_yield();
-            else
-                eb__cpu_relax();
+            eb__spin_pause(spins);
             continue;
         }
         /* seq_cst, before park's increment of idle: see wake_for_work. */
@@ -1210,7 +1206,13 @@ static int wait_event(eb_bus *b, eb_event *ev, int64_t deadline)
     for (unsigned i = 0; i < WAIT_SPINS; i++) {
         if (eb__event_done(ev))
             return EB_OK;
-        eb__cpu_relax();
+        /* A pure spin first: a round trip completes within it, and a
+           yield there costs the waiter the p99 latency (a yield to another
+           spinning waiter ends only when that one yields back). */
+        if (i < WAIT_SPINS / 4)
+            eb__cpu_relax();
+        else
+            eb__spin_pause(i);
     }
     for (;;) {
         uint32_t snap = eb__ec_value(&ev->ext->done);
@@ -1310,10 +1312,7 @@ static int intake_push(eb_bus *b, void *ev, unsigned n, int64_t timeout_ns)
                 if (eb__ring_size(&b->intake) < eb__ring_capacity(&b->intake) &&
                     intake_try(b, ev, n))
                     return EB_OK;
-                if (i % 64 == 63)
-                    sched_yield();
-                else
-                    eb__cpu_relax();
+                eb__spin_pause(i);
             }
             uint32_t snap = eb__ec_value(&b->space_ec);
             if (intake_try(b, ev, n))

@@ -222,3 +222,11 @@ void eb__cpu_relax(void)
 {
     ck_pr_stall();
 }
+
+void eb__spin_pause(unsigned i)
+{
+    if (i % 64 == 63)
+        sched_yield();
+    else
+        ck_pr_stall();
+}

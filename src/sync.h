@@ -248,4 +248,14 @@ int64_t eb__deadline_after(int64_t timeout_ns);
 /* CPU relaxation for spin loops. */
 void eb__cpu_relax(void);
 
+/*
+ * Iteration i of a spin loop that waits for another thread: a pause, and
+ * every 64th iteration sched_yield(), so that a runnable thread this CPU
+ * holds up (a publisher, a worker in the middle of a lane) gets it. With
+ * more busy threads than CPUs (the default pool next to a publisher on a
+ * 2-CPU machine) a pure spin takes the CPU from the thread it waits for;
+ * bench/RESULTS.md has the measurements.
+ */
+void eb__spin_pause(unsigned i);
+
 #endif /* EB_SYNC_H */
