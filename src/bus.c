@@ -2014,6 +2014,11 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
             w->rng = 1;
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
             break;
+        /* "eb-worker-N" in top -H, ps -L, gdb and perf (best effort: a
+           name is at most 15 characters). */
+        char name[16];
+        snprintf(name, sizeof(name), "eb-worker-%u", started % 1000); /* workers <= 256 */
+        (void)pthread_setname_np(w->thread, name);
     }
     if (started < c.workers) {
         rc = EB_EIO;

@@ -1928,10 +1928,12 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
         sched_refresh(s);
         s->ckpt_at = 0;
         if (rc == EB_OK) {
-            if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
+            if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
                 rc = EB_EIO;
-            else
+            } else {
                 s->has_writer = true;
+                (void)pthread_setname_np(s->writer, "eb-store");
+            }
         }
     }
     if (rc != EB_OK) {

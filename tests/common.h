@@ -18,6 +18,7 @@
 #include <criterion/criterion.h>
 #include <eventbus/eventbus.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -171,6 +172,32 @@ static inline eb_bus *t_bus_store(eb_store *store, unsigned workers)
 static inline eb_bus *t_bus_new(unsigned workers)
 {
     return t_bus_store(NULL, workers);
+}
+
+/* How many threads of this process are named `name` (/proc/self/task). */
+static inline unsigned t_threads_named(const char *name)
+{
+    unsigned n = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[64], comm[32] = "";
+        snprintf(path, sizeof(path), "/proc/self/task/%.20s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        if (fgets(comm, sizeof(comm), f) != NULL) {
+            comm[strcspn(comm, "\n")] = '\0';
+            n += strcmp(comm, name) == 0;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return n;
 }
 
 /* A handler context that counts calls and can record the payload of each

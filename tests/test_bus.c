@@ -76,6 +76,17 @@ Test(bus, create_honours_workers_and_rounds_intake_capacity_up_to_two_to_the_k_m
     eb_bus_destroy(bus);
 }
 
+Test(bus, workers_are_named_for_top_ps_and_gdb)
+{
+    eb_bus *bus = t_bus_new(3);
+    cr_assert_eq(t_threads_named("eb-worker-0"), 1);
+    cr_assert_eq(t_threads_named("eb-worker-1"), 1);
+    cr_assert_eq(t_threads_named("eb-worker-2"), 1);
+    cr_assert_eq(t_threads_named("eb-worker-3"), 0);
+    eb_bus_destroy(bus);
+    cr_assert_eq(t_threads_named("eb-worker-0"), 0, "joined with the bus");
+}
+
 Test(bus, create_refuses_out_of_range_config_with_einval_and_leaves_out_untouched)
 {
     eb_bus *const sentinel = (eb_bus *)(uintptr_t)0x5151;

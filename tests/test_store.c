@@ -162,7 +162,9 @@ Test(store, open_creates_the_file_0600_in_wal_mode_with_our_schema)
     struct stat st;
     cr_assert_eq(stat(d.path, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0600, "mode %o", st.st_mode & 0777);
+    cr_assert_eq(t_threads_named("eb-store"), 1, "the writer thread is named");
     eb_store_close(s);
+    cr_assert_eq(t_threads_named("eb-store"), 0);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open_v2(d.path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     sqlite3_stmt *q;
