@@ -554,10 +554,12 @@ static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo)
         eb__count(&b->unrouted, 1);
     if (m->n + tracked > 1)
         eb__event_ref(ev, m->n + tracked - 1);
+    /* Read before the push: ev may be freed once its last delivery is in. A
+       replayed event's set is the scratch one, for one target: no memo. */
+    bool replay = (ev->flags & EB__EV_REPLAY) != 0;
     if (!push_from(b, ev, m, 0))
         return false;
-    /* Not for a replayed event: its set is the scratch one, for one target. */
-    if (!(ev->flags & EB__EV_REPLAY))
+    if (!replay)
         b->memo = m;
     return true;
 }
