@@ -276,8 +276,8 @@ struct eb_store {
     pthread_cond_t wake;    /* the writer: work queued */
     eb__ec done_ec;         /* waiters: bumped after completions */
     pthread_cond_t space;   /* publishers: backlog went down */
-    item *q;                /* protected by lock */
-    size_t qn, qcap;        /* protected by lock */
+    item *q;                /* protected by lock; queued: q[qh, qn) */
+    size_t qh, qn, qcap;    /* protected by lock; qh = qn = 0 when empty */
     bool stop;              /* protected by lock */
     bool ckpt_dirty;        /* some dsub checkpoint moved; protected by lock */
     bool gathering;         /* the writer waits for more waiters; ditto */
@@ -415,23 +415,48 @@ static void rdone(sqlite3_stmt *st)
 
 /* ---- the queue --------------------------------------------------------- */
 
+/* Items queued (the writer takes them from the head, qh). */
+static size_t q_len_locked(const eb_store *s)
+{
+    return s->qn - s->qh;
+}
+
+/* Makes room for `more` items behind q[qn): moves the queued items to the
+   front of the array if the writer has taken some from the head (at most
+   once per filling of the array), then grows it. */
+static int q_room_locked(eb_store *s, size_t more)
+{
+    if (s->qn + more <= s->qcap)
+        return EB_OK;
+    if (s->qh > 0) {
+        memmove(s->q, s->q + s->qh, q_len_locked(s) * sizeof(*s->q));
+        s->qn -= s->qh;
+        s->qh = 0;
+        if (s->qn + more <= s->qcap)
+            return EB_OK;
+    }
+    size_t cap = s->qcap ? s->qcap * 2 : 256;
+    while (cap < s->qn + more)
+        cap *= 2;
+    item *v = realloc(s->q, cap * sizeof(*v));
+    if (v == NULL)
+        return EB_ENOMEM;
+    s->q = v;
+    s->qcap = cap;
+    return EB_OK;
+}
+
 static int q_push_locked(eb_store *s, void *p, int kind)
 {
-    if (s->qn == s->qcap) {
-        size_t cap = s->qcap ? s->qcap * 2 : 256;
-        item *v = realloc(s->q, cap * sizeof(*v));
-        if (v == NULL)
-            return EB_ENOMEM;
-        s->q = v;
-        s->qcap = cap;
-    }
+    if (q_room_locked(s, 1) != EB_OK)
+        return EB_ENOMEM;
     s->q[s->qn++] = (item){.p = p, .kind = kind};
     if (kind == IT_JOB && ((job *)p)->waited)
         s->qwaited++;
     /* Wake the writer for the first item, or when the callers it gathers
        for are all back: not once per caller (each wake-up is a context
        switch on a machine the woken callers need too). */
-    if (s->qn == 1 || (s->gathering && s->qwaited >= s->gather_want) ||
+    if (q_len_locked(s) == 1 || (s->gathering && s->qwaited >= s->gather_want) ||
         (s->yielding && kind == IT_JOB && ((job *)p)->waited))
         pthread_cond_signal(&s->wake);
     return EB_OK;
@@ -445,7 +470,7 @@ static struct timespec abs_mono(int64_t deadline)
 /* Waits for room for n items (callers outside handlers). */
 static size_t backlog_locked(eb_store *s)
 {
-    return s->qn + atomic_load_explicit(&s->fifo_len, memory_order_relaxed);
+    return q_len_locked(s) + atomic_load_explicit(&s->fifo_len, memory_order_relaxed);
 }
 
 static int wait_room_locked(eb_store *s, size_t n, int64_t timeout_ns)
@@ -1028,7 +1053,7 @@ static void *writer_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->lock);
         for (;;) {
-            if (s->qn > 0 || (s->f_n > 0 && !blocked) || fire_wanted(s) ||
+            if (q_len_locked(s) > 0 || (s->f_n > 0 && !blocked) || fire_wanted(s) ||
                 (s->ckpt_dirty && eb__now_mono_ns() >= s->ckpt_at))
                 break;
             if (s->stop && s->f_n == 0)
@@ -1050,7 +1075,7 @@ static void *writer_main(void *arg)
             if (pthread_cond_timedwait(&s->wake, &s->lock, &ts) != 0)
                 blocked = false; /* timed out: look at the intake again */
         }
-        if (s->stop && s->qn == 0 && s->f_n == 0) {
+        if (s->stop && q_len_locked(s) == 0 && s->f_n == 0) {
             pthread_mutex_unlock(&s->lock);
             break;
         }
@@ -1118,7 +1143,7 @@ static void *writer_main(void *arg)
         }
         /* Take the whole queue: swap arrays, so publishers never wait for
            the transaction. */
-        size_t n = s->qn;
+        size_t n = q_len_locked(s);
         item *batch;
         if (last_waited == 0 && !s->stop && n > LAZY_BATCH_MAX && spare_room(s, LAZY_BATCH_MAX)) {
             /* Lazy work goes in short transactions, the oldest items now
@@ -1128,17 +1153,17 @@ static void *writer_main(void *arg)
                short transaction (a whole backlog of lazy events is a
                transaction of 100 ms or more at full speed). */
             batch = s->spare;
-            memcpy(batch, s->q, LAZY_BATCH_MAX * sizeof(*batch));
-            memmove(s->q, s->q + LAZY_BATCH_MAX, (n - LAZY_BATCH_MAX) * sizeof(*batch));
+            memcpy(batch, s->q + s->qh, LAZY_BATCH_MAX * sizeof(*batch));
             n = LAZY_BATCH_MAX;
-            s->qn -= n;
+            s->qh += n; /* n < the queue's length: never empties it */
         } else {
-            batch = s->q;
+            item *base = s->q;
             size_t bcap = s->qcap;
+            batch = base + s->qh;
             s->q = s->spare;
             s->qcap = s->spare_cap;
-            s->qn = 0;
-            s->spare = batch;
+            s->qh = s->qn = 0;
+            s->spare = base;
             s->spare_cap = bcap;
         }
         bool fire = fire_wanted(s);
@@ -1215,18 +1240,8 @@ int eb__store_append(eb_store *s, eb_event **evs, size_t n, bool wait, int64_t t
         rc = wait_room_locked(s, n, timeout_ns);
     /* All n items and the barrier go in under one lock hold: one batch, one
        transaction. */
-    if (rc == EB_OK && s->qn + n + 1 > s->qcap) {
-        size_t cap = s->qcap ? s->qcap : 256;
-        while (cap < s->qn + n + 1)
-            cap *= 2;
-        item *v = realloc(s->q, cap * sizeof(*v));
-        if (v == NULL)
-            rc = EB_ENOMEM;
-        else {
-            s->q = v;
-            s->qcap = cap;
-        }
-    }
+    if (rc == EB_OK)
+        rc = q_room_locked(s, n + 1);
     if (rc == EB_OK) {
         s->queued_events += n;
         for (size_t i = 0; i < n; i++)

@@ -1264,6 +1264,55 @@ Test(store, a_lazy_backlog_is_committed_in_short_transactions)
     t_store_done(&d, s);
 }
 
+/* Checks that durable events arrive numbered 0, 1, 2, ... */
+struct in_order {
+    atomic_uint n;
+    atomic_uint out_of_order;
+};
+
+static int t_in_order(const eb_event *ev, void *ctx)
+{
+    struct in_order *o = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    if (v != atomic_load(&o->n))
+        atomic_fetch_add(&o->out_of_order, 1);
+    atomic_fetch_add(&o->n, 1);
+    return 0;
+}
+
+/* The writer takes a lazy backlog from the head of its queue while
+   publishers append behind it (the queue array fills up with taken items
+   at its front and is compacted or grown): nothing is lost, duplicated or
+   reordered. */
+Test(store, a_queue_taken_from_the_head_while_appended_to_keeps_every_event_in_order)
+{
+    enum { N1 = 5000, N2 = 30000 };
+    t_dir d;
+    eb_store *s;
+    eb_bus *bus = t_patient_store(&d, &s);
+    struct in_order o;
+    atomic_init(&o.n, 0);
+    atomic_init(&o.out_of_order, 0);
+    t_sub(bus, "d", t_in_order, &o, EB_DELIVERY_SERIAL, 0);
+    sqlite3 *db = t_write_lock(&d);
+    uint32_t i = 0;
+    for (; i < N1; i++)
+        t_pub_durable(bus, "d", i, EB_PUBLISH_DURABLE_LAZY);
+    t_write_unlock(db);
+    /* The writer now works through the backlog 2048 items at a time. */
+    for (; i < N1 + N2; i++)
+        t_pub_durable(bus, "d", i, EB_PUBLISH_DURABLE_LAZY);
+    cr_assert(t_wait_ge(&o.n, N1 + N2));
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert_eq(st.events, N1 + N2);
+    cr_assert_eq(atomic_load(&o.n), N1 + N2, "every lazy event delivered once");
+    cr_assert_eq(atomic_load(&o.out_of_order), 0, "in publish order");
+    t_store_done(&d, s);
+}
+
 Test(store, lazy_share_above_100_is_refused)
 {
     t_dir d;
