@@ -415,6 +415,17 @@ static void rdone(sqlite3_stmt *st)
 
 /* ---- the queue --------------------------------------------------------- */
 
+/* Resizes an item array to n items; false if out of memory (*a unchanged). */
+static bool items_resize(item **a, size_t *cap, size_t n)
+{
+    item *v = realloc(*a, n * sizeof(*v));
+    if (v == NULL)
+        return false;
+    *a = v;
+    *cap = n;
+    return true;
+}
+
 /* Items queued (the writer takes them from the head, qh). */
 static size_t q_len_locked(const eb_store *s)
 {
@@ -438,12 +449,7 @@ static int q_room_locked(eb_store *s, size_t more)
     size_t cap = s->qcap ? s->qcap * 2 : 256;
     while (cap < s->qn + more)
         cap *= 2;
-    item *v = realloc(s->q, cap * sizeof(*v));
-    if (v == NULL)
-        return EB_ENOMEM;
-    s->q = v;
-    s->qcap = cap;
-    return EB_OK;
+    return items_resize(&s->q, &s->qcap, cap) ? EB_OK : EB_ENOMEM;
 }
 
 static int q_push_locked(eb_store *s, void *p, int kind)
@@ -1009,14 +1015,7 @@ static bool memory_flowing_locked(eb_store *s)
    memory (the caller then takes the whole queue as usual). */
 static bool spare_room(eb_store *s, size_t n)
 {
-    if (s->spare_cap >= n)
-        return true;
-    item *v = realloc(s->spare, n * sizeof(*v));
-    if (v == NULL)
-        return false;
-    s->spare = v;
-    s->spare_cap = n;
-    return true;
+    return s->spare_cap >= n || items_resize(&s->spare, &s->spare_cap, n);
 }
 
 /* After a transaction that began at t0: if nobody waited for it and memory
