@@ -168,8 +168,9 @@ typedef struct eb_bus_config {
 EB_API void eb_bus_config_init(eb_bus_config *cfg);
 
 /*
- * Creates a bus and starts its workers. cfg NULL: defaults. On EB_OK *out owns
- * the bus; release it with eb_bus_destroy.
+ * Creates a bus and starts its workers (threads named "eb-worker-0", ...).
+ * cfg NULL: defaults. On EB_OK *out owns the bus; release it with
+ * eb_bus_destroy.
  * Errors: EB_EINVAL (out NULL, a field out of range), EB_ENOMEM, EB_EIO
  * (threads could not be started), EB_EBUSY (cfg->store is attached to
  * another bus), EB_ENOTSUP (cfg->store is read-only).

@@ -86,7 +86,8 @@ EB_API void eb_store_options_init(eb_store_options *opts);
 
 /*
  * Opens (or creates, mode 0600) the store file at path, migrates an older
- * schema, and starts the writer thread. On EB_OK *out owns the store.
+ * schema, and starts the writer thread (named "eb-store"). On EB_OK *out
+ * owns the store.
  * Errors: EB_EINVAL (NULL path or out, an option out of range), EB_ENOENT
  * (missing or empty file with read_only or no_create), EB_ECORRUPT (not an SQLite
  * file, not an eventbus store, or damaged), EB_ENOTSUP (a newer schema
