@@ -33,6 +33,7 @@
 #include "bus.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -514,10 +515,14 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
 
 /* Routes one event taken off the intake, to the subscriptions of memo if
    not NULL (the event before it had the same topic, and the routes have not
-   changed since). Returns false when it stalled. */
-static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo)
+   changed since). If used is not NULL, *used is the match set the event
+   took when it could serve the next one (routed to the end, not a replay),
+   else NULL. Returns false when it stalled. */
+static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo, eb__match **used)
 {
     eb__match *m;
+    if (used != NULL)
+        *used = NULL;
     if (memo != NULL) {
         m = memo;
     } else if (ev->flags & EB__EV_REPLAY) {
@@ -559,8 +564,8 @@ static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo)
     bool replay = (ev->flags & EB__EV_REPLAY) != 0;
     if (!push_from(b, ev, m, 0))
         return false;
-    if (!replay)
-        b->memo = m;
+    if (used != NULL && !replay)
+        *used = m;
     return true;
 }
 
@@ -570,7 +575,7 @@ static bool resume_pending(eb_bus *b)
     if (b->pend_m == NULL) {
         b->pend_ev = NULL;
         atomic_store_explicit(&b->pend_retry, false, memory_order_relaxed);
-        return route_event(b, ev, NULL);
+        return route_event(b, ev, NULL, NULL);
     }
     return push_from(b, ev, b->pend_m, b->pend_i);
 }
@@ -592,8 +597,7 @@ static bool dispatch_held(eb_bus *b)
            predecessor in held[]; the memo is that event's set if it was
            routed by the iteration just before (see dispatch_batch). */
         eb__match *memo = (ev->flags & EB__EV_SAME_TOPIC) ? b->memo : NULL;
-        b->memo = NULL;
-        if (!route_event(b, ev, memo))
+        if (!route_event(b, ev, memo, &b->memo))
             return false;
     }
     b->memo = NULL;
@@ -636,7 +640,7 @@ static bool dispatch_side(eb_bus *b, bool *progress)
         eb_event *ev = b->sb[b->sb_i++];
         stamp(b, ev, now);
         *progress = true;
-        if (!route_event(b, ev, NULL))
+        if (!route_event(b, ev, NULL, NULL))
             return false;
     }
     free(b->sb);
@@ -1353,6 +1357,8 @@ static int64_t opts_delay(const eb_publish_options *o)
 /* Accepts ev for dispatch after delay_ns: it waits in the timer heap. */
 static int schedule_event(eb_bus *b, eb_event *ev, int64_t delay_ns)
 {
+    /* It reaches the intake on its own, among other events: no memo. */
+    ev->flags &= (uint16_t)~EB__EV_SAME_TOPIC;
     bool earlier = false;
     int64_t now = eb__now_mono_ns();
     int64_t at = delay_ns > INT64_MAX - now ? INT64_MAX - 1 : now + delay_ns;
@@ -1588,8 +1594,9 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
                 rc = EB_ENOMEM;
                 break;
             }
-            /* A run of one topic is routed once per carrier (dispatch_held). */
-            if (prev != NULL && tl == prev_len &&
+            /* A run of one topic is routed once per carrier (dispatch_held);
+               delayed events travel one by one (schedule_event). */
+            if (delay == 0 && prev != NULL && tl == prev_len &&
                 (m->topic == prev || memcmp(m->topic, prev, tl) == 0))
                 ev->flags |= EB__EV_SAME_TOPIC;
             prev = m->topic;

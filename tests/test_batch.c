@@ -369,3 +369,72 @@ Test(batch, a_subscription_made_between_two_batches_of_one_topic_gets_the_second
     cr_assert_eq(atomic_load(&r3.n), r3_after_unsubscribe, "no delivery after eb_unsubscribe");
     cr_assert_leq(r3_after_unsubscribe, HALF);
 }
+
+/* Delayed events of a batch go through the timer heap one by one and reach
+   the intake among other publishers' events: none may take another event's
+   route (the same-topic flag is for carriers only). */
+struct topic_count {
+    const char *topic;
+    atomic_uint n, wrong;
+};
+
+static int count_topic(const eb_event *ev, void *ctx)
+{
+    struct topic_count *c = ctx;
+    if (strcmp(eb_event_topic(ev), c->topic) != 0)
+        atomic_fetch_add(&c->wrong, 1);
+    atomic_fetch_add(&c->n, 1);
+    return 0;
+}
+
+struct flood {
+    eb_bus *bus;
+    atomic_bool stop;
+    unsigned sent;
+};
+
+static void *flood_b(void *arg)
+{
+    struct flood *f = arg;
+    uint32_t v = 0;
+    while (!atomic_load(&f->stop)) {
+        if (eb_publish(f->bus, "b", &v, sizeof v, NULL) == EB_OK)
+            f->sent++;
+    }
+    return NULL;
+}
+
+Test(batch, delayed_events_of_a_batch_keep_their_own_route_among_other_traffic)
+{
+    enum { BATCHES = 40, PER = 48 };
+    eb_bus *bus = t_bus_new(2);
+    static struct topic_count a = {.topic = "a"}, b = {.topic = "b"};
+    t_sub(bus, "a", count_topic, &a, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "b", count_topic, &b, EB_DELIVERY_SERIAL, 0);
+    struct flood f = {.bus = bus};
+    atomic_init(&f.stop, false);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, flood_b, &f), 0);
+    static eb_message m[PER];
+    static uint32_t vals[PER];
+    fill(m, vals, PER, "a");
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.delay_ns = 1000000;
+    for (unsigned i = 0; i < BATCHES; i++) {
+        cr_assert_eq(eb_publish_batch(bus, m, PER, &o, NULL), EB_OK);
+        t_sleep_ns(500000);
+    }
+    t_sleep_ms(5);
+    atomic_store(&f.stop, true);
+    pthread_join(th, NULL);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&a.n) + atomic_load(&b.n) >= BATCHES * PER + f.sent);
+    cr_assert(ok, "%u + %u deliveries of %u", atomic_load(&a.n), atomic_load(&b.n),
+              BATCHES * PER + f.sent);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&a.wrong), 0, "events of other topics delivered to \"a\"");
+    cr_assert_eq(atomic_load(&b.wrong), 0, "delayed \"a\" events delivered to \"b\"");
+    cr_assert_eq(atomic_load(&a.n), BATCHES * PER);
+    cr_assert_eq(atomic_load(&b.n), f.sent);
+}
