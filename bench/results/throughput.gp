@@ -26,9 +26,9 @@ set key off
 set boxwidth 0.7 absolute
 plot "bench/results/throughput.tsv" index 1 using 0:2:5:xtic(1) with boxes lc variable, '' index 1 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
 set title "pub4: 4 publishers -> 1 subscriber, 64 B events, trivial handler"
-set ylabel "Mevents/s, higher is better (log scale)"
-set logscale y
-set yrange [*:*]
+set ylabel "Mevents/s, higher is better"
+unset logscale y
+set yrange [0:*]
 set key off
 set boxwidth 0.7 absolute
 plot "bench/results/throughput.tsv" index 2 using 0:2:5:xtic(1) with boxes lc variable, '' index 2 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
@@ -52,9 +52,9 @@ set key off
 set boxwidth 0.7 absolute
 plot "bench/results/throughput.tsv" index 1 using 0:2:5:xtic(1) with boxes lc variable, '' index 1 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
 set title "pub4: 4 publishers -> 1 subscriber, 64 B events, trivial handler"
-set ylabel "Mevents/s, higher is better (log scale)"
-set logscale y
-set yrange [*:*]
+set ylabel "Mevents/s, higher is better"
+unset logscale y
+set yrange [0:*]
 set key off
 set boxwidth 0.7 absolute
 plot "bench/results/throughput.tsv" index 2 using 0:2:5:xtic(1) with boxes lc variable, '' index 2 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
