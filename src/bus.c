@@ -594,8 +594,8 @@ static bool dispatch_held(eb_bus *b)
     while (b->held_i < b->held_n) {
         eb_event *ev = b->held[b->held_i++];
         /* An event flagged by eb_publish_batch follows its carrier
-           predecessor in held[]; the memo is that event's set if it was
-           routed by the iteration just before (see dispatch_batch). */
+           predecessor in held[]; the memo is that event's set if the
+           iteration just before routed it to the end. */
         eb__match *memo = (ev->flags & EB__EV_SAME_TOPIC) ? b->memo : NULL;
         if (!route_event(b, ev, memo, &b->memo))
             return false;
@@ -662,9 +662,6 @@ static bool dispatch_locked(eb_bus *b)
 static bool dispatch_batch(eb_bus *b)
 {
     bool progress = false;
-    /* Routes may change below (ctl_apply), and the side list and a pending
-       event route out of held[]'s order: no memo survives a step. */
-    b->memo = NULL;
     if (atomic_load_explicit(&b->ctl_pending, memory_order_acquire) > 0) {
         ctl_apply(b);
         progress = true;

@@ -73,7 +73,9 @@ struct eb_bus {
     eb_event *held[EB__DISPATCH_BATCH + EB__CARRIER_MAX];
     unsigned held_i, held_n;
     /* The match set of the held event routed last, while the next held event
-       may reuse it (EB__EV_SAME_TOPIC); NULL otherwise. */
+       may reuse it (EB__EV_SAME_TOPIC). Set only inside dispatch_held, which
+       leaves it NULL whenever it returns (a stall included): no memo lives
+       across a routing change (ctl_apply), the side list or a pending event. */
     eb__match *memo;
     /* The full lane the pending event waits for. Only compared, never
        dereferenced, outside the token (the lane may be freed meanwhile). */
