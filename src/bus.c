@@ -211,13 +211,28 @@ static void runq_push(eb_bus *b, eb__lane *l)
  * one most likely to hold what the waiter waits for — the delivery its own
  * nested publish just queued — so helping finishes waits instead of stacking
  * ever more waiting handlers on the worker's stack.
+ *
+ * A worker's own loop prefers the lanes of its home (CONCURRENT lanes, see
+ * eb__lane.home): when the oldest lane is another worker's, it takes the
+ * first of the next RQ_SCAN lanes that is its own or has no home, else the
+ * oldest anyway, so that no lane waits for a busy home worker.
  */
-static eb__lane *runq_pop(eb_bus *b, bool newest)
+#define RQ_SCAN 8
+static eb__lane *runq_pop(eb_bus *b, bool newest, const eb__worker *w)
 {
     if (atomic_load_explicit(&b->rq_len, memory_order_relaxed) == 0)
         return NULL;
     pthread_mutex_lock(&b->rq_lock);
     eb__lane *l = newest ? b->rq_tail : b->rq_head;
+    if (!newest && l != NULL && l->home != 0 && l->home != w->index + 1) {
+        eb__lane *c = l->rq_next;
+        for (unsigned k = 0; c != NULL && k < RQ_SCAN; k++, c = c->rq_next) {
+            if (c->home == 0 || c->home == w->index + 1) {
+                l = c;
+                break;
+            }
+        }
+    }
     if (l != NULL) {
         if (l->rq_prev != NULL)
             l->rq_prev->rq_next = l->rq_next;
@@ -1050,7 +1065,7 @@ static bool help_once(eb_bus *b, eb__worker *w)
     bool progress = timers_fire(b);
     progress |= dispatch_step(b);
     if (w->depth < EB__MAX_NEST) {
-        eb__lane *l = runq_pop(b, w->depth > 0);
+        eb__lane *l = runq_pop(b, w->depth > 0, w);
         if (l != NULL) {
             stop_spinning(b, w);
             /* A handler may run long or block: if more work is waiting, make
@@ -1838,6 +1853,9 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
     struct eb_subscription *s = eb__sub_new(bus, pattern, pl, fn, ctx, &o, nlanes, mailbox);
     if (s == NULL)
         return EB_ENOMEM;
+    if (o.delivery == EB_DELIVERY_CONCURRENT)
+        for (unsigned i = 0; i < nlanes; i++)
+            s->lanes[i].home = 1 + i % bus->nworkers;
     int rc = EB_OK;
     if (o.durable)
         rc = eb__dsub_open(bus->store, o.name, pattern, pl, o.idempotent, s, &s->dsub);

@@ -28,6 +28,9 @@ typedef struct eb__lane {
     eb__ring mbox;
     struct eb_subscription *sub;
     unsigned index;
+    /* CONCURRENT lanes: 1 + the worker that prefers to run it (runq_pop), so
+       that an event's deliveries stay on one core; 0: none. */
+    unsigned home;
     uint64_t touch;           /* bus->touch_gen when last touched; token-protected */
     _Atomic uint64_t pushed;  /* written by the dispatcher only (relaxed) */
     _Atomic uint64_t evicted; /* dropped from the mailbox by DROP_OLDEST; ditto */

@@ -361,6 +361,62 @@ Test(lane, concurrent_with_many_lanes_runs_handlers_in_parallel)
     concurrent_parallel_run(64);
 }
 
+/*
+ * CONCURRENT lanes prefer a home worker (so that an event's deliveries stay
+ * on one core), but never wait for it: with one worker held up in a
+ * handler, the other runs every CONCURRENT lane, its own and the held-up
+ * worker's.
+ */
+struct held_home {
+    atomic_int entered;
+    atomic_uint done;
+    atomic_int saw_all; /* 1: the blocked handler saw them all; -1: never */
+};
+
+enum { HOME_SUBS = 4, HOME_EVENTS = 64 };
+
+static int home_blocking_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct held_home *h = ctx;
+    atomic_store(&h->entered, 1);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h->done) >= HOME_SUBS * HOME_EVENTS);
+    atomic_store(&h->saw_all, ok ? 1 : -1);
+    return 0;
+}
+
+static int home_count_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct held_home *)ctx)->done, 1);
+    return 0;
+}
+
+Test(lane, concurrent_lanes_of_a_held_up_worker_are_run_by_the_other)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct held_home h;
+    atomic_init(&h.entered, 0);
+    atomic_init(&h.done, 0);
+    atomic_init(&h.saw_all, 0);
+    t_sub(bus, "slow", home_blocking_handler, &h, EB_DELIVERY_SERIAL, 0);
+    for (int i = 0; i < HOME_SUBS; i++)
+        t_sub(bus, "c", home_count_handler, &h, EB_DELIVERY_CONCURRENT, 0);
+    cr_assert_eq(t_pub_u32(bus, "slow", 0), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h.entered));
+    cr_assert(ok);
+    for (uint32_t i = 0; i < HOME_EVENTS; i++)
+        cr_assert_eq(t_pub_u32(bus, "c", i), EB_OK);
+    T_WAIT_FOR(ok, atomic_load(&h.saw_all) != 0);
+    cr_assert(ok);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&h.saw_all), 1,
+                 "CONCURRENT deliveries waited for the worker held up in another handler");
+    cr_assert_eq(atomic_load(&h.done), HOME_SUBS * HOME_EVENTS);
+}
+
 struct seen_once {
     atomic_uint n;
     atomic_uchar seen[4000];
