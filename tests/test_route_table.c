@@ -89,3 +89,37 @@ Test(route_table, a_kept_cached_set_outlives_a_cache_drop)
     cr_assert_eq(eb__route_match(r, "c.d", 3)->n, 0);
     eb__route_free(r);
 }
+
+/* The last topic's set is reused for the same topic again (a compare, no
+   hash): topics of one length must still get their own sets, and a route
+   change must not leave the reused set stale. */
+Test(route_table, topics_of_one_length_in_turn_get_their_own_sets)
+{
+    eb__route *r = eb__route_new();
+    cr_assert_eq(eb__route_add(r, "a.b", 3, &tag[0]), 0);
+    cr_assert_eq(eb__route_add(r, "a.c", 3, &tag[1]), 0);
+    for (int i = 0; i < 4; i++) {
+        eb__match *b = eb__route_match(r, "a.b", 3);
+        cr_assert(b->n == 1 && has(b, &tag[0]));
+        eb__match *b2 = eb__route_match(r, "a.b", 3);
+        cr_assert_eq(b2, b);
+        eb__match *c = eb__route_match(r, "a.c", 3);
+        cr_assert(c->n == 1 && has(c, &tag[1]));
+        cr_assert_eq(eb__route_match(r, "a.bc", 4)->n, 0, "a longer topic is another topic");
+    }
+    eb__route_free(r);
+}
+
+Test(route_table, the_same_topic_again_after_a_route_change_gets_the_new_set)
+{
+    eb__route *r = eb__route_new();
+    cr_assert_eq(eb__route_add(r, "a.b", 3, &tag[0]), 0);
+    cr_assert_eq(eb__route_match(r, "a.b", 3)->n, 1);
+    cr_assert_eq(eb__route_add(r, "a.#", 3, &tag[1]), 0); /* drops the cache */
+    eb__match *m = eb__route_match(r, "a.b", 3);
+    cr_assert(m->n == 2 && has(m, &tag[0]) && has(m, &tag[1]));
+    eb__route_remove(r, "a.b", 3, &tag[0]);
+    m = eb__route_match(r, "a.b", 3);
+    cr_assert(m->n == 1 && has(m, &tag[1]), "a removed subscription is still matched");
+    eb__route_free(r);
+}
