@@ -388,7 +388,8 @@ static void lane_touch(eb_bus *b, eb__lane *l)
     if (l->touch == b->touch_gen)
         return;
     l->touch = b->touch_gen;
-    lane_schedule(b, l);
+    if (!b->touch_defer)
+        lane_schedule(b, l);
     b->touched[b->ntouched++] = l;
     if (b->ntouched == EB__TOUCH_MAX) {
         for (unsigned i = 0; i < b->ntouched; i++)
@@ -398,12 +399,31 @@ static void lane_touch(eb_bus *b, eb__lane *l)
     }
 }
 
-static void touch_flush(eb_bus *b)
+/*
+ * Schedules the lanes the step touched. With `direct` not NULL, a step that
+ * took a single event off the intake and touched a single idle lane, while
+ * no lane waits on the run queue, hands that lane to the caller instead (it
+ * is SCHEDULED, as if popped off the run queue): the caller runs it at once,
+ * without the run queue's lock and counters. There is nothing else in the
+ * step to run in parallel with it, and nobody queued before it.
+ */
+static void touch_flush(eb_bus *b, eb__lane **direct)
 {
-    for (unsigned i = 0; i < b->ntouched; i++)
-        lane_schedule(b, b->touched[i]);
+    if (direct != NULL && b->touch_defer && b->ntouched == 1 &&
+        atomic_load_explicit(&b->rq_len, memory_order_relaxed) == 0) {
+        eb__lane *l = b->touched[0];
+        if (atomic_exchange_explicit(&l->state, 1, memory_order_seq_cst) == 0) {
+            sub_ref(l->sub);
+            atomic_fetch_add_explicit(&b->busy_lanes, 1, memory_order_seq_cst);
+            *direct = l;
+        }
+    } else {
+        for (unsigned i = 0; i < b->ntouched; i++)
+            lane_schedule(b, b->touched[i]);
+    }
     b->ntouched = 0;
     b->touch_gen++;
+    b->touch_defer = false;
 }
 
 /* Pushes one delivery of ev (whose reference for it is already taken; an
@@ -666,11 +686,11 @@ static bool dispatch_side(eb_bus *b, bool *progress)
 }
 
 /* One dispatch step; the caller holds the token. Returns whether it did
-   anything. */
-static bool dispatch_locked(eb_bus *b)
+   anything. *direct: see touch_flush (NULL: no direct hand-over). */
+static bool dispatch_locked(eb_bus *b, eb__lane **direct)
 {
     bool progress = dispatch_batch(b);
-    touch_flush(b);
+    touch_flush(b, direct);
     return progress;
 }
 
@@ -717,6 +737,11 @@ static bool dispatch_batch(eb_bus *b)
         b->held_n = n;
         b->held_i = 0;
         progress = true;
+        /* A lone event whose publisher waits: its lane may be run at once by
+           this worker (touch_flush). Not for fire-and-forget events: there
+           the run queue lets the other workers share the lanes, which
+           measured better for throughput (1 publisher x0.92-0.95). */
+        b->touch_defer = n == 1 && (b->held[0]->flags & EB__EV_TRACKED);
         if (!dispatch_held(b))
             return true;
         /* Publishers asleep on a full intake are woken once it is half
@@ -742,11 +767,11 @@ static bool dispatch_ready(eb_bus *b)
            atomic_load_explicit(&b->side_busy, memory_order_relaxed);
 }
 
-static bool dispatch_step(eb_bus *b)
+static bool dispatch_step(eb_bus *b, eb__lane **direct)
 {
     if (!dispatch_ready(b) || !token_take(b))
         return false;
-    bool progress = dispatch_locked(b);
+    bool progress = dispatch_locked(b, direct);
     token_drop(b);
     return progress;
 }
@@ -1063,9 +1088,13 @@ static void stop_spinning(eb_bus *b, eb__worker *w)
 static bool help_once(eb_bus *b, eb__worker *w)
 {
     bool progress = timers_fire(b);
-    progress |= dispatch_step(b);
+    /* A worker's own loop may take the lane of a one-event step directly
+       (touch_flush); a waiting worker goes through the run queue. */
+    eb__lane *l = NULL;
+    progress |= dispatch_step(b, w->depth == 0 ? &l : NULL);
     if (w->depth < EB__MAX_NEST) {
-        eb__lane *l = runq_pop(b, w->depth > 0, w);
+        if (l == NULL)
+            l = runq_pop(b, w->depth > 0, w);
         if (l != NULL) {
             stop_spinning(b, w);
             /* A handler may run long or block: if more work is waiting, make

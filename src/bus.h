@@ -69,6 +69,9 @@ struct eb_bus {
     eb__lane *touched[EB__TOUCH_MAX];
     unsigned ntouched;
     uint64_t touch_gen;
+    /* This step took one event off the intake: its lanes are scheduled at
+       the end of the step, not at their first push (see lane_touch). */
+    bool touch_defer;
     /* Events popped in the current batch, stamped, not yet routed. */
     eb_event *held[EB__DISPATCH_BATCH + EB__CARRIER_MAX];
     unsigned held_i, held_n;

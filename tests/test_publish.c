@@ -937,3 +937,92 @@ Test(publish, events_of_one_thread_arrive_in_the_order_that_thread_published_the
     }
     cr_assert_eq(atomic_load(&ord.violations), 0, "per-thread publish order broken");
 }
+
+/*
+ * Waiting publishers from several threads, interleaved with fire-and-forget
+ * events, on one SERIAL subscription: the handler never runs twice at once
+ * and each thread's events arrive in its order. (A step that takes a lone
+ * waited-for event off the intake may run its lane on the spot instead of
+ * through the run queue; the lane must still run on one worker at a time.)
+ */
+enum { WS_THREADS = 4, WS_EVENTS = 3000 };
+
+struct wait_serial {
+    atomic_uint in_flight;
+    atomic_uint overlaps;
+    atomic_uint violations;
+    atomic_uint n;
+    uint32_t next[WS_THREADS]; /* the SERIAL handler's alone */
+};
+
+struct wait_serial_pub {
+    eb_bus *bus;
+    uint32_t id;
+    unsigned fails;
+};
+
+static int wait_serial_handler(const eb_event *ev, void *ctx)
+{
+    struct wait_serial *w = ctx;
+    if (atomic_fetch_add(&w->in_flight, 1) != 0)
+        atomic_fetch_add(&w->overlaps, 1);
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t id = v >> 16, i = v & 0xFFFF;
+    if (id >= WS_THREADS || i != w->next[id])
+        atomic_fetch_add(&w->violations, 1);
+    else
+        w->next[id] = i + 1;
+    /* ~1 us of work: other deliveries arrive while the lane runs. */
+    int64_t until = t_now_ns() + 1000;
+    while (t_now_ns() < until)
+        ;
+    atomic_fetch_sub(&w->in_flight, 1);
+    atomic_fetch_add(&w->n, 1);
+    return 0;
+}
+
+static void *wait_serial_publisher(void *arg)
+{
+    struct wait_serial_pub *p = arg;
+    for (uint32_t i = 0; i < WS_EVENTS; i++) {
+        uint32_t v = (p->id << 16) | i;
+        int rc;
+        if (i % 3 == 0) {
+            rc = eb_publish(p->bus, "ws", &v, sizeof v, NULL);
+        } else {
+            eb_publish_result r;
+            rc = eb_publish_wait(p->bus, "ws", &v, sizeof v, NULL, &r);
+            if (rc == EB_OK && (r.matched != 1 || r.delivered != 1))
+                rc = EB_EIO;
+        }
+        if (rc != EB_OK)
+            p->fails++;
+    }
+    return NULL;
+}
+
+Test(publish, waiting_publishers_on_several_threads_get_a_serial_handler_one_at_a_time_in_order)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct wait_serial w;
+    memset(&w, 0, sizeof w);
+    t_sub(bus, "ws", wait_serial_handler, &w, EB_DELIVERY_SERIAL, 0);
+    pthread_t th[WS_THREADS];
+    struct wait_serial_pub p[WS_THREADS];
+    for (uint32_t i = 0; i < WS_THREADS; i++) {
+        p[i] = (struct wait_serial_pub){bus, i, 0};
+        cr_assert_eq(pthread_create(&th[i], NULL, wait_serial_publisher, &p[i]), 0);
+    }
+    for (int i = 0; i < WS_THREADS; i++)
+        pthread_join(th[i], NULL);
+    bool ok = t_wait_ge(&w.n, WS_THREADS * WS_EVENTS);
+    eb_bus_destroy(bus);
+    cr_assert(ok);
+    for (int i = 0; i < WS_THREADS; i++) {
+        cr_assert_eq(p[i].fails, 0);
+        cr_assert_eq(w.next[i], WS_EVENTS);
+    }
+    cr_assert_eq(atomic_load(&w.overlaps), 0, "the SERIAL handler ran twice at once");
+    cr_assert_eq(atomic_load(&w.violations), 0, "per-thread publish order broken");
+}
