@@ -43,6 +43,10 @@ extern "C" {
 
 uint64_t bn_now_ns(void);      /* CLOCK_MONOTONIC */
 void bn_sleep_ns(uint64_t ns); /* nanosleep, restarted on EINTR */
+/* The round trip of a value between two threads spinning on two cache
+   lines, ns (the median of 32 chunks of 256; ~5-20 ms). A shared VM moves
+   its vCPUs: this shows how far apart they were for a measurement. */
+double bn_xcore_rtt_ns(void);
 void bn_cpu_relax(void);
 /* A spin loop's pause: cpu_relax for a while, then sched_yield so that an
    oversubscribed machine (2 cores, more threads) still makes progress. */

@@ -11,12 +11,15 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdalign.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define SLOTS 128
 
@@ -52,6 +55,92 @@ void bn_backoff(unsigned *spins)
         *spins = 0;
         sched_yield();
     }
+}
+
+/* ---- the machine's cross-core round trip ------------------------------ */
+
+/* Two threads, pinned to the first two CPUs, hand a counter back and forth
+   on two cache lines. */
+struct xcore {
+    alignas(64) _Atomic uint64_t ping;
+    alignas(64) _Atomic uint64_t pong;
+    alignas(64) uint64_t n;
+    double result;
+};
+
+enum { XCORE_CHUNKS = 32, XCORE_PER_CHUNK = 256 };
+
+static void pin_to(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set); /* best effort */
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void *xcore_requester(void *arg)
+{
+    struct xcore *x = arg;
+    pin_to(0);
+    double chunk[XCORE_CHUNKS];
+    unsigned spins = 0;
+    uint64_t i = 0;
+    for (int c = 0; c < XCORE_CHUNKS; c++) {
+        uint64_t t0 = bn_now_ns();
+        for (int k = 0; k < XCORE_PER_CHUNK; k++) {
+            i++;
+            atomic_store_explicit(&x->ping, i, memory_order_release);
+            while (atomic_load_explicit(&x->pong, memory_order_acquire) != i)
+                bn_backoff(&spins);
+        }
+        chunk[c] = (double)(bn_now_ns() - t0) / XCORE_PER_CHUNK;
+    }
+    /* The median chunk: a preemption spoils one chunk, not the figure. */
+    qsort(chunk, XCORE_CHUNKS, sizeof(chunk[0]), cmp_double);
+    x->result = chunk[XCORE_CHUNKS / 2];
+    return NULL;
+}
+
+static void *xcore_responder(void *arg)
+{
+    struct xcore *x = arg;
+    pin_to(1);
+    unsigned spins = 0;
+    for (uint64_t i = 1; i <= x->n; i++) {
+        while (atomic_load_explicit(&x->ping, memory_order_acquire) != i)
+            bn_backoff(&spins);
+        atomic_store_explicit(&x->pong, i, memory_order_release);
+    }
+    return NULL;
+}
+
+double bn_xcore_rtt_ns(void)
+{
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+        return 0;
+    struct xcore *x = aligned_alloc(64, sizeof(*x));
+    if (x == NULL)
+        return 0;
+    memset(x, 0, sizeof(*x));
+    x->n = (uint64_t)XCORE_CHUNKS * XCORE_PER_CHUNK;
+    pthread_t req, rsp;
+    if (pthread_create(&rsp, NULL, xcore_responder, x) != 0) {
+        free(x);
+        return 0;
+    }
+    if (pthread_create(&req, NULL, xcore_requester, x) != 0)
+        bn_fatal("could not start a thread");
+    pthread_join(req, NULL);
+    pthread_join(rsp, NULL);
+    double r = x->result;
+    free(x);
+    return r;
 }
 
 /* ---- payloads --------------------------------------------------------- */

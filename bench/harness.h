@@ -72,6 +72,7 @@ struct bn_impl {
     /* results, filled by the runner */
     int nruns;
     double v[BN_MAX_RUNS][BN_MAX_METRICS];
+    double xcore[BN_MAX_RUNS]; /* bn_xcore_rtt_ns() just before each run */
     int failed;
     char err[BN_ERR_LEN];
 };

@@ -352,7 +352,12 @@ static void write_case(FILE *f, const struct bn_case *c)
                 }
                 fprintf(f, "]}");
             }
-            fprintf(f, "}");
+            fprintf(f, "},\n          \"xcore_ns\": [");
+            for (int r = 0; r < im->nruns; r++) {
+                fprintf(f, "%s", r ? ", " : "");
+                json_num(f, im->xcore[r]);
+            }
+            fprintf(f, "]");
         }
         fprintf(f, "}");
     }
@@ -520,6 +525,7 @@ static int run_case(struct bn_case *c)
             progress(c, im, round, NULL);
             struct bn_sample s;
             memset(&s, 0, sizeof(s));
+            double xcore = bn_xcore_rtt_ns();
             cur_impl = im;
             im->run(im, &s);
             cur_impl = NULL;
@@ -528,6 +534,7 @@ static int run_case(struct bn_case *c)
             if (s.ok) {
                 for (int m = 0; m < c->nmetrics; m++)
                     im->v[im->nruns][m] = s.v[m];
+                im->xcore[im->nruns] = xcore;
                 im->nruns++;
                 fmt_value(&c->metric[0], s.v[0], res, sizeof(res));
             } else {

@@ -409,6 +409,39 @@ def case_table(case):
     return "\n".join(lines)
 
 
+def xcore_values(case):
+    """(impl, [ns...]) of the cross-core probes taken before each run."""
+    return [(r["impl"], [v for v in r.get("xcore_ns", []) if v])
+            for r in case["results"] if r.get("xcore_ns")]
+
+
+def xcore_line(case):
+    per = [(name, v) for name, v in xcore_values(case) if v]
+    if not per:
+        return ""
+    parts = []
+    for name, v in per:
+        v = sorted(v)
+        parts.append("%s %.0f [%.0f – %.0f]" % (md_escape(name), v[len(v) // 2], v[0], v[-1]))
+    return ("_Cross-core round trip (ns) measured just before each run, median [min – max]: "
+            + "; ".join(parts) + "._\n")
+
+
+def xcore_summary(data):
+    allv = sorted(v for s in data.get("scenarios", []) for c in s["cases"]
+                  for _, vals in xcore_values(c) for v in vals)
+    if not allv:
+        return None
+    med = allv[len(allv) // 2]
+    slow = sum(1 for v in allv if v > 2 * med)
+    return ("- Cross-core round trip, measured just before every run (two threads pinned to "
+            "CPUs 0 and 1 pass a value back and forth on two cache lines; `bn_xcore_rtt_ns`): "
+            "median %.0f ns, min %.0f, max %.0f over %d runs; %d run(s) started above twice "
+            "the median. The VM's vCPUs move between host cores: a run taken while they are "
+            "far apart pays more for every cache-line hand-off (each case lists its own "
+            "probes)." % (med, allv[0], allv[-1], len(allv), slow))
+
+
 SAGA_TEXT = (
     "An order-fulfillment workload after `examples/order_fulfillment.c` (its saga and aggregates "
     "copied into `bench/saga.c`): per order, the order saga reserves stock on the inventory "
@@ -496,6 +529,9 @@ def write_md(data, json_name, md_path, plots_rel):
                                                    ver.get("glib") or "—", ver.get("zeromq") or "—",
                                                    ver.get("ck") or "—", ver.get("moodycamel") or "—",
                                                    ver.get("sqlite") or "—"))
+    xs = xcore_summary(data)
+    if xs:
+        out.append(xs)
     out.append("- Every run checks that each observer received every event exactly once (count "
                "and checksum of the payloads); a run that fails its check is reported as FAILED, "
                "never as a number.")
@@ -539,6 +575,9 @@ def write_md(data, json_name, md_path, plots_rel):
             out.append("**%s** — %s\n" % (c["name"], md_escape(c["title"])))
             out.append(saga_table(c) if s["name"] == "saga" else case_table(c))
             out.append("")
+            xl = xcore_line(c)
+            if xl:
+                out.append(xl)
     out.append("## How to run\n")
     out.append("```sh\nEB_DEPS_BENCH=1 scripts/deps.sh      # g++ libglib2.0-dev libzmq3-dev "
                "libconcurrentqueue-dev gnuplot-nox\n"
