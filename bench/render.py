@@ -12,7 +12,9 @@ Standard library only.
 """
 import argparse
 import json
+import copy
 import os
+import statistics
 import re
 import shutil
 import subprocess
@@ -442,6 +444,59 @@ def xcore_summary(data):
             "probes)." % (med, allv[0], allv[-1], len(allv), slow))
 
 
+def xcore_median(data):
+    allv = sorted(v for s in data.get("scenarios", []) for c in s["cases"]
+                  for _, vals in xcore_values(c) for v in vals)
+    return allv[len(allv) // 2] if allv else None
+
+
+def placement_subset(data, keep):
+    """A copy of data whose figures are recomputed from the runs whose
+    cross-core probe satisfies keep(ns); results left without runs are
+    'not run'."""
+    out = copy.deepcopy(data)
+    for s in out.get("scenarios", []):
+        for c in s["cases"]:
+            for r in c["results"]:
+                xs = r.get("xcore_ns")
+                if r.get("status") != "ok" or not xs or "metrics" not in r:
+                    continue
+                idx = [i for i, v in enumerate(xs) if v and keep(v)]
+                if not idx:
+                    r["status"] = "not run"
+                    continue
+                for m in r["metrics"].values():
+                    vals = sorted(m["values"][i] for i in idx if i < len(m["values"]))
+                    if not vals:
+                        continue
+                    m["median"] = statistics.median(vals)
+                    m["min"], m["max"] = vals[0], vals[-1]
+    return out
+
+
+def placement_rows(data):
+    """Rows (id, required, all runs, near, far) of the ratio targets, from the
+    runs taken with the vCPUs near (probe <= 2x the run's median) or far."""
+    med = xcore_median(data)
+    if med is None:
+        return []
+    sets = [target_rows(Results(data)),
+            target_rows(Results(placement_subset(data, lambda v: v <= 2 * med))),
+            target_rows(Results(placement_subset(data, lambda v: v > 2 * med)))]
+    keyed = [{(r[0], r[1]): r for r in rs} for rs in sets]
+    rows = []
+    for row in sets[0]:
+        if not str(row[3]).startswith("×") or row[2] == "—":
+            continue
+        cells = []
+        for k in keyed:
+            r = k.get((row[0], row[1]))
+            m = str(r[3]) if r else "—"
+            cells.append(m.split(" ")[0] if m.startswith("×") else "—")
+        rows.append((row[0], row[2], *cells))
+    return rows
+
+
 SAGA_TEXT = (
     "An order-fulfillment workload after `examples/order_fulfillment.c` (its saga and aggregates "
     "copied into `bench/saga.c`): per order, the order saga reserves stock on the inventory "
@@ -555,6 +610,20 @@ def write_md(data, json_name, md_path, plots_rel):
     for row in target_rows(R):
         out.append("| " + " | ".join(md_escape(str(x)) for x in row) + " |")
     out.append("")
+    prow = placement_rows(data)
+    if prow:
+        out.append("**The ratio targets by vCPU placement** (for information; the verdicts above "
+                   "use every run). Before each run the harness measured the cross-core round "
+                   "trip (see the machine line at the top); here each figure is recomputed from "
+                   "only the runs taken with the vCPUs near (the probe at most twice its median "
+                   "over the whole run) or far apart (above that). Each side of a ratio keeps "
+                   "its own runs of that kind, so a column may rest on one or two runs, and "
+                   "\"—\" means a side had none.\n")
+        out.append("| # | required | all runs | near | far |")
+        out.append("|---|---|---|---|---|")
+        for row in prow:
+            out.append("| " + " | ".join(md_escape(str(x)) for x in row) + " |")
+        out.append("")
     out.append("## Why targets are missed\n")
     out.append(NOTES_BEGIN)
     out.append(notes)
