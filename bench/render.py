@@ -435,19 +435,23 @@ def xcore_summary(data):
     if not allv:
         return None
     med = allv[len(allv) // 2]
-    slow = sum(1 for v in allv if v > 2 * med)
+    cut = 2.5 * allv[len(allv) // 10]
+    slow = sum(1 for v in allv if v > cut)
     return ("- Cross-core round trip, measured just before every run (two threads pinned to "
             "CPUs 0 and 1 pass a value back and forth on two cache lines; `bn_xcore_rtt_ns`): "
-            "median %.0f ns, min %.0f, max %.0f over %d runs; %d run(s) started above twice "
-            "the median. The VM's vCPUs move between host cores: a run taken while they are "
-            "far apart pays more for every cache-line hand-off (each case lists its own "
-            "probes)." % (med, allv[0], allv[-1], len(allv), slow))
+            "median %.0f ns, min %.0f, max %.0f over %d runs; %d run(s) started with the "
+            "vCPUs far apart (above %.0f ns, 2.5× the 10th percentile). The VM's vCPUs move "
+            "between host cores, and a run taken while they are far apart pays more for every "
+            "cache-line hand-off (each case lists its own probes)."
+            % (med, allv[0], allv[-1], len(allv), slow, cut))
 
 
-def xcore_median(data):
+def xcore_cut(data):
+    """Probes above this are 'far': 2.5x the run's 10th percentile (the
+    nearest placement the run saw, with a margin)."""
     allv = sorted(v for s in data.get("scenarios", []) for c in s["cases"]
                   for _, vals in xcore_values(c) for v in vals)
-    return allv[len(allv) // 2] if allv else None
+    return 2.5 * allv[len(allv) // 10] if allv else None
 
 
 def placement_subset(data, keep):
@@ -476,13 +480,13 @@ def placement_subset(data, keep):
 
 def placement_rows(data):
     """Rows (id, required, all runs, near, far) of the ratio targets, from the
-    runs taken with the vCPUs near (probe <= 2x the run's median) or far."""
-    med = xcore_median(data)
-    if med is None:
+    runs taken with the vCPUs near (probe <= xcore_cut) or far."""
+    cut = xcore_cut(data)
+    if cut is None:
         return []
     sets = [target_rows(Results(data)),
-            target_rows(Results(placement_subset(data, lambda v: v <= 2 * med))),
-            target_rows(Results(placement_subset(data, lambda v: v > 2 * med)))]
+            target_rows(Results(placement_subset(data, lambda v: v <= cut))),
+            target_rows(Results(placement_subset(data, lambda v: v > cut)))]
     keyed = [{(r[0], r[1]): r for r in rs} for rs in sets]
     rows = []
     for row in sets[0]:
@@ -615,8 +619,8 @@ def write_md(data, json_name, md_path, plots_rel):
         out.append("**The ratio targets by vCPU placement** (for information; the verdicts above "
                    "use every run). Before each run the harness measured the cross-core round "
                    "trip (see the machine line at the top); here each figure is recomputed from "
-                   "only the runs taken with the vCPUs near (the probe at most twice its median "
-                   "over the whole run) or far apart (above that). Each side of a ratio keeps "
+                   "only the runs taken with the vCPUs near (the probe at most 2.5× its 10th "
+                   "percentile over the whole run) or far apart (above that). Each side of a ratio keeps "
                    "its own runs of that kind, so a column may rest on one or two runs, and "
                    "\"—\" means a side had none.\n")
         out.append("| # | required | all runs | near | far |")

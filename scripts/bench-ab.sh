@@ -11,7 +11,9 @@
 # --scenario throughput --only eventbus --runs 3) and prints, for every
 # figure, the median over the rounds of each side's median and in how many
 # rounds B beat A; and the same for the harness's in-run ratios ("X vs Y",
-# > 1: X better), which is what the targets in bench/RESULTS.md are made of. Alternating matters on a shared machine: its load moves
+# > 1: X better), which is what the targets in bench/RESULTS.md are made of;
+# then every figure again from single runs, split by the cross-core probe the
+# harness takes before each run (the vCPUs near or far apart). Alternating matters on a shared machine: its load moves
 # within minutes, and two sequential measurements can differ by 2x for the
 # same code (bench/RESULTS.md). Example:
 #
@@ -109,4 +111,50 @@ for k in sorted(figs):
     name = f'{k[0]} {k[1]} {k[2]}'
     ratio = mb / ma if ma else float('nan')
     print(f'{name[:100]:<100} {ma:12.4g} {mb:12.4g} {ratio:6.2f}  {wins}/{len(both)}')
+
+# Every run's value with the cross-core probe taken just before it (xcore_ns):
+# the VM moves its vCPUs near and far apart, which moves every figure, so the
+# same figures again from the runs of each kind alone.
+runs = {}
+for side in 'ab':
+    for r in range(1, rounds + 1):
+        path = os.path.join(out, f'{side}-{r}.json')
+        if not os.path.exists(path):
+            continue
+        for scn in json.load(open(path))['scenarios']:
+            for case in scn['cases']:
+                for res in case['results']:
+                    xs = res.get('xcore_ns')
+                    if res.get('status') != 'ok' or not xs:
+                        continue
+                    for m in case['metrics']:
+                        v = res['metrics'].get(m['name'])
+                        if v is None:
+                            continue
+                        k = (f"{scn['name']}/{case['name']}", res['impl'], m['name'])
+                        for val, x in zip(v['values'], xs):
+                            if x:
+                                runs.setdefault(k, {'a': [], 'b': []})[side].append((val, x))
+probes = sorted(x for k in runs.values() for side in k.values() for _, x in side)
+if probes:
+    cut = 2.5 * probes[len(probes) // 10]
+    print(f"\nBy vCPU placement: the cross-core probe before each run measured "
+          f"{probes[0]:.0f}-{probes[-1]:.0f} ns (median {probes[len(probes) // 2]:.0f}); "
+          f"near: at most {cut:.0f} ns (2.5 x its 10th percentile), far: above; "
+          f"medians of single runs, (runs):")
+    print(f"{'figure':<90} {'near A':>10} {'near B':>10} {'B/A':>5} {'far A':>10} {'far B':>10} {'B/A':>5}")
+    for k in sorted(runs):
+        cells = []
+        for near in (True, False):
+            va = [v for v, x in runs[k]['a'] if (x <= cut) == near]
+            vb = [v for v, x in runs[k]['b'] if (x <= cut) == near]
+            if va and vb:
+                ma, mb = statistics.median(va), statistics.median(vb)
+                cells += [f'{ma:.4g} ({len(va)})', f'{mb:.4g} ({len(vb)})',
+                          f'{mb / ma:.2f}' if ma else 'nan']
+            else:
+                cells += ['—', '—', '—']
+        name = f'{k[0]} {k[1]} {k[2]}'
+        print(f'{name[:90]:<90} ' + ' '.join(f'{c:>10}' if i % 3 != 2 else f'{c:>5}'
+                                           for i, c in enumerate(cells)))
 EOF
