@@ -537,10 +537,13 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
     /* Counted once every delivery is in its mailbox (or dropped). */
     eb__count(&b->dispatched, 1);
     if (tracked) {
-        /* The guard. Its end may let the waiter return and drop the ticket,
-           and track_finish still touches the event after that: the intake's
-           reference, kept for a tracked event, holds it until here. */
-        track_finish(b, ev, EB_OK, false);
+        /* With nothing routed, the guard ends here; else the first delivery
+           took it over (route_event). Either may let the waiter return and
+           drop the ticket while we still look at the event (push_one's
+           deadlock check, track_finish): the intake's reference, kept for a
+           tracked event, holds it until here. */
+        if (n == 0)
+            track_finish(b, ev, EB_OK, false);
         eb__event_unref(ev, &b->depot);
     } else if (n == 0) {
         eb__event_unref(ev, &b->depot); /* the intake's reference */
@@ -585,11 +588,17 @@ static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo, eb__match **us
     bool tracked = (ev->flags & EB__EV_TRACKED) != 0;
     if (tracked) {
         ev->ext->matched = m->n;
-        atomic_fetch_add_explicit(&ev->ext->remaining, m->n, memory_order_relaxed);
+        /* `remaining` holds the publisher's guard (1), which becomes the
+           first delivery's count: the waiter cannot see 0 before the last
+           delivery is pushed and finished, and a single delivery costs no
+           update of the line the waiter spins on. With none, push_from ends
+           the guard. */
+        if (m->n > 1)
+            atomic_fetch_add_explicit(&ev->ext->remaining, m->n - 1, memory_order_relaxed);
     }
     /* One reference per delivery. An untracked event's intake reference
-       becomes the first one; a tracked event keeps it for the guard (see
-       push_from), so that it needs one more. */
+       becomes the first one; a tracked event keeps it until push_from's end,
+       so that it needs one more. */
     if (m->n == 0)
         eb__count(&b->unrouted, 1);
     if (m->n + tracked > 1)

@@ -53,7 +53,10 @@ typedef struct eb__event_ext {
     uint8_t corr[16];
     uint8_t caus[16];
     /* Completion tracking, used only when EB__EV_TRACKED. */
-    atomic_uint remaining; /* deliveries not finished, +1 while dispatching */
+    atomic_uint remaining; /* deliveries not finished; 1 (a guard) until the
+                              dispatcher routed the event: the guard becomes
+                              the first delivery's count, or ends when
+                              nothing matched */
     atomic_uint delivered;
     atomic_uint failed;
     atomic_int first_error;
@@ -151,7 +154,8 @@ eb__carrier *eb__carrier_new(eb__depot *d);
 void eb__carrier_free(eb__depot *d, eb__carrier *c);
 
 /* Tracking. eb__event_finish records one finished delivery (rc: EB_OK or the
-   failure code; count false for the dispatcher's guard, which is no delivery)
+   failure code; count false for the guard of an event that matched nothing,
+   or one never dispatched)
    and returns true when it was the last. */
 void eb__event_track_init(eb_event *ev);
 bool eb__event_finish(eb_event *ev, int rc, bool count);
