@@ -586,15 +586,15 @@ static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo, eb__match **us
         return false;
     }
     bool tracked = (ev->flags & EB__EV_TRACKED) != 0;
-    if (tracked) {
+    if (__builtin_expect(tracked, 0) && m->n != 1) {
+        /* The counts hold the publisher's guard, which becomes the first
+           delivery's count: the waiter cannot see none remaining before the
+           last delivery is pushed and finished. A single match (the usual
+           case, and what the publisher wrote) writes nothing to the line the
+           waiter spins on. With none, push_from ends the guard. */
         ev->ext->matched = m->n;
-        /* `remaining` holds the publisher's guard (1), which becomes the
-           first delivery's count: the waiter cannot see 0 before the last
-           delivery is pushed and finished, and a single delivery costs no
-           update of the line the waiter spins on. With none, push_from ends
-           the guard. */
         if (m->n > 1)
-            atomic_fetch_add_explicit(&ev->ext->remaining, m->n - 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&ev->ext->counts, m->n - 1, memory_order_relaxed);
     }
     /* One reference per delivery. An untracked event's intake reference
        becomes the first one; a tracked event keeps it until push_from's end,
@@ -2127,6 +2127,7 @@ static void bus_free(eb_bus *b)
             eb_event *ev = EV_TIMER_UNTAG(e.what);
             if (ev->flags & EB__EV_TRACKED) {
                 atomic_store_explicit(&ev->ext->first_error, EB_ECLOSED, memory_order_relaxed);
+                ev->ext->matched = 0; /* never routed */
                 eb__event_finish(ev, EB_ECLOSED, false);
             }
             eb__event_unref(ev, &b->depot);

@@ -355,34 +355,33 @@ void eb__event_track_init(eb_event *ev)
 {
     eb__event_ext *x = ev->ext; /* the publisher allocated it with the event */
     ev->flags |= EB__EV_TRACKED;
-    atomic_init(&x->remaining, 1); /* the dispatcher's guard */
-    atomic_init(&x->delivered, 0);
+    atomic_init(&x->counts, 1); /* the guard; see eb__event_ext */
     atomic_init(&x->failed, 0);
     atomic_init(&x->first_error, EB_OK);
     atomic_init(&x->deadlock, false);
     atomic_init(&x->waiter_worker, false);
-    x->matched = 0;
+    x->matched = 1; /* the usual case: see eb__event_ext */
     eb__ec_init(&x->done);
 }
 
 bool eb__event_finish(eb_event *ev, int rc, bool count)
 {
     eb__event_ext *x = ev->ext;
-    if (!count) {
-        /* the dispatcher's guard */
-    } else if (rc == EB_OK) {
-        atomic_fetch_add_explicit(&x->delivered, 1, memory_order_relaxed);
-    } else {
+    uint64_t delta = (uint64_t)-1; /* one delivery less (the guard: no delivery) */
+    if (count && rc == EB_OK) {
+        delta += UINT64_C(1) << 32; /* and one more delivered, in the same update */
+    } else if (count) {
         int expected = EB_OK;
         atomic_fetch_add_explicit(&x->failed, 1, memory_order_relaxed);
         atomic_compare_exchange_strong_explicit(&x->first_error, &expected, rc,
                                                 memory_order_relaxed, memory_order_relaxed);
     }
-    /* Release: the counters above are visible to whoever sees remaining at 0
-       (eb__event_done's acquire). seq_cst: a worker waiter stores
-       waiter_worker and then loads remaining; we decrement and then the caller
-       loads waiter_worker — one of the two sees the other (Dekker). */
-    if (atomic_fetch_sub_explicit(&x->remaining, 1, memory_order_seq_cst) != 1)
+    /* Release: the counters above are visible to whoever sees no delivery
+       remaining (eb__event_done's acquire). seq_cst: a worker waiter stores
+       waiter_worker and then loads the counts; we update them and then the
+       caller loads waiter_worker — one of the two sees the other (Dekker). */
+    uint64_t old = atomic_fetch_add_explicit(&x->counts, delta, memory_order_seq_cst);
+    if ((uint32_t)old != 1)
         return false;
     eb__ec_inc(&x->done);
     return true;
@@ -390,14 +389,14 @@ bool eb__event_finish(eb_event *ev, int rc, bool count)
 
 bool eb__event_done(const eb_event *ev)
 {
-    return atomic_load_explicit(&ev->ext->remaining, memory_order_acquire) == 0;
+    return (uint32_t)atomic_load_explicit(&ev->ext->counts, memory_order_acquire) == 0;
 }
 
 void eb__event_result(const eb_event *ev, eb_publish_result *out)
 {
     const eb__event_ext *x = ev->ext;
     out->matched = x->matched;
-    out->delivered = atomic_load_explicit(&x->delivered, memory_order_relaxed);
+    out->delivered = (uint32_t)(atomic_load_explicit(&x->counts, memory_order_relaxed) >> 32);
     out->failed = atomic_load_explicit(&x->failed, memory_order_relaxed);
     out->first_error = atomic_load_explicit(&x->first_error, memory_order_relaxed);
 }

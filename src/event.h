@@ -53,17 +53,20 @@ typedef struct eb__event_ext {
     uint8_t corr[16];
     uint8_t caus[16];
     /* Completion tracking, used only when EB__EV_TRACKED. */
-    atomic_uint remaining; /* deliveries not finished; 1 (a guard) until the
-                              dispatcher routed the event: the guard becomes
-                              the first delivery's count, or ends when
-                              nothing matched */
-    atomic_uint delivered;
+    /* Deliveries not finished (low 32 bits) and delivered (high 32 bits),
+       one word, so that a successful delivery finishes with one update of
+       the line the waiter spins on. Not finished starts at 1, a guard until
+       the dispatcher routed the event: the guard becomes the first
+       delivery's count, or ends when nothing matched. */
+    _Atomic uint64_t counts;
     atomic_uint failed;
     atomic_int first_error;
     atomic_bool deadlock;      /* a delivery landed on a lane its waiter blocks */
     atomic_bool waiter_worker; /* a worker waits: completion wakes the pool */
-    uint32_t matched;          /* set by the dispatcher before remaining drops */
-    eb__ec done;               /* bumped when remaining reaches 0 */
+    uint32_t matched;          /* 1 from the publisher; the dispatcher writes
+                                  another number of matches before any
+                                  delivery (a single match writes nothing) */
+    eb__ec done;               /* bumped when no delivery remains */
     /* Durable events: set by the store's writer before it hands the event
        to the intake (whose release publishes them). */
     uint64_t log_seq;               /* position in the store's log */
