@@ -73,32 +73,43 @@ done
 python3 - "$out" "$rounds" "$rev_a" "$rev_b" <<'EOF'
 import json, os, statistics, sys
 out, rounds, rev_a, rev_b = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-# (case, impl, metric) -> side -> [per-round medians]
-figs, lower = {}, {}
-for side in 'ab':
-    for r in range(1, rounds + 1):
-        path = os.path.join(out, f'{side}-{r}.json')
-        if not os.path.exists(path):
+
+def results():
+    """(side, round, scenario, case) of every round's JSON that exists."""
+    for side in 'ab':
+        for r in range(1, rounds + 1):
+            path = os.path.join(out, f'{side}-{r}.json')
+            if not os.path.exists(path):
+                continue
+            for scn in json.load(open(path))['scenarios']:
+                for case in scn['cases']:
+                    yield side, r, scn, case
+
+
+# (case, impl, metric) -> side -> [per-round medians]; and -> side -> every
+# run's (value, cross-core probe taken just before it, xcore_ns).
+figs, lower, runs = {}, {}, {}
+for side, r, scn, case in results():
+    for res in case['results']:
+        if res.get('status') != 'ok':
             continue
-        for scn in json.load(open(path))['scenarios']:
-            for case in scn['cases']:
-                for res in case['results']:
-                    if res.get('status') != 'ok':
-                        continue
-                    for m in case['metrics']:
-                        v = res['metrics'].get(m['name'])
-                        if v is None:
-                            continue
-                        k = (f"{scn['name']}/{case['name']}", res['impl'], m['name'])
-                        lower[k] = m['lower_better']
-                        figs.setdefault(k, {'a': {}, 'b': {}})[side][r] = v['median']
-                # The harness's in-run ratios (what the targets are made of):
-                # "impl vs other", > 1 means impl is better.
-                for ra in case.get('ratios', []):
-                    k = (f"{scn['name']}/{case['name']}", f"{ra['impl']} vs {ra['vs']}",
-                         ra['metric'] + ' ratio')
-                    lower[k] = False
-                    figs.setdefault(k, {'a': {}, 'b': {}})[side][r] = ra['advantage']
+        for m in case['metrics']:
+            v = res['metrics'].get(m['name'])
+            if v is None:
+                continue
+            k = (f"{scn['name']}/{case['name']}", res['impl'], m['name'])
+            lower[k] = m['lower_better']
+            figs.setdefault(k, {'a': {}, 'b': {}})[side][r] = v['median']
+            for val, x in zip(v['values'], res.get('xcore_ns') or []):
+                if x:
+                    runs.setdefault(k, {'a': [], 'b': []})[side].append((val, x))
+    # The harness's in-run ratios (what the targets are made of):
+    # "impl vs other", > 1 means impl is better.
+    for ra in case.get('ratios', []):
+        k = (f"{scn['name']}/{case['name']}", f"{ra['impl']} vs {ra['vs']}",
+             ra['metric'] + ' ratio')
+        lower[k] = False
+        figs.setdefault(k, {'a': {}, 'b': {}})[side][r] = ra['advantage']
 print(f'A = {rev_a}, B = {rev_b}; {rounds} rounds, alternating')
 print(f"{'figure':<100} {'A':>12} {'B':>12} {'B/A':>6}  B better")
 for k in sorted(figs):
@@ -112,29 +123,8 @@ for k in sorted(figs):
     ratio = mb / ma if ma else float('nan')
     print(f'{name[:100]:<100} {ma:12.4g} {mb:12.4g} {ratio:6.2f}  {wins}/{len(both)}')
 
-# Every run's value with the cross-core probe taken just before it (xcore_ns):
-# the VM moves its vCPUs near and far apart, which moves every figure, so the
-# same figures again from the runs of each kind alone.
-runs = {}
-for side in 'ab':
-    for r in range(1, rounds + 1):
-        path = os.path.join(out, f'{side}-{r}.json')
-        if not os.path.exists(path):
-            continue
-        for scn in json.load(open(path))['scenarios']:
-            for case in scn['cases']:
-                for res in case['results']:
-                    xs = res.get('xcore_ns')
-                    if res.get('status') != 'ok' or not xs:
-                        continue
-                    for m in case['metrics']:
-                        v = res['metrics'].get(m['name'])
-                        if v is None:
-                            continue
-                        k = (f"{scn['name']}/{case['name']}", res['impl'], m['name'])
-                        for val, x in zip(v['values'], xs):
-                            if x:
-                                runs.setdefault(k, {'a': [], 'b': []})[side].append((val, x))
+# The VM moves its vCPUs near and far apart, which moves every figure: the
+# same figures again from the single runs of each kind alone.
 probes = sorted(x for k in runs.values() for side in k.values() for _, x in side)
 if probes:
     cut = 2.5 * probes[len(probes) // 10]
