@@ -399,6 +399,68 @@ Test(lane, concurrent_lanes_of_a_held_up_worker_are_run_by_the_other)
     cr_assert_eq(atomic_load(&h.fast_done), HOME_SUBS * HOME_EVENTS);
 }
 
+/*
+ * The same under steady load: while another subscription's lane keeps going
+ * back on the run queue, the held-up worker's CONCURRENT lane must still
+ * get to the head's turn (a home is passed over only a few times).
+ */
+struct flood {
+    eb_bus *bus;
+    atomic_bool stop;
+};
+
+static int spin_20us_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    (void)ctx;
+    int64_t until = t_now_ns() + 20000;
+    while (t_now_ns() < until)
+        ;
+    return 0;
+}
+
+static void *flood_main(void *arg)
+{
+    struct flood *f = arg;
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.timeout_ns = 0;
+    while (!atomic_load(&f->stop))
+        (void)eb_publish(f->bus, "s", NULL, 0, &o);
+    return NULL;
+}
+
+Test(lane, a_concurrent_lane_whose_home_is_held_up_runs_under_steady_load)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct held_up h;
+    held_up_init(&h, 2);
+    t_sub(bus, "slow", blocking_handler, &h, EB_DELIVERY_SERIAL, 0);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.overflow = EB_OVERFLOW_DROP_NEWEST;
+    cr_assert_eq(eb_subscribe(bus, "s", spin_20us_handler, NULL, &o, NULL), EB_OK);
+    t_sub(bus, "c", fast_handler, &h, EB_DELIVERY_CONCURRENT, 2);
+    struct flood f = {.bus = bus};
+    atomic_init(&f.stop, false);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, flood_main, &f), 0);
+    cr_assert_eq(t_pub_u32(bus, "slow", 0), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h.entered));
+    cr_assert(ok);
+    /* Round robin: one delivery to each of the two lanes, one per home. */
+    cr_assert_eq(t_pub_u32(bus, "c", 0), EB_OK);
+    cr_assert_eq(t_pub_u32(bus, "c", 1), EB_OK);
+    T_WAIT_FOR(ok, atomic_load(&h.saw_fast) != 0);
+    atomic_store(&f.stop, true);
+    pthread_join(th, NULL);
+    eb_bus_destroy(bus);
+    cr_assert(ok);
+    cr_assert_eq(atomic_load(&h.saw_fast), 1,
+                 "a CONCURRENT delivery waited for its held-up home worker under load");
+}
+
 struct seen_once {
     atomic_uint n;
     atomic_uchar seen[4000];
