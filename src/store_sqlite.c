@@ -177,10 +177,14 @@ static const char *const RSQL[R_COUNT] = {
                  " WHERE seq > ?1 AND ts >= ?2 AND ts < ?3 ORDER BY seq LIMIT ?4",
     [R_SUBS] = "SELECT name, pattern, checkpoint, updated FROM eb_subscriptions ORDER BY name",
     /* Two lookups at the ends of the primary key, not count(*) (a scan of
-       the whole log): the log is append-only and its sequences have no gaps
-       (the writer numbers each event max(seq) + 1 inside the transaction
-       that inserts it, and a failed transaction takes its numbers back). */
-    [R_MAXSEQ] = "SELECT coalesce(max(seq), 0), coalesce(min(seq), 0) FROM eb_events",
+       the whole log). Each in its own subquery: SQLite looks up the end of
+       an index only for a lone min() or max(); both in one SELECT scan the
+       table. The event count is the range: the library writes the log
+       append-only and without gaps (the writer numbers each event
+       max(seq) + 1 inside the transaction that inserts it, and a failed
+       transaction takes its numbers back). */
+    [R_MAXSEQ] = "SELECT coalesce((SELECT max(seq) FROM eb_events), 0),"
+                 " coalesce((SELECT min(seq) FROM eb_events), 0)",
     [R_OUTBOX] = "SELECT id, topic, key, payload, status, attempts, created, next_attempt,"
                  " lease_until, last_error FROM eb_outbox WHERE ?1 < 0 OR status = ?1"
                  " ORDER BY id LIMIT ?2",

@@ -125,9 +125,11 @@ EB_API int eb_store_flush(eb_store *store, int64_t timeout_ns);
 EB_API int eb_store_last_error(eb_store *store, char *msg, size_t cap);
 
 typedef struct eb_store_stats {
-    uint64_t events;    /* rows in the event log: last_seq - first_seq + 1
-                           (the log is append-only and gap-free; read
-                           from the two ends of its key, not counted) */
+    uint64_t events;    /* events in the log: last_seq - first_seq + 1,
+                           read from the two ends of its key, not counted
+                           (the library writes the log append-only and
+                           without gaps; rows deleted by hand from its
+                           middle are not subtracted) */
     uint64_t first_seq; /* lowest log sequence, 0 if the log is empty */
     uint64_t last_seq;  /* highest log sequence, 0 if the log is empty */
     uint64_t subscriptions;
