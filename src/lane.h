@@ -31,8 +31,9 @@ typedef struct eb__lane {
     /* CONCURRENT lanes: 1 + the worker that prefers to run it (runq_pop), so
        that an event's deliveries stay on one core; 0: none. */
     unsigned home;
-    unsigned passed;          /* times passed over at the run queue's head (runq_pop);
-                                 protected by bus->rq_lock */
+    int64_t queued_at;        /* lanes with a home: coarse monotonic time it
+                                 joined the run queue (runq_pop); protected
+                                 by bus->rq_lock */
     uint64_t touch;           /* bus->touch_gen when last touched; token-protected */
     _Atomic uint64_t pushed;  /* written by the dispatcher only (relaxed) */
     _Atomic uint64_t evicted; /* dropped from the mailbox by DROP_OLDEST; ditto */
