@@ -256,16 +256,24 @@ static eb__lane *runq_pop(eb_bus *b, bool newest, const eb__worker *w)
     return l;
 }
 
-/* IDLE -> SCHEDULED; see lane.h. The exchange is seq_cst: it follows the
-   mailbox push, and the runner's store of 0 precedes its re-check of the
-   mailbox, so either the runner sees the new item or we see state 0. */
+/* IDLE -> SCHEDULED; see lane.h. Returns false if the lane was scheduled
+   already. The exchange is seq_cst: it follows the mailbox push, and the
+   runner's store of 0 precedes its re-check of the mailbox, so either the
+   runner sees the new item or we see state 0. */
+static bool lane_claim(eb_bus *b, eb__lane *l)
+{
+    if (atomic_exchange_explicit(&l->state, 1, memory_order_seq_cst) != 0)
+        return false;
+    sub_ref(l->sub);
+    atomic_fetch_add_explicit(&b->busy_lanes, 1, memory_order_seq_cst);
+    return true;
+}
+
+/* Claims an idle lane and puts it on the run queue. */
 static void lane_schedule(eb_bus *b, eb__lane *l)
 {
-    if (atomic_exchange_explicit(&l->state, 1, memory_order_seq_cst) == 0) {
-        sub_ref(l->sub);
-        atomic_fetch_add_explicit(&b->busy_lanes, 1, memory_order_seq_cst);
+    if (lane_claim(b, l))
         runq_push(b, l);
-    }
 }
 
 /* SCHEDULED -> IDLE, or back on the run queue when more work waits. */
@@ -419,12 +427,8 @@ static void touch_flush(eb_bus *b, eb__lane **direct)
 {
     if (direct != NULL && b->touch_defer && b->ntouched == 1 &&
         atomic_load_explicit(&b->rq_len, memory_order_relaxed) == 0) {
-        eb__lane *l = b->touched[0];
-        if (atomic_exchange_explicit(&l->state, 1, memory_order_seq_cst) == 0) {
-            sub_ref(l->sub);
-            atomic_fetch_add_explicit(&b->busy_lanes, 1, memory_order_seq_cst);
-            *direct = l;
-        }
+        if (lane_claim(b, b->touched[0]))
+            *direct = b->touched[0];
     } else {
         for (unsigned i = 0; i < b->ntouched; i++)
             lane_schedule(b, b->touched[i]);
