@@ -423,6 +423,147 @@ Test(store, batch_publishes_and_the_log_query)
     t_store_done(&d, s);
 }
 
+/* ---- group commit: several threads publishing durably and waiting ------ */
+
+#define GC_THREADS 8
+#define GC_EACH 60
+#define GC_FAILS 4 /* a publisher stops after this many failed publishes */
+
+typedef struct gc_pub {
+    eb_bus *bus;
+    uint32_t thread;
+    const char *payload_pad; /* bytes after the (thread, i) pair */
+    size_t pad;
+    bool accepted[GC_EACH]; /* which publishes returned EB_OK */
+    unsigned ok, failed;
+    int last_rc; /* of the last failed publish, else EB_OK */
+} gc_pub;
+
+static void *gc_pub_main(void *arg)
+{
+    gc_pub *p = arg;
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    uint8_t buf[8 + 4000];
+    p->last_rc = EB_OK;
+    for (uint32_t i = 0; i < GC_EACH && p->failed < GC_FAILS; i++) {
+        uint32_t v[2] = {p->thread, i};
+        memcpy(buf, v, sizeof v);
+        memcpy(buf + 8, p->payload_pad, p->pad);
+        int rc = eb_publish(p->bus, "gc.ev", buf, 8 + p->pad, &o);
+        p->accepted[i] = rc == EB_OK;
+        p->ok += rc == EB_OK;
+        if (rc != EB_OK) {
+            p->failed++;
+            p->last_rc = rc;
+        }
+    }
+    return NULL;
+}
+
+/* Reads the log back: each thread's rows must be its accepted publishes,
+   each once, in the order it made them. */
+typedef struct gc_log {
+    const gc_pub *p;
+    unsigned n[GC_THREADS];
+    int64_t last[GC_THREADS]; /* the index of each thread's last row */
+    unsigned bad;
+} gc_log;
+
+static int gc_log_row(const eb_stored_event *ev, void *ctx)
+{
+    gc_log *l = ctx;
+    uint32_t v[2];
+    if (ev->payload_len < sizeof v) {
+        l->bad++;
+        return 0;
+    }
+    memcpy(v, ev->payload, sizeof v);
+    if (v[0] >= GC_THREADS || v[1] >= GC_EACH || (int64_t)v[1] <= l->last[v[0]] ||
+        !l->p[v[0]].accepted[v[1]]) {
+        l->bad++; /* a duplicate, a row out of its thread's order, or a refused publish */
+        return 0;
+    }
+    l->last[v[0]] = v[1];
+    l->n[v[0]]++;
+    return 0;
+}
+
+/* Starts GC_THREADS publishers of up to GC_EACH waited durable events
+   (payload (thread, i) and pad bytes), joins them and checks the log. */
+static void gc_run(eb_bus *bus, eb_store *s, size_t pad, gc_pub *p)
+{
+    static char pad_bytes[4000];
+    memset(pad_bytes, 'p', sizeof pad_bytes);
+    pthread_t th[GC_THREADS];
+    for (uint32_t t = 0; t < GC_THREADS; t++) {
+        p[t] = (gc_pub){.bus = bus, .thread = t, .payload_pad = pad_bytes, .pad = pad};
+        cr_assert_eq(pthread_create(&th[t], NULL, gc_pub_main, &p[t]), 0);
+    }
+    for (unsigned t = 0; t < GC_THREADS; t++)
+        pthread_join(th[t], NULL);
+    gc_log l = {.p = p};
+    for (unsigned t = 0; t < GC_THREADS; t++)
+        l.last[t] = -1;
+    eb_store_query q = {.topic = "gc.ev"};
+    cr_assert_eq(eb_store_events(s, &q, gc_log_row, &l), EB_OK);
+    cr_assert_eq(l.bad, 0, "%u rows duplicated, refused or out of their thread's order", l.bad);
+    for (unsigned t = 0; t < GC_THREADS; t++)
+        cr_assert_eq(l.n[t], p[t].ok, "thread %u: %u accepted, %u in the log", t, p[t].ok, l.n[t]);
+}
+
+Test(store, waiting_durable_publishers_on_several_threads_share_commits_each_event_once_in_order)
+{
+    t_dir d;
+    eb_store *s = t_store_new(&d);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_counter c;
+    t_counter_init(&c);
+    cr_assert_eq(eb_subscribe(bus, "gc.#", t_count_handler, &c, NULL, NULL), EB_OK);
+    eb_store_stats st0, st1;
+    cr_assert_eq(eb_store_stats_get(s, &st0), EB_OK);
+    gc_pub p[GC_THREADS];
+    gc_run(bus, s, 0, p);
+    for (unsigned t = 0; t < GC_THREADS; t++)
+        cr_assert_eq(p[t].failed, 0, "thread %u: %s", t, eb_err_name(p[t].last_rc));
+    cr_assert_eq(eb_store_stats_get(s, &st1), EB_OK);
+    uint64_t events = st1.appended - st0.appended, commits = st1.commits - st0.commits;
+    cr_assert_eq(events, GC_THREADS * GC_EACH);
+    /* Group commit: callers that wait at the same time share transactions
+       (a commit per event would be GC_THREADS * GC_EACH). */
+    cr_assert_lt(commits, events, "%llu commits for %llu events", (unsigned long long)commits,
+                 (unsigned long long)events);
+    cr_assert(t_wait_ge(&c.calls, GC_THREADS * GC_EACH), "every committed event is delivered");
+    eb_bus_destroy(bus);
+    t_store_done(&d, s);
+}
+
+Test(store, waiting_durable_publishers_on_several_threads_meet_a_full_disk_without_loss_or_hang)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_options so;
+    eb_store_options_init(&so);
+    so.synchronous = EB_STORE_SYNC_NORMAL;
+    so.max_page_count = 60; /* 240 KiB: full after some tens of 4 KiB events */
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &so, &s), EB_OK);
+    eb_bus *bus = t_bus_store(s, 2);
+    gc_pub p[GC_THREADS];
+    gc_run(bus, s, 4000, p);
+    unsigned ok = 0, failed = 0;
+    for (unsigned t = 0; t < GC_THREADS; t++) {
+        ok += p[t].ok;
+        failed += p[t].failed;
+        if (p[t].failed > 0)
+            cr_assert_eq(p[t].last_rc, EB_EIO, "thread %u: %s", t, eb_err_name(p[t].last_rc));
+    }
+    cr_assert_gt(failed, 0, "the file fills up");
+    cr_assert_gt(ok, 0);
+    cr_assert_eq(t_log_count(s), ok, "the log holds exactly the accepted events");
+    eb_bus_destroy(bus);
+    t_store_done(&d, s);
+}
+
 static int durable_from_handler(const eb_event *ev, void *ctx)
 {
     eb_bus *bus = ctx;
