@@ -733,9 +733,10 @@ static bool dispatch_batch(eb_bus *b)
     /* Pop a whole batch first and prefetch the events: they were written on
        the publishers' cores, and issuing all the misses at once overlaps
        them instead of paying one cache-line transfer after another. */
-    unsigned n = 0;
-    void *p;
-    while (n < EB__DISPATCH_BATCH && eb__ring_pop_sc(&b->intake, &p)) {
+    unsigned n = 0, pos, taken = 0;
+    unsigned avail = eb__ring_peek_sc(&b->intake, &pos);
+    while (n < EB__DISPATCH_BATCH && taken < avail) {
+        void *p = eb__ring_at(&b->intake, pos + taken++);
         if (EB__IS_CARRIER(p)) {
             eb__carrier *c = EB__CARRIER_UNTAG(p);
             memcpy(&b->held[n], c->ev, c->n * sizeof(c->ev[0]));
@@ -746,6 +747,8 @@ static bool dispatch_batch(eb_bus *b)
             b->held[n++] = p;
         }
     }
+    if (taken > 0)
+        eb__ring_consume_sc(&b->intake, taken);
     if (n > 0) {
         for (unsigned i = 0; i < n; i++) {
             __builtin_prefetch(b->held[i], 1);

@@ -145,6 +145,10 @@ static inline bool eb__ring_push_mp_fast(eb__ring *r, void *p)
        in the pops. */
     EB__HB_ACQUIRE(r->buf);
     slot->value = p;
+    /* For TSan: the slot is written before the commit that publishes it
+       (ck's fence orders them; TSan cannot see it). Pairs with the acquire
+       in eb__ring_peek_sc, which reads slots in place. */
+    EB__HB_RELEASE(&r->ring.p_tail);
     if (ck_pr_load_uint(&r->ring.p_tail) != ticket)
         eb__ring_wait_turn(r, ticket);
     ck_ring_enqueue_commit_mpmc(&r->ring, ticket);
@@ -195,6 +199,41 @@ static inline bool eb__ring_pop_sc(eb__ring *r, void **p)
     EB__HB_ACQUIRE(*p);
     EB__HB_RELEASE(r->buf); /* the slot may be reused: see eb__ring_push_mp */
     return true;
+}
+
+/*
+ * One consumer at a time, a run of entries at once: eb__ring_peek_sc
+ * snapshots the producers' position once and says how many entries from
+ * *pos on are committed; the consumer reads them in place (eb__ring_at) and
+ * then releases them all with one eb__ring_consume_sc. This is ck_ring's
+ * single-consumer dequeue (same loads, fences and store) with its c_head
+ * update and p_tail read made once per run instead of once per entry:
+ * each of those is a cache-line transfer when publishers on another core
+ * are pushing meanwhile (Concurrency Kit 0.7.1 has no bulk dequeue).
+ */
+static inline unsigned eb__ring_peek_sc(const eb__ring *r, unsigned *pos)
+{
+    *pos = r->ring.c_head;
+    unsigned n = ck_pr_load_uint(&r->ring.p_tail) - *pos;
+    ck_pr_fence_load(); /* the slots are read after the snapshot */
+    EB__HB_ACQUIRE((void *)&r->ring.p_tail); /* pairs with the pushes' release */
+    return n;
+}
+
+/* The entry at position pos, which eb__ring_peek_sc reported committed. */
+static inline void *eb__ring_at(const eb__ring *r, unsigned pos)
+{
+    void *p = r->buf[pos & r->ring.mask].value;
+    EB__HB_ACQUIRE(p);
+    return p;
+}
+
+/* Releases the n entries read since eb__ring_peek_sc to the producers. */
+static inline void eb__ring_consume_sc(eb__ring *r, unsigned n)
+{
+    EB__HB_RELEASE(r->buf); /* the slots may be reused: see eb__ring_push_mp */
+    ck_pr_fence_store();    /* the reads complete before the slots are given back */
+    ck_pr_store_uint(&r->ring.c_head, r->ring.c_head + n);
 }
 
 /* Any number of consumers, including one racing a single consumer that uses
