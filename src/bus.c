@@ -938,21 +938,28 @@ static bool timers_fire(eb_bus *b)
     int64_t now = eb__now_mono_ns();
     eb__timer_entry e;
     bool any = false;
-    while (eb__timers_pop_due(&b->timers, now, &e)) {
+    unsigned unhold = 0;
+    /* Each entry's slot stays held until we know it is not needed again. */
+    while (eb__timers_pop_due_held(&b->timers, now, &e)) {
         any = true;
         if (IS_EV_TIMER(e.what)) {
             /* A delayed event is due: into the intake (or the side list),
-               never blocking a worker. */
+               never blocking a worker. With no memory for the side list it
+               goes back into its held slot, which cannot fail: an event
+               accepted for later is never lost (nor its waiter left
+               waiting). */
             eb_event *ev = EV_TIMER_UNTAG(e.what);
-            atomic_fetch_sub_explicit(&b->scheduled, 1, memory_order_relaxed);
-            if (enqueue_internal(b, ev) != EB_OK) {
+            if (enqueue_internal(b, ev) == EB_OK) {
+                atomic_fetch_sub_explicit(&b->scheduled, 1, memory_order_relaxed);
+                unhold++;
+            } else {
                 logf_(b, EB_LOG_ERROR, "no memory to dispatch scheduled %s; retrying", ev->topic);
                 bool earlier;
-                if (eb__timers_push(&b->timers, now + 1000000, e.what, 0, &earlier) == 0)
-                    atomic_fetch_add_explicit(&b->scheduled, 1, memory_order_relaxed);
+                eb__timers_rearm(&b->timers, now + 1000000, e.what, 0, &earlier);
             }
             continue;
         }
+        unhold++;
         eb__lane *l = e.what;
         struct eb_subscription *s = l->sub;
         if (e.gen == atomic_load_explicit(&l->timer_gen, memory_order_acquire) &&
@@ -960,6 +967,7 @@ static bool timers_fire(eb_bus *b)
             runq_push(b, l);
         sub_unref(b, s);
     }
+    eb__timers_unhold(&b->timers, unhold);
     return any;
 }
 

@@ -10,7 +10,7 @@
 int eb__timers_init(eb__timers *t)
 {
     t->heap = NULL;
-    t->n = t->cap = 0;
+    t->n = t->cap = t->held = 0;
     atomic_init(&t->next, INT64_MAX);
     return pthread_mutex_init(&t->lock, NULL) == 0 ? 0 : -1;
 }
@@ -28,19 +28,10 @@ static void swap(eb__timer_entry *a, eb__timer_entry *b)
     *b = x;
 }
 
-int eb__timers_push(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier)
+/* Inserts into a heap with room for it; called with the lock held, which
+   it releases. */
+static void insert_unlock(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier)
 {
-    pthread_mutex_lock(&t->lock);
-    if (t->n == t->cap) {
-        unsigned cap = t->cap ? t->cap * 2 : 16;
-        eb__timer_entry *h = realloc(t->heap, cap * sizeof(*h));
-        if (h == NULL) {
-            pthread_mutex_unlock(&t->lock);
-            return -1;
-        }
-        t->heap = h;
-        t->cap = cap;
-    }
     unsigned i = t->n++;
     t->heap[i] = (eb__timer_entry){deadline, what, gen};
     while (i > 0 && t->heap[(i - 1) / 2].deadline > t->heap[i].deadline) {
@@ -50,10 +41,42 @@ int eb__timers_push(eb__timers *t, int64_t deadline, void *what, uint64_t gen, b
     *earlier = (i == 0);
     atomic_store_explicit(&t->next, t->heap[0].deadline, memory_order_relaxed);
     pthread_mutex_unlock(&t->lock);
+}
+
+int eb__timers_push(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->n + t->held == t->cap) {
+        unsigned cap = t->cap ? t->cap * 2 : 16;
+        eb__timer_entry *h = realloc(t->heap, cap * sizeof(*h));
+        if (h == NULL) {
+            pthread_mutex_unlock(&t->lock);
+            return -1;
+        }
+        t->heap = h;
+        t->cap = cap;
+    }
+    insert_unlock(t, deadline, what, gen, earlier);
     return 0;
 }
 
-bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out)
+void eb__timers_rearm(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier)
+{
+    pthread_mutex_lock(&t->lock);
+    t->held--; /* n + held <= cap: the held slot is free */
+    insert_unlock(t, deadline, what, gen, earlier);
+}
+
+void eb__timers_unhold(eb__timers *t, unsigned n)
+{
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&t->lock);
+    t->held -= n;
+    pthread_mutex_unlock(&t->lock);
+}
+
+static bool pop_due(eb__timers *t, int64_t now, eb__timer_entry *out, bool hold)
 {
     if (eb__timers_next(t) > now)
         return false;
@@ -62,6 +85,7 @@ bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out)
         pthread_mutex_unlock(&t->lock);
         return false;
     }
+    t->held += hold;
     *out = t->heap[0];
     t->heap[0] = t->heap[--t->n];
     unsigned i = 0;
@@ -79,6 +103,16 @@ bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out)
     atomic_store_explicit(&t->next, t->n ? t->heap[0].deadline : INT64_MAX, memory_order_relaxed);
     pthread_mutex_unlock(&t->lock);
     return true;
+}
+
+bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out)
+{
+    return pop_due(t, now, out, false);
+}
+
+bool eb__timers_pop_due_held(eb__timers *t, int64_t now, eb__timer_entry *out)
+{
+    return pop_due(t, now, out, true);
 }
 
 unsigned eb__timers_count(eb__timers *t)

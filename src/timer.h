@@ -21,6 +21,9 @@ typedef struct eb__timers {
     pthread_mutex_t lock;
     eb__timer_entry *heap; /* protected by lock */
     unsigned n, cap;       /* protected by lock */
+    /* Slots of popped entries kept for eb__timers_rearm (held <= cap - n);
+       protected by lock. */
+    unsigned held;
     /* Earliest deadline, INT64_MAX when empty. Written under lock, read
        relaxed by workers deciding how long to sleep: a stale value only makes
        a worker look again a little early or be woken by eb__timers_push. */
@@ -34,6 +37,13 @@ void eb__timers_fini(eb__timers *t);
 int eb__timers_push(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier);
 /* Pops one entry due at now; false if none. */
 bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out);
+/* As eb__timers_pop_due, and the entry's slot stays held for it: the caller
+   either puts it back with eb__timers_rearm, which then needs no memory and
+   cannot fail, or gives the slot up with eb__timers_unhold (n slots at
+   once). */
+bool eb__timers_pop_due_held(eb__timers *t, int64_t now, eb__timer_entry *out);
+void eb__timers_rearm(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier);
+void eb__timers_unhold(eb__timers *t, unsigned n);
 static inline int64_t eb__timers_next(eb__timers *t)
 {
     return atomic_load_explicit(&t->next, memory_order_relaxed);

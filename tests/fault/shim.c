@@ -120,6 +120,7 @@ static atomic_long target;
 static atomic_uint kinds = FAULT_ALL;
 static atomic_long counter;
 static atomic_bool hit;
+static atomic_bool from; /* fail every allocation from target on */
 
 void fault_set_eligible(bool on)
 {
@@ -152,8 +153,15 @@ void fault_arm(long n)
     fault_arm_kind(n, FAULT_ALL);
 }
 
+void fault_arm_from(long n)
+{
+    fault_arm_kind(n, FAULT_ALL);
+    atomic_store(&from, true);
+}
+
 void fault_arm_kind(long n, unsigned k)
 {
+    atomic_store(&from, false);
     atomic_store(&kinds, k);
     atomic_store(&counter, 0);
     atomic_store(&hit, false);
@@ -181,7 +189,7 @@ static bool inject(uintptr_t site, unsigned kind)
     long c = atomic_fetch_add(&counter, 1) + 1;
     site_add(site);
     long t = atomic_load(&target);
-    if (t > 0 && c == t) {
+    if (t > 0 && (c == t || (c > t && atomic_load_explicit(&from, memory_order_relaxed)))) {
         atomic_store(&hit, true);
         return true;
     }

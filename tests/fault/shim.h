@@ -46,6 +46,9 @@ void fault_arm(long n);
 /* As fault_arm, counting only the allocation calls of the given kinds. */
 enum { FAULT_MALLOC = 1, FAULT_CALLOC = 2, FAULT_REALLOC = 4, FAULT_ALIGNED = 8, FAULT_ALL = 15 };
 void fault_arm_kind(long n, unsigned kinds);
+/* Fail every eligible allocation from the n-th (n >= 1) on, until
+   fault_disarm: a spell of no memory at all. */
+void fault_arm_from(long n);
 /* Ends the window; returns how many eligible allocations it saw. */
 long fault_disarm(void);
 /* Whether the armed failure was injected in the last window. */

@@ -1525,6 +1525,114 @@ Test(fault_regress, a_batch_the_side_list_takes_in_part_reports_its_accepted_pre
     cr_assert_eq(live, 0, "%ld blocks leaked", live);
 }
 
+/* A delayed event falls due while the intake is full and no memory at all
+   can be had (so not for the side list either): it must wait in the timer
+   heap and be delivered once memory returns, never lost, and its waiter
+   must get its result. Its retry re-armed the timer with a push that could
+   itself fail for lack of memory (when other timers had filled the heap
+   meanwhile), losing the event; now the popped entry keeps its slot. */
+typedef struct due_run {
+    eb_bus *bus;
+    t_gate gate;
+    atomic_uint due_seen;
+    fx_err err;
+} due_run;
+
+static int due_in(const eb_event *ev, void *ctx)
+{
+    due_run *r = ctx;
+    uint32_t id;
+    memcpy(&id, eb_event_payload(ev, NULL), 4);
+    if (id == 0)
+        t_gate_wait(&r->gate);
+    return 0;
+}
+
+static int due_out(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((due_run *)ctx)->due_seen, 1);
+    return 0;
+}
+
+static void *due_scenario(void *arg)
+{
+    due_run *r = arg;
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.intake_capacity = 1;
+    cfg.mailbox_capacity = 1;
+    int rc = eb_bus_create(&cfg, &r->bus);
+    if (rc != EB_OK) {
+        fx_fail(&r->err, "create: %s", eb_err_name(rc));
+        return NULL;
+    }
+    if (eb_subscribe(r->bus, "in", due_in, r, NULL, NULL) != EB_OK ||
+        eb_subscribe(r->bus, "due", due_out, r, NULL, NULL) != EB_OK)
+        fx_fail(&r->err, "subscribe");
+    /* #0 runs and waits at the gate; #1 fills its mailbox, #2 stalls the
+       dispatcher, #3 fills the intake. */
+    for (uint32_t i = 0; i < 4; i++) {
+        eb_publish_options o = t_bounded_opts();
+        if (eb_publish(r->bus, "in", &i, 4, &o) != EB_OK)
+            fx_fail(&r->err, "publish in");
+        if (i == 0) {
+            bool ok;
+            T_WAIT_FOR(ok, atomic_load(&r->gate.waiting) == 1);
+            FX_CHECK(&r->err, ok, "the handler never ran");
+        }
+    }
+    eb_bus_stats st;
+    bool ok;
+    T_WAIT_STATS(ok, r->bus, st, st.intake_depth == 1 && st.dispatched == 2);
+    FX_CHECK(&r->err, ok, "no stall: depth %u dispatched %llu", st.intake_depth,
+             (unsigned long long)st.dispatched);
+    eb_publish_options o = t_bounded_opts();
+    o.delay_ns = 2 * T_MS;
+    eb_ticket *t = NULL;
+    uint32_t v = 7;
+    rc = eb_publish_async(r->bus, "due", &v, 4, &o, &t);
+    FX_CHECK(&r->err, rc == EB_OK, "publish due: %s", eb_err_name(rc));
+    /* No memory from now on: the event falls due, its dispatch finds no
+       memory for the side list; a few more milliseconds of retries (one a
+       millisecond), then memory returns. */
+    fault_arm_from(1);
+    T_WAIT_FOR(ok, fault_hit());
+    usleep(5000);
+    fault_disarm();
+    FX_CHECK(&r->err, ok, "no allocation was refused: the test proves nothing");
+    (void)eb_bus_stats_get(r->bus, &st);
+    FX_CHECK(&r->err, st.scheduled == 1 && atomic_load(&r->due_seen) == 0,
+             "scheduled %llu, delivered %u: the due event should still wait",
+             (unsigned long long)st.scheduled, atomic_load(&r->due_seen));
+    t_gate_open(&r->gate);
+    if (t != NULL) {
+        eb_publish_result res;
+        rc = eb_ticket_wait(t, 5 * T_SEC, &res);
+        FX_CHECK(&r->err, rc == EB_OK && res.delivered == 1, "the waiter got %s, %u delivered",
+                 eb_err_name(rc), res.delivered);
+        eb_ticket_release(t);
+    }
+    FX_CHECK(&r->err, t_quiesce(r->bus), "the bus did not drain");
+    FX_CHECK(&r->err, atomic_load(&r->due_seen) == 1, "the due event was delivered %u times",
+             atomic_load(&r->due_seen));
+    eb_bus_destroy(r->bus);
+    return NULL;
+}
+
+Test(fault_regress, a_delayed_event_due_during_a_spell_without_memory_waits_and_is_delivered)
+{
+    static due_run r;
+    memset(&r, 0, sizeof r);
+    t_gate_init(&r.gate);
+    fault_track_begin();
+    cr_assert_eq(fault_run(due_scenario, &r), 0);
+    long live = fault_track_end();
+    cr_assert(r.err.msg[0] == '\0', "%s", r.err.msg);
+    cr_assert_eq(live, 0, "%ld blocks leaked", live);
+}
+
 #include "route.h"
 
 typedef struct route_run {
