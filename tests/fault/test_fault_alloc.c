@@ -1460,39 +1460,53 @@ static int side_out(const eb_event *ev, void *ctx)
     return 0;
 }
 
-static void *side_scenario(void *arg)
+/* A bus whose dispatch is stalled on a full mailbox and whose intake is
+   full: 2 workers, intake and mailboxes of 1, in_fn on "in" (it must wait
+   at gate for the event with id 0) and out_fn on out_topic. #0 runs and
+   waits at the gate, #1 fills its mailbox, #2 stalls the dispatcher, #3
+   fills the intake. NULL, with err set, if that could not be made. */
+static eb_bus *stalled_bus_new(fx_err *err, t_gate *gate, eb_handler_fn in_fn,
+                               const char *out_topic, eb_handler_fn out_fn, void *ctx)
 {
-    side_run *r = arg;
     eb_bus_config cfg;
     eb_bus_config_init(&cfg);
     cfg.workers = 2;
     cfg.intake_capacity = 1;
     cfg.mailbox_capacity = 1;
-    int rc = eb_bus_create(&cfg, &r->bus);
+    eb_bus *bus = NULL;
+    int rc = eb_bus_create(&cfg, &bus);
     if (rc != EB_OK) {
-        fx_fail(&r->err, "create: %s", eb_err_name(rc));
+        fx_fail(err, "create: %s", eb_err_name(rc));
         return NULL;
     }
-    if (eb_subscribe(r->bus, "in", side_in, r, NULL, NULL) != EB_OK ||
-        eb_subscribe(r->bus, "out", side_out, r, NULL, NULL) != EB_OK)
-        fx_fail(&r->err, "subscribe");
-    /* #0 runs (and waits at the gate); then #1 fills the lane's mailbox,
-       #2 stalls the dispatcher, #3 fills the intake. */
-    uint32_t i0 = 0;
-    if (eb_publish(r->bus, "in", &i0, 4, NULL) != EB_OK)
-        fx_fail(&r->err, "publish in");
+    if (eb_subscribe(bus, "in", in_fn, ctx, NULL, NULL) != EB_OK ||
+        eb_subscribe(bus, out_topic, out_fn, ctx, NULL, NULL) != EB_OK)
+        fx_fail(err, "subscribe");
     bool ok;
-    T_WAIT_FOR(ok, atomic_load(&r->gate.waiting) == 1);
-    FX_CHECK(&r->err, ok, "the handler never ran");
-    for (uint32_t i = 1; i < 4; i++) {
+    for (uint32_t i = 0; i < 4; i++) {
         eb_publish_options o = t_bounded_opts();
-        if (eb_publish(r->bus, "in", &i, 4, &o) != EB_OK)
-            fx_fail(&r->err, "publish in");
+        if (eb_publish(bus, "in", &i, 4, &o) != EB_OK)
+            fx_fail(err, "publish in");
+        if (i == 0) {
+            T_WAIT_FOR(ok, atomic_load(&gate->waiting) == 1);
+            FX_CHECK(err, ok, "the handler never ran");
+        }
     }
     eb_bus_stats st;
-    T_WAIT_STATS(ok, r->bus, st, st.intake_depth == 1 && st.dispatched == 2);
-    FX_CHECK(&r->err, ok, "no stall: depth %u dispatched %llu", st.intake_depth,
+    T_WAIT_STATS(ok, bus, st, st.intake_depth == 1 && st.dispatched == 2);
+    FX_CHECK(err, ok, "no stall: depth %u dispatched %llu", st.intake_depth,
              (unsigned long long)st.dispatched);
+    return bus;
+}
+
+static void *side_scenario(void *arg)
+{
+    side_run *r = arg;
+    r->bus = stalled_bus_new(&r->err, &r->gate, side_in, "out", side_out, r);
+    if (r->bus == NULL)
+        return NULL;
+    eb_bus_stats st;
+    bool ok;
     t_gate_open(&r->gate);
     T_WAIT_FOR(ok, atomic_load(&r->batch_done));
     FX_CHECK(&r->err, ok, "the batch never returned");
@@ -1558,36 +1572,12 @@ static int due_out(const eb_event *ev, void *ctx)
 static void *due_scenario(void *arg)
 {
     due_run *r = arg;
-    eb_bus_config cfg;
-    eb_bus_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.intake_capacity = 1;
-    cfg.mailbox_capacity = 1;
-    int rc = eb_bus_create(&cfg, &r->bus);
-    if (rc != EB_OK) {
-        fx_fail(&r->err, "create: %s", eb_err_name(rc));
+    r->bus = stalled_bus_new(&r->err, &r->gate, due_in, "due", due_out, r);
+    if (r->bus == NULL)
         return NULL;
-    }
-    if (eb_subscribe(r->bus, "in", due_in, r, NULL, NULL) != EB_OK ||
-        eb_subscribe(r->bus, "due", due_out, r, NULL, NULL) != EB_OK)
-        fx_fail(&r->err, "subscribe");
-    /* #0 runs and waits at the gate; #1 fills its mailbox, #2 stalls the
-       dispatcher, #3 fills the intake. */
-    for (uint32_t i = 0; i < 4; i++) {
-        eb_publish_options o = t_bounded_opts();
-        if (eb_publish(r->bus, "in", &i, 4, &o) != EB_OK)
-            fx_fail(&r->err, "publish in");
-        if (i == 0) {
-            bool ok;
-            T_WAIT_FOR(ok, atomic_load(&r->gate.waiting) == 1);
-            FX_CHECK(&r->err, ok, "the handler never ran");
-        }
-    }
     eb_bus_stats st;
     bool ok;
-    T_WAIT_STATS(ok, r->bus, st, st.intake_depth == 1 && st.dispatched == 2);
-    FX_CHECK(&r->err, ok, "no stall: depth %u dispatched %llu", st.intake_depth,
-             (unsigned long long)st.dispatched);
+    int rc;
     eb_publish_options o = t_bounded_opts();
     o.delay_ns = 2 * T_MS;
     eb_ticket *t = NULL;
