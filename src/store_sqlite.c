@@ -76,7 +76,8 @@
    unchanged. (Before the writer inserted while gathering, 50 us had beaten
    150 us: the window then ran after nobody's statements.) */
 #define GATHER_NS 100000
-#define GATHER_TAKE_MAX 1024 /* a longer queue is committed without gathering */
+#define GATHER_TAKE_MAX                                                                            \
+    1024 /* a longer queue is committed without gathering, and gathering stops there */
 #define DEFAULT_LAZY_SHARE 5
 #define YIELD_MAX_NS 100000000 /* the longest pause of lazy work (lazy_share) */
 #define MEMORY_FLOWING 10000   /* memory-only events/s that make lazy work pause */
@@ -476,7 +477,7 @@ static int q_push_locked(eb_store *s, void *p, int kind)
     /* Wake the writer for the first item, or when the callers it gathers
        for are all back: not once per caller (each wake-up is a context
        switch on a machine the woken callers need too). */
-    if (q_len_locked(s) == 1 || (s->gathering && s->qwaited >= s->gather_want) ||
+    if ((q_len_locked(s) == 1 && !s->gathering) || (s->gathering && s->qwaited >= s->gather_want) ||
         (s->yielding && kind == IT_JOB && ((job *)p)->waited))
         pthread_cond_signal(&s->wake);
     return EB_OK;
@@ -1121,7 +1122,8 @@ static size_t gather_txn(eb_store *s, size_t more, bool fire, ckpt_snap *ck, siz
         } else if (m > 0) {
             break; /* no memory to take more: commit what we have */
         }
-        if (got >= more || err != SQLITE_OK || s->stop || eb__now_mono_ns() >= until)
+        if (got >= more || err != SQLITE_OK || s->stop || n >= GATHER_TAKE_MAX ||
+            eb__now_mono_ns() >= until)
             break;
         if (q_len_locked(s) > 0)
             continue;

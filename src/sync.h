@@ -215,7 +215,7 @@ static inline unsigned eb__ring_peek_sc(const eb__ring *r, unsigned *pos)
 {
     *pos = r->ring.c_head;
     unsigned n = ck_pr_load_uint(&r->ring.p_tail) - *pos;
-    ck_pr_fence_load(); /* the slots are read after the snapshot */
+    ck_pr_fence_load();                      /* the slots are read after the snapshot */
     EB__HB_ACQUIRE((void *)&r->ring.p_tail); /* pairs with the pushes' release */
     return n;
 }
@@ -232,7 +232,11 @@ static inline void *eb__ring_at(const eb__ring *r, unsigned pos)
 static inline void eb__ring_consume_sc(eb__ring *r, unsigned n)
 {
     EB__HB_RELEASE(r->buf); /* the slots may be reused: see eb__ring_push_mp */
-    ck_pr_fence_store();    /* the reads complete before the slots are given back */
+    /* The reads of the slots (and of what they point to) complete before the
+       slots are given back: a release fence, where Concurrency Kit 0.7.1's
+       own dequeue has a store fence, which orders only stores (the same on
+       x86-64; on weakly ordered CPUs a read could pass the store). */
+    ck_pr_fence_release();
     ck_pr_store_uint(&r->ring.c_head, r->ring.c_head + n);
 }
 

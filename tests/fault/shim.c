@@ -153,20 +153,25 @@ void fault_arm(long n)
     fault_arm_kind(n, FAULT_ALL);
 }
 
-void fault_arm_from(long n)
+static void arm(long n, unsigned k, bool fail_from)
 {
-    fault_arm_kind(n, FAULT_ALL);
-    atomic_store(&from, true);
-}
-
-void fault_arm_kind(long n, unsigned k)
-{
-    atomic_store(&from, false);
+    atomic_store(&armed, false);
+    atomic_store(&from, fail_from); /* before arming: no allocation slips through */
     atomic_store(&kinds, k);
     atomic_store(&counter, 0);
     atomic_store(&hit, false);
     atomic_store(&target, n);
     atomic_store(&armed, true);
+}
+
+void fault_arm_kind(long n, unsigned k)
+{
+    arm(n, k, false);
+}
+
+void fault_arm_from(long n)
+{
+    arm(n, FAULT_ALL, true);
 }
 
 long fault_disarm(void)
