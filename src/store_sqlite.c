@@ -68,7 +68,8 @@
 #define CKPT_DELAY_NS 20000000      /* checkpoints move to the file within 20 ms */
 #define SCHED_RECHECK_NS 1000000000 /* other processes may schedule too */
 #define INTAKE_RETRY_NS 1000000
-#define FIRE_RETRY_NS 10000000 /* scheduled events after a failed allocation */
+#define FIRE_RETRY_NS 10000000         /* scheduled events after a failed allocation */
+#define FIRE_BACKOFF_MAX_NS 1000000000 /* ... after failed transactions, at most */
 /* How long the writer gathers the last round's waiters (see gather_txn),
    its own statements included. With 8 waiting publishers on 2 CPUs
    (alternating rounds): 100 us against 50 us gave 7.9 events per commit
@@ -308,7 +309,10 @@ struct eb_store {
     /* Writer only. */
     uint64_t last_seq;
     int64_t next_due;      /* Unix ns of the earliest scheduled event; INT64_MAX none */
-    int64_t fire_retry_at; /* monotonic: no firing before (out of memory) */
+    int64_t fire_retry_at; /* monotonic: no firing before (out of memory, or
+                              a transaction that fired failed) */
+    int64_t fire_backoff;  /* after failed firing transactions: 10 ms, doubling
+                              up to 1 s; 0 after one that committed */
     int64_t sched_check;
     bool detaching;
     fentry *fifo;
@@ -960,6 +964,19 @@ static void txn_end(eb_store *s, int err, uint64_t seq0, item *batch, size_t n, 
         atomic_store_explicit(&s->failed_since_open, true, memory_order_relaxed);
     } else {
         atomic_fetch_add_explicit(&s->commits, 1, memory_order_relaxed);
+    }
+    if (fire) {
+        /* Due scheduled rows stay due when their transaction fails (a full
+           disk): retry them after a pause that grows, not in a loop that
+           takes a whole CPU while the cause lasts. */
+        if (fail == EB_OK) {
+            s->fire_backoff = 0;
+        } else {
+            s->fire_backoff = s->fire_backoff == 0                        ? FIRE_RETRY_NS
+                              : s->fire_backoff * 2 > FIRE_BACKOFF_MAX_NS ? FIRE_BACKOFF_MAX_NS
+                                                                          : s->fire_backoff * 2;
+            s->fire_retry_at = eb__now_mono_ns() + s->fire_backoff;
+        }
     }
 
     /* Complete in queue order: events onto the FIFO (committed ones marked

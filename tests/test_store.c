@@ -895,6 +895,59 @@ Test(store, a_durable_scheduled_event_survives_a_restart_and_fires_once)
     t_store_done(&d, s);
 }
 
+Test(store, a_scheduled_event_due_on_a_full_disk_is_retried_at_a_pace_and_fires_once_room_returns)
+{
+    t_dir d;
+    t_dir_new(&d);
+    eb_store_options so;
+    eb_store_options_init(&so);
+    so.synchronous = EB_STORE_SYNC_NORMAL;
+    so.max_page_count = 60; /* 240 KiB */
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &so, &s), EB_OK);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    cr_assert_eq(eb_subscribe(bus, "reminder", t_log_handler, &r, NULL, NULL), EB_OK);
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    o.delay_ns = 300 * T_MS;
+    uint32_t v = 5;
+    cr_assert_eq(eb_publish(bus, "reminder", &v, 4, &o), EB_OK);
+    /* Fill the file before it is due. */
+    char big[4000];
+    memset(big, 'x', sizeof big);
+    eb_publish_options f = t_durable(EB_PUBLISH_DURABLE);
+    int rc = EB_OK;
+    for (int i = 0; i < 200 && rc == EB_OK; i++)
+        rc = eb_publish(bus, "filler", big, sizeof big, &f);
+    cr_assert_eq(rc, EB_EIO, "the file fills up: %s", eb_err_name(rc));
+    /* Due, and its firing fails for lack of room: the writer retries, but
+       at a pace, not in a loop that takes a whole CPU. */
+    t_sleep_ms(400);
+    eb_store_stats a, b;
+    cr_assert_eq(eb_store_stats_get(s, &a), EB_OK);
+    t_sleep_ms(200);
+    cr_assert_eq(eb_store_stats_get(s, &b), EB_OK);
+    cr_assert_geq(b.write_errors, 1);
+    cr_assert_leq(b.write_errors - a.write_errors, 40, "%llu failed transactions in 200 ms",
+                  (unsigned long long)(b.write_errors - a.write_errors));
+    cr_assert_eq(t_log_n(&r), 0, "it cannot fire without room in the log");
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    /* Room again: it fires, once. */
+    s = t_store_open(d.path);
+    bus = t_bus_store(s, 2);
+    t_log_rec_init(&r);
+    cr_assert_eq(eb_subscribe(bus, "reminder", t_log_handler, &r, NULL, NULL), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r) == 1);
+    cr_assert(ok, "the scheduled event did not fire once the file had room");
+    t_sleep_ms(50);
+    eb_bus_destroy(bus);
+    cr_assert_eq(r.n, 1);
+    t_store_done(&d, s);
+}
+
 Test(store, publish_at_a_unix_time)
 {
     t_dir d;
