@@ -908,33 +908,12 @@ static int txn_begin(eb_store *s, uint64_t *seq0)
     return err;
 }
 
-/* Runs batch[0, n) in the open transaction, in order, unless err (an
-   earlier failure) is set; stops at the first failure and returns it. */
-static int txn_items(eb_store *s, item *batch, size_t n, int err)
+/* Writes the checkpoints snapshotted before the batch was taken, first in
+   the transaction (unless err is set): an item of the batch that writes a
+   newer checkpoint (a subscription closing) must come after them, not be
+   overwritten by them. Returns the SQLite error, if any. */
+static int txn_checkpoints(eb_store *s, ckpt_snap *ck, size_t nck, int err)
 {
-    for (size_t i = 0; i < n && err == SQLITE_OK; i++) {
-        if (batch[i].kind == IT_JOB) {
-            job *j = batch[i].p;
-            if (j->run != NULL)
-                err = j->run(s, j);
-        } else {
-            err = insert_event(s, batch[i].p);
-        }
-    }
-    return err;
-}
-
-/* Ends the transaction txn_begin opened, whose items were batch[0, n):
-   fires due scheduled events and writes the checkpoints in it, commits it
-   (or, after err or a failed commit, rolls it back), then completes every
-   item in queue order. */
-static void txn_end(eb_store *s, int err, uint64_t seq0, item *batch, size_t n, bool fire,
-                    ckpt_snap *ck, size_t nck)
-{
-    eb_event *fired[FIRE_CHUNK];
-    size_t nfired = 0;
-    if (err == SQLITE_OK && fire)
-        err = fire_due(s, fired, &nfired);
     for (size_t i = 0; i < nck && err == SQLITE_OK; i++) {
         sqlite3_stmt *st = s->w[W_CKPT];
         bind_text(st, 1, ck[i].d->name);
@@ -952,6 +931,34 @@ static void txn_end(eb_store *s, int err, uint64_t seq0, item *batch, size_t n, 
             ck[i].d->prune_at = ck[i].checkpoint;
         }
     }
+    return err;
+}
+
+/* Runs batch[0, n) in the open transaction, in order, unless err (an
+   earlier failure) is set; stops at the first failure and returns it. */
+static int txn_items(eb_store *s, item *batch, size_t n, int err)
+{
+    for (size_t i = 0; i < n && err == SQLITE_OK; i++) {
+        if (batch[i].kind == IT_JOB) {
+            job *j = batch[i].p;
+            if (j->run != NULL)
+                err = j->run(s, j);
+        } else {
+            err = insert_event(s, batch[i].p);
+        }
+    }
+    return err;
+}
+
+/* Ends the transaction txn_begin opened, whose items were batch[0, n):
+   fires due scheduled events in it, commits it (or, after err or a failed
+   commit, rolls it back), then completes every item in queue order. */
+static void txn_end(eb_store *s, int err, uint64_t seq0, item *batch, size_t n, bool fire)
+{
+    eb_event *fired[FIRE_CHUNK];
+    size_t nfired = 0;
+    if (err == SQLITE_OK && fire)
+        err = fire_due(s, fired, &nfired);
     if (err == SQLITE_OK)
         err = step_done(s->w[W_COMMIT]);
     int fail = EB_OK;
@@ -1038,8 +1045,9 @@ static void writer_txn(eb_store *s, item *batch, size_t n, bool fire, ckpt_snap 
 {
     uint64_t seq0;
     int err = txn_begin(s, &seq0);
+    err = txn_checkpoints(s, ck, nck, err);
     err = txn_items(s, batch, n, err);
-    txn_end(s, err, seq0, batch, n, fire, ck, nck);
+    txn_end(s, err, seq0, batch, n, fire);
 }
 
 static bool fire_wanted(eb_store *s)
@@ -1131,7 +1139,7 @@ static size_t gather_txn(eb_store *s, size_t more, bool fire, ckpt_snap *ck, siz
             s->qwaited = 0;
             pthread_mutex_unlock(&s->lock);
             if (!open)
-                err = txn_begin(s, &seq0);
+                err = txn_checkpoints(s, ck, nck, txn_begin(s, &seq0));
             open = true;
             err = txn_items(s, s->spare + n, m, err);
             n += m;
@@ -1152,8 +1160,8 @@ static size_t gather_txn(eb_store *s, size_t more, bool fire, ckpt_snap *ck, siz
     }
     pthread_mutex_unlock(&s->lock);
     if (!open)
-        err = txn_begin(s, &seq0);
-    txn_end(s, err, seq0, s->spare, n, fire, ck, nck);
+        err = txn_checkpoints(s, ck, nck, txn_begin(s, &seq0));
+    txn_end(s, err, seq0, s->spare, n, fire);
     return got;
 }
 
