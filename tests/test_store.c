@@ -52,6 +52,21 @@ static eb_store *t_store_new(t_dir *d)
     return t_store_open(d->path);
 }
 
+/* A store in a fresh directory whose file cannot grow past `pages` pages
+   of 4 KiB: a disk that fills up. */
+static eb_store *t_store_small(t_dir *d, unsigned pages)
+{
+    t_dir_new(d);
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_NORMAL;
+    o.max_page_count = pages;
+    eb_store *s = NULL;
+    int rc = eb_store_open(d->path, &o, &s);
+    cr_assert_eq(rc, EB_OK, "eb_store_open: %s", eb_err_name(rc));
+    return s;
+}
+
 static void t_store_done(t_dir *d, eb_store *s)
 {
     eb_store_close(s);
@@ -540,13 +555,7 @@ Test(store, waiting_durable_publishers_on_several_threads_share_commits_each_eve
 Test(store, waiting_durable_publishers_on_several_threads_meet_a_full_disk_without_loss_or_hang)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store_options so;
-    eb_store_options_init(&so);
-    so.synchronous = EB_STORE_SYNC_NORMAL;
-    so.max_page_count = 60; /* 240 KiB: full after some tens of 4 KiB events */
-    eb_store *s = NULL;
-    cr_assert_eq(eb_store_open(d.path, &so, &s), EB_OK);
+    eb_store *s = t_store_small(&d, 60);
     eb_bus *bus = t_bus_store(s, 2);
     gc_pub p[GC_THREADS];
     gc_run(bus, s, 4000, p);
@@ -605,13 +614,7 @@ Test(store, handlers_publish_durably_without_deadlock_on_a_full_intake)
 Test(store, a_full_disk_fails_durable_publishes_and_memory_delivery_goes_on)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store_options so;
-    eb_store_options_init(&so);
-    so.synchronous = EB_STORE_SYNC_NORMAL;
-    so.max_page_count = 40; /* 160 KiB */
-    eb_store *s = NULL;
-    cr_assert_eq(eb_store_open(d.path, &so, &s), EB_OK);
+    eb_store *s = t_store_small(&d, 40);
     eb_bus *bus = t_bus_store(s, 2);
     t_counter c;
     t_counter_init(&c);
@@ -898,13 +901,7 @@ Test(store, a_durable_scheduled_event_survives_a_restart_and_fires_once)
 Test(store, a_scheduled_event_due_on_a_full_disk_is_retried_at_a_pace_and_fires_once_room_returns)
 {
     t_dir d;
-    t_dir_new(&d);
-    eb_store_options so;
-    eb_store_options_init(&so);
-    so.synchronous = EB_STORE_SYNC_NORMAL;
-    so.max_page_count = 60; /* 240 KiB */
-    eb_store *s = NULL;
-    cr_assert_eq(eb_store_open(d.path, &so, &s), EB_OK);
+    eb_store *s = t_store_small(&d, 60);
     eb_bus *bus = t_bus_store(s, 2);
     t_counter c;
     t_counter_init(&c);
