@@ -206,8 +206,9 @@ static inline bool eb__ring_pop_sc(eb__ring *r, void **p)
  * snapshots the producers' position once and says how many entries from
  * *pos on are committed; the consumer reads them in place (eb__ring_at) and
  * then releases them all with one eb__ring_consume_sc. This is ck_ring's
- * single-consumer dequeue (same loads, fences and store) with its c_head
- * update and p_tail read made once per run instead of once per entry:
+ * single-consumer dequeue (same loads and store; see eb__ring_consume_sc for
+ * its fence) with its c_head update and p_tail read made once per run
+ * instead of once per entry:
  * each of those is a cache-line transfer when publishers on another core
  * are pushing meanwhile (Concurrency Kit 0.7.1 has no bulk dequeue).
  */
