@@ -1254,42 +1254,42 @@ static void *writer_main(void *arg)
             int64_t t0 = eb__now_mono_ns();
             last_waited += gather_txn(s, want - last_waited, fire, ck, nck);
             yield_next(s, t0, false);
-            goto committed;
-        }
-        /* Take the whole queue: swap arrays, so publishers never wait for
-           the transaction. */
-        size_t n = q_len_locked(s);
-        item *batch;
-        if (last_waited == 0 && !s->stop && n > LAZY_BATCH_MAX && spare_room(s, LAZY_BATCH_MAX)) {
-            /* Lazy work goes in short transactions, the oldest items now
-               and the rest after: while memory traffic flows, so that each
-               pause stays in proportion (lazy_share); and always, so that
-               memory traffic that begins meanwhile is noticed within one
-               short transaction (a whole backlog of lazy events is a
-               transaction of 100 ms or more at full speed). */
-            batch = s->spare;
-            memcpy(batch, s->q + s->qh, LAZY_BATCH_MAX * sizeof(*batch));
-            n = LAZY_BATCH_MAX;
-            s->qh += n; /* n < the queue's length: never empties it */
         } else {
-            item *base = s->q;
-            size_t bcap = s->qcap;
-            batch = base + s->qh;
-            s->q = s->spare;
-            s->qcap = s->spare_cap;
-            s->qh = s->qn = 0;
-            s->spare = base;
-            s->spare_cap = bcap;
-        }
-        bool fire = fire_wanted(s);
-        pthread_mutex_unlock(&s->lock);
+            /* Take the whole queue: swap arrays, so publishers never wait for
+               the transaction. */
+            size_t n = q_len_locked(s);
+            item *batch;
+            if (last_waited == 0 && !s->stop && n > LAZY_BATCH_MAX &&
+                spare_room(s, LAZY_BATCH_MAX)) {
+                /* Lazy work goes in short transactions, the oldest items now
+                   and the rest after: while memory traffic flows, so that each
+                   pause stays in proportion (lazy_share); and always, so that
+                   memory traffic that begins meanwhile is noticed within one
+                   short transaction (a whole backlog of lazy events is a
+                   transaction of 100 ms or more at full speed). */
+                batch = s->spare;
+                memcpy(batch, s->q + s->qh, LAZY_BATCH_MAX * sizeof(*batch));
+                n = LAZY_BATCH_MAX;
+                s->qh += n; /* n < the queue's length: never empties it */
+            } else {
+                item *base = s->q;
+                size_t bcap = s->qcap;
+                batch = base + s->qh;
+                s->q = s->spare;
+                s->qcap = s->spare_cap;
+                s->qh = s->qn = 0;
+                s->spare = base;
+                s->spare_cap = bcap;
+            }
+            bool fire = fire_wanted(s);
+            pthread_mutex_unlock(&s->lock);
 
-        if (n > 0 || fire || nck > 0) {
-            int64_t t0 = eb__now_mono_ns();
-            writer_txn(s, batch, n, fire, ck, nck);
-            yield_next(s, t0, last_waited == 0 && flowing);
+            if (n > 0 || fire || nck > 0) {
+                int64_t t0 = eb__now_mono_ns();
+                writer_txn(s, batch, n, fire, ck, nck);
+                yield_next(s, t0, last_waited == 0 && flowing);
+            }
         }
-    committed:
         if (nck > 0)
             s->ckpt_at = eb__now_mono_ns() + CKPT_DELAY_NS;
         if (s->f_n > 0)
