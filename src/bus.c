@@ -312,14 +312,41 @@ static void delivery_abort(eb_bus *b, eb_event *ev, int rc)
     eb__event_unref(ev, &b->depot);
 }
 
-static void lane_finish(eb_bus *b, eb__lane *l, int rc)
+/* Drops the references that release_event put aside. */
+static void release_flush(eb_bus *b, eb__worker *w)
+{
+    if (w->rel_n > 0)
+        eb__carrier_unref(&b->depot, w->rel_c, w->rel_n);
+    w->rel_c = NULL;
+    w->rel_n = 0;
+}
+
+/* Drops a finished delivery's reference. Consecutive deliveries of one
+   carrier's inline events (a lane running a batch) drop theirs with one
+   atomic update of the carrier's count instead of one each; run_lane
+   drops what is left at the end of its turn. */
+static void release_event(eb_bus *b, eb__worker *w, eb_event *ev)
+{
+    if (!(ev->flags & EB__EV_INLINE)) {
+        eb__event_unref(ev, &b->depot);
+        return;
+    }
+    eb__carrier *c = eb__event_carrier(ev);
+    if (c != w->rel_c) {
+        release_flush(b, w);
+        w->rel_c = c;
+    }
+    w->rel_n++;
+}
+
+static void lane_finish(eb_bus *b, eb__worker *w, eb__lane *l, int rc)
 {
     eb_event *ev = l->cur;
     l->cur = NULL;
     l->attempt = 1;
     eb__count(&l->done, 1);
     track_finish(b, ev, rc, true);
-    eb__event_unref(ev, &b->depot);
+    release_event(b, w, ev);
 }
 
 /* ---- intake ----------------------------------------------------------- */
@@ -735,14 +762,26 @@ static bool dispatch_batch(eb_bus *b)
        them instead of paying one cache-line transfer after another. */
     unsigned n = 0, pos, taken = 0;
     unsigned avail = eb__ring_peek_sc(&b->intake, &pos);
+    int64_t now = 0;
     while (n < EB__DISPATCH_BATCH && taken < avail) {
         void *p = eb__ring_at(&b->intake, pos + taken++);
         if (EB__IS_CARRIER(p)) {
             eb__carrier *c = EB__CARRIER_UNTAG(p);
+            if (c->inl > 0) {
+                /* Stamped once for its packed events: the event at index
+                   i is the n + i-th of this batch. */
+                if (now == 0)
+                    now = eb__now_real_ns();
+                c->seq0 = b->seq + 1 + n;
+                c->ts_ns = now;
+                c->nonce = b->nonce;
+            }
             memcpy(&b->held[n], c->ev, c->n * sizeof(c->ev[0]));
             n += c->n;
             atomic_fetch_sub_explicit(&b->carried, c->n, memory_order_relaxed);
-            eb__carrier_free(&b->depot, c);
+            /* Its events hold it from now on, the inline ones by their
+               references. */
+            eb__carrier_put(&b->depot, c);
         } else {
             b->held[n++] = p;
         }
@@ -755,9 +794,15 @@ static bool dispatch_batch(eb_bus *b)
             __builtin_prefetch((char *)b->held[i] + 64, 1);
             __builtin_prefetch((char *)b->held[i] + 128, 0);
         }
-        int64_t now = eb__now_real_ns(); /* one clock read per batch */
-        for (unsigned i = 0; i < n; i++)
-            stamp(b, b->held[i], now);
+        if (now == 0)
+            now = eb__now_real_ns(); /* one clock read per batch */
+        for (unsigned i = 0; i < n; i++) {
+            eb_event *ev = b->held[i];
+            if (ev->flags & EB__EV_PACKED)
+                b->seq++; /* its carrier's seq0 counted it */
+            else
+                stamp(b, ev, now);
+        }
         b->held_n = n;
         b->held_i = 0;
         progress = true;
@@ -984,7 +1029,7 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
                                .topic = ev->topic,
                                .error = rc,
                                .attempts = l->attempt,
-                               .seq = ev->seq};
+                               .seq = eb__event_seq(ev)};
     if (b->cfg.on_deadletter != NULL)
         b->cfg.on_deadletter(ev, &info, b->cfg.deadletter_ctx);
     if (b->store != NULL)
@@ -993,7 +1038,7 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
        count and then flushes the store finds the row. */
     eb__count(&w->dead_lettered, 1);
     logf_(b, EB_LOG_WARN, "dead-lettered %s (seq %llu) from '%s' after %u attempts: %s", ev->topic,
-          (unsigned long long)ev->seq, s->name, l->attempt, eb_strerror(rc));
+          (unsigned long long)info.seq, s->name, l->attempt, eb_strerror(rc));
 
     char topic[sizeof(DL_PREFIX) + EB_TOPIC_MAX + 1];
     size_t tl = (size_t)snprintf(topic, sizeof(topic), DL_PREFIX "%s", ev->topic);
@@ -1001,7 +1046,7 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
         tl = sizeof(topic) - 1;
     size_t nl = strlen(s->name);
     size_t extra = sizeof(eb__deadletter) + nl + 1 + ev->topic_len + 1;
-    eb_event *d = eb__event_new(b, &b->depot, topic, tl, eb__event_key(ev), ev->key_len,
+    eb_event *d = eb__event_new(b, &b->depot, NULL, topic, tl, eb__event_key(ev), ev->key_len,
                                 ev->payload, ev->payload_len, true, true, extra);
     if (d == NULL) {
         logf_(b, EB_LOG_ERROR, "no memory for the dead letter of %s", ev->topic);
@@ -1016,8 +1061,11 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
     dl->info.topic = names + nl + 1;
     d->ext->dl = dl;
     d->flags |= EB__EV_DEADLETTER | EB__EV_CAUS | EB__EV_CORR;
-    memcpy(d->ext->caus, ev->id, 16);
-    memcpy(d->ext->corr, (ev->flags & EB__EV_CORR) ? ev->ext->corr : ev->id, 16);
+    eb__event_id(ev, d->ext->caus);
+    if (ev->flags & EB__EV_CORR)
+        memcpy(d->ext->corr, ev->ext->corr, 16);
+    else
+        memcpy(d->ext->corr, d->ext->caus, 16);
     if (enqueue_internal(b, d) != EB_OK) {
         logf_(b, EB_LOG_ERROR, "no memory to queue the dead letter of %s", ev->topic);
         eb__event_unref(d, &b->depot);
@@ -1042,14 +1090,14 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
         }
         /* Acquire: pairs with the release in ctl_apply. */
         if (atomic_load_explicit(&s->cancelled, memory_order_acquire)) {
-            lane_finish(b, l, EB_ECANCELED);
+            lane_finish(b, w, l, EB_ECANCELED);
             continue;
         }
         bool logged = s->dsub != NULL && (l->cur->flags & EB__EV_LOGGED);
         if (logged && l->attempt == 1 && !eb__dsub_fresh(s->dsub, l->cur)) {
             /* An idempotent subscription already processed this event id. */
             eb__dsub_done(s->dsub, l->cur, false);
-            lane_finish(b, l, EB_OK);
+            lane_finish(b, w, l, EB_OK);
             continue;
         }
         /* A coarse clock read (vDSO, no system call) per call, so that a
@@ -1062,7 +1110,7 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
             eb__count(&w->delivered, 1);
             if (logged)
                 eb__dsub_done(s->dsub, l->cur, true);
-            lane_finish(b, l, EB_OK);
+            lane_finish(b, w, l, EB_OK);
             continue;
         }
         if (rc > 0)
@@ -1080,8 +1128,9 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
         deadletter(b, w, l, l->cur, rc);
         if (logged)
             eb__dsub_done(s->dsub, l->cur, false); /* dead-lettered counts as done */
-        lane_finish(b, l, rc);
+        lane_finish(b, w, l, rc);
     }
+    release_flush(b, w);
     w->depth--;
     /* We consumed from the mailbox (stores of c_head); the fence orders them
        before the load of the flag, pairing with push_one's store of the flag
@@ -1350,15 +1399,19 @@ static int side_push_entry(eb_bus *b, void *entry)
         return side_push(b, entry);
     eb__carrier *c = EB__CARRIER_UNTAG(entry);
     for (unsigned i = 0; i < c->n; i++) {
+        /* Routed on its own, out of its carrier: stamped on its own. The
+           event is still ours (not on the list yet). */
+        c->ev[i]->flags &= (uint16_t)~EB__EV_PACKED;
         int rc = side_push(b, c->ev[i]);
         if (rc != EB_OK) {
-            /* Accepted so far: i events; the caller owns the rest. */
+            /* Accepted so far: i events; the caller owns the rest and the
+               carrier. */
             memmove(c->ev, c->ev + i, (c->n - i) * sizeof(c->ev[0]));
             c->n -= i;
             return rc;
         }
     }
-    eb__carrier_free(&b->depot, c);
+    eb__carrier_put(&b->depot, c);
     return EB_OK;
 }
 
@@ -1468,18 +1521,30 @@ static void publish_exit(eb_bus *b, size_t accepted)
         wake_for_work(b);
 }
 
-/* Builds an event; correlation and causation are explicit, else inherited
-   from the event the calling handler is processing. */
-static eb_event *build_event(eb_bus *b, const char *topic, size_t tl, const void *payload,
-                             size_t len, const void *key, size_t key_len,
-                             const eb_publish_options *opts, bool track)
+/* Builds an event (in carrier `in` when it fits there: see eb__event_new);
+   correlation and causation are explicit, else inherited from the event the
+   calling handler is processing. */
+/* The event the calling handler is processing, if any. */
+static const eb_event *handler_cause(void)
 {
     eb__worker *w = tls_worker;
-    const eb_event *cause = w != NULL && w->depth > 0 ? w->stack[w->depth - 1]->cur : NULL;
-    bool ext = track || cause != NULL || opts->payload_free != NULL ||
-               opts->correlation_id != NULL || opts->causation_id != NULL ||
-               (opts->flags & DURABLE_FLAGS) != 0;
-    eb_event *ev = eb__event_new(b, &b->depot, topic, tl, key, key_len, payload, len,
+    return w != NULL && w->depth > 0 ? w->stack[w->depth - 1]->cur : NULL;
+}
+
+/* Whether an event built with opts needs its extension (eb__event_ext). */
+static bool needs_ext(const eb_publish_options *opts, bool track, const eb_event *cause)
+{
+    return track || cause != NULL || opts->payload_free != NULL || opts->correlation_id != NULL ||
+           opts->causation_id != NULL || (opts->flags & DURABLE_FLAGS) != 0;
+}
+
+static eb_event *build_event(eb_bus *b, eb__carrier *in, const char *topic, size_t tl,
+                             const void *payload, size_t len, const void *key, size_t key_len,
+                             const eb_publish_options *opts, bool track)
+{
+    const eb_event *cause = handler_cause();
+    bool ext = needs_ext(opts, track, cause);
+    eb_event *ev = eb__event_new(b, &b->depot, in, topic, tl, key, key_len, payload, len,
                                  opts->payload_free == NULL, ext, 0);
     if (ev == NULL || !ext)
         return ev;
@@ -1489,14 +1554,17 @@ static eb_event *build_event(eb_bus *b, const char *topic, size_t tl, const void
         memcpy(x->corr, opts->correlation_id, 16);
         ev->flags |= EB__EV_CORR;
     } else if (cause != NULL) {
-        memcpy(x->corr, (cause->flags & EB__EV_CORR) ? cause->ext->corr : cause->id, 16);
+        if (cause->flags & EB__EV_CORR)
+            memcpy(x->corr, cause->ext->corr, 16);
+        else
+            eb__event_id(cause, x->corr);
         ev->flags |= EB__EV_CORR;
     }
     if (opts->causation_id != NULL) {
         memcpy(x->caus, opts->causation_id, 16);
         ev->flags |= EB__EV_CAUS;
     } else if (cause != NULL) {
-        memcpy(x->caus, cause->id, 16);
+        eb__event_id(cause, x->caus);
         ev->flags |= EB__EV_CAUS;
     }
     if (track)
@@ -1542,7 +1610,8 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     int rc = publish_enter(b);
     if (rc != EB_OK)
         return rc;
-    eb_event *ev = build_event(b, topic, tl, payload, len, opts->key, opts->key_len, opts, track);
+    eb_event *ev =
+        build_event(b, NULL, topic, tl, payload, len, opts->key, opts->key_len, opts, track);
     if (ev == NULL) {
         publish_exit(b, 0);
         return EB_ENOMEM;
@@ -1574,6 +1643,21 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     return rc;
 }
 
+/* Gives the depot big carrier blocks, at the first batch that builds its
+   events inline (a bus that never publishes batches does not pay for them),
+   so that a steady load of batches does not malloc while the number of
+   carriers in flight is still growing towards its peak: enough for the
+   intake to be full of carriers of 24 events, and for what partly filled
+   magazines hold (workers, publisher, dispatcher; counted for 16 workers at
+   most). 2.1 MiB with the defaults. */
+static void prefill_carriers(eb_bus *b)
+{
+    unsigned cap = eb__ring_capacity(&b->intake);
+    unsigned workers = b->cfg.workers < 16 ? b->cfg.workers : 16;
+    eb__depot_prefill(&b->depot, EB__CLASSES - 1,
+                      (cap < 8192 ? cap : 8192) / 24 + (workers + 2) * EB__BIG_MAG);
+}
+
 /* The durable part of eb_publish_batch: chunks of events, each handed to
    the store at once (one transaction when waiting). */
 static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
@@ -1587,7 +1671,7 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
         size_t k = 0, want = n - *done < CHUNK ? n - *done : CHUNK;
         for (; k < want; k++) {
             const eb_message *m = &msgs[*done + k];
-            evs[k] = build_event(b, m->topic, strlen(m->topic), m->payload, m->len, m->key,
+            evs[k] = build_event(b, NULL, m->topic, strlen(m->topic), m->payload, m->len, m->key,
                                  m->key_len, opts, false);
             if (evs[k] == NULL) {
                 rc = EB_ENOMEM;
@@ -1630,10 +1714,17 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
     }
     if (bus == NULL || (msgs == NULL && n > 0) || !opts_ok(opts))
         return EB_EINVAL;
+    const char *checked = NULL; /* the last topic found valid */
     for (size_t i = 0; i < n; i++) {
         size_t tl;
-        if (!topic_ok(msgs[i].topic, &tl) || (msgs[i].payload == NULL && msgs[i].len > 0) ||
-            msgs[i].key_len > 255 || (msgs[i].key == NULL && msgs[i].key_len > 0))
+        /* A batch often repeats one topic string: measured once. */
+        if (msgs[i].topic == NULL || msgs[i].topic != checked) {
+            if (!topic_ok(msgs[i].topic, &tl))
+                return EB_EINVAL;
+            checked = msgs[i].topic;
+        }
+        if ((msgs[i].payload == NULL && msgs[i].len > 0) || msgs[i].key_len > 255 ||
+            (msgs[i].key == NULL && msgs[i].key_len > 0))
             return EB_EINVAL;
     }
     unsigned durable = opts->flags & DURABLE_FLAGS;
@@ -1649,20 +1740,46 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
     }
     /* Events travel in carriers of up to EB__CARRIER_MAX: one intake
        operation (and one cache-line hand-off of the ring) per carrier. */
+    /* Copied events of an immediate batch are built inside their carrier
+       (see eb__carrier); delayed events leave it one by one for the timer
+       heap and zero-copy ones have payloads of their own: blocks of their
+       own for those. */
+    bool inline_ok = delay == 0 && opts->payload_free == NULL;
+    bool ext = needs_ext(opts, false, handler_cause());
+    if (inline_ok && n > 1 && !atomic_load_explicit(&bus->carriers_made, memory_order_relaxed) &&
+        !atomic_exchange_explicit(&bus->carriers_made, true, memory_order_relaxed))
+        prefill_carriers(bus);
     while (done < n && rc == EB_OK) {
-        eb__carrier *c = eb__carrier_new(&bus->depot);
+        /* Carriers of equal size: 64 events go as 32 + 32, not 48 + 16, so
+           that their blocks are of one class. */
+        size_t left = n - done, carriers = (left + EB__CARRIER_MAX - 1) / EB__CARRIER_MAX;
+        size_t want = (left + carriers - 1) / carriers;
+        /* A block just big enough for the header and these events, so that
+           small batches do not hold big blocks. */
+        size_t room = EB__CARRIER_HEAD;
+        const char *sized = NULL;
+        size_t sized_len = 0;
+        for (size_t k = 0; inline_ok && k < want && room < EB__CARRIER_BLOCK; k++) {
+            const eb_message *m = &msgs[done + k];
+            if (m->topic != sized) {
+                sized = m->topic;
+                sized_len = strlen(sized);
+            }
+            room += eb__event_size(sized_len, m->key != NULL ? m->key_len : 0, m->len, ext);
+        }
+        eb__carrier *c = eb__carrier_new(&bus->depot, room);
         if (c == NULL) {
             rc = EB_ENOMEM;
             break;
         }
-        size_t want = n - done < EB__CARRIER_MAX ? n - done : EB__CARRIER_MAX;
         const char *prev = NULL;
         size_t prev_len = 0;
+        eb__carrier *in = inline_ok ? c : NULL;
         for (c->n = 0; c->n < want; c->n++) {
             const eb_message *m = &msgs[done + c->n];
-            size_t tl = strlen(m->topic);
-            eb_event *ev =
-                build_event(bus, m->topic, tl, m->payload, m->len, m->key, m->key_len, opts, false);
+            size_t tl = m->topic == prev ? prev_len : strlen(m->topic);
+            eb_event *ev = build_event(bus, in, m->topic, tl, m->payload, m->len, m->key,
+                                       m->key_len, opts, false);
             if (ev == NULL) {
                 rc = EB_ENOMEM;
                 break;
@@ -1677,6 +1794,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             c->ev[c->n] = ev;
         }
         unsigned cn = c->n;
+        eb__carrier_seal(c);
         if (cn > 0 && delay == 0) {
             int prc = intake_push(bus, EB__CARRIER_TAG(c), cn, opts->timeout_ns);
             if (prc == EB_OK) {
@@ -1687,10 +1805,12 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             }
             /* The side list may have taken a prefix of the carrier before
                it ran out of memory (side_push_entry): those cn - c->n
-               events are accepted; c->ev[0..c->n) holds the rest. */
+               events are accepted; c->ev[0..c->n) holds the rest (the
+               carrier's own reference too). */
             done += cn - c->n;
             for (unsigned i = 0; i < c->n; i++)
                 unbuild_event(bus, c->ev[i]);
+            eb__carrier_put(&bus->depot, c);
             rc = prc;
         } else if (cn > 0) {
             /* Delayed: each event waits in the timer heap on its own. */
@@ -1704,7 +1824,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             if (prc != EB_OK)
                 rc = prc;
         }
-        eb__carrier_free(&bus->depot, c);
+        eb__carrier_put(&bus->depot, c);
     }
     publish_exit(bus, done);
     if (accepted != NULL)
@@ -1822,8 +1942,8 @@ eb_event *eb__bus_event_new(eb_bus *bus, const char *topic, const void *key, siz
                             const void *payload, size_t len, const uint8_t *corr,
                             const uint8_t *caus)
 {
-    eb_event *ev = eb__event_new(bus, &bus->depot, topic, strlen(topic), key, key_len, payload, len,
-                                 true, true, 0);
+    eb_event *ev = eb__event_new(bus, &bus->depot, NULL, topic, strlen(topic), key, key_len,
+                                 payload, len, true, true, 0);
     if (ev == NULL)
         return NULL;
     if (corr != NULL) {

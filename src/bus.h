@@ -44,6 +44,11 @@ typedef struct eb__worker {
     _Atomic uint64_t delivered, failed, retried, dead_lettered;
     uint64_t rng;  /* xorshift state for backoff jitter */
     bool spinning; /* counted in bus->spinners */
+    /* References of finished inline events of one carrier not dropped yet
+       (release_event): dropped together when another carrier's event
+       finishes or the lane's turn ends. Thread-local. */
+    eb__carrier *rel_c;
+    unsigned rel_n;
 } eb__worker;
 
 struct eb_bus {
@@ -53,7 +58,8 @@ struct eb_bus {
        the end of their push; above: events accepted so far. One word, so a
        publish pays one locked RMW for both. */
     alignas(EB__CACHELINE) _Atomic uint64_t gate;
-    _Atomic uint64_t carried; /* events in carriers on the intake */
+    _Atomic uint64_t carried;  /* events in carriers on the intake */
+    atomic_bool carriers_made; /* the depot was given carrier blocks */
     atomic_int closing;
 
     /* Dispatcher state: protected by the token (acquire on take, release on

@@ -16,6 +16,7 @@
  */
 #include "event.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,8 +40,14 @@
 #endif
 
 /* Block sizes: header + topic + payload; class 0 fits a 64-byte payload with
-   a long topic, class 2 a 4 KiB payload. */
-static const size_t class_size[EB__CLASSES] = {448, 1536, 4096 + 640};
+   a long topic, class 2 a 4 KiB payload; the last class is the carriers'. */
+static const size_t class_size[EB__CLASSES] = {448, 1536, 4096 + 640, EB__CARRIER_BLOCK};
+/* Blocks a thread's magazine collects before it trades them in: fewer of the
+   big carrier blocks, so that fewer of them sit idle in partly filled
+   magazines (and a steady load needs fewer in all before it stops
+   allocating). */
+static const unsigned class_mag[EB__CLASSES] = {EB__MAG_SIZE, EB__MAG_SIZE, EB__MAG_SIZE,
+                                                EB__BIG_MAG};
 
 struct eb__mag {
     eb__mag *next;
@@ -92,6 +99,35 @@ static tcache *tc_get(void)
     return &tc;
 }
 
+void eb__depot_prefill(eb__depot *d, int cls, unsigned blocks)
+{
+    unsigned cap = class_mag[cls];
+    for (unsigned made = 0; made < blocks; made += cap) {
+        eb__mag *m = malloc(sizeof(*m));
+        if (m == NULL)
+            return; /* a cold cache only costs a few mallocs later */
+        for (m->n = 0; m->n < cap; m->n++) {
+            if ((m->items[m->n] = malloc(class_size[cls])) == NULL)
+                break;
+            BLOCK_POISON(m->items[m->n], class_size[cls]);
+        }
+        /* Only a magazine with blocks goes on the full list: block_take
+           pops a block from whatever it finds there. Out of memory: stop
+           prefilling. */
+        pthread_mutex_lock(&d->lock);
+        if (m->n == 0) {
+            m->next = d->empty;
+            d->empty = m;
+        } else {
+            m->next = d->full[cls];
+            d->full[cls] = m;
+        }
+        pthread_mutex_unlock(&d->lock);
+        if (m->n < cap)
+            return;
+    }
+}
+
 int eb__depot_init(eb__depot *d, unsigned prefill, unsigned spare_mags)
 {
     memset(d, 0, sizeof(*d));
@@ -100,27 +136,7 @@ int eb__depot_init(eb__depot *d, unsigned prefill, unsigned spare_mags)
     /* Full magazines of class-0 blocks up front, so that publishing does not
        malloc while the number of events in flight is still growing towards
        its peak (it is bounded by the intake and mailbox capacities). */
-    for (unsigned made = 0; made < prefill; made += EB__MAG_SIZE) {
-        eb__mag *m = malloc(sizeof(*m));
-        if (m == NULL)
-            break; /* a cold cache only costs a few mallocs later */
-        for (m->n = 0; m->n < EB__MAG_SIZE; m->n++) {
-            if ((m->items[m->n] = malloc(class_size[0])) == NULL)
-                break;
-        }
-        /* Only a magazine with blocks goes on the full list: block_take
-           pops a block from whatever it finds there. Out of memory: stop
-           prefilling. */
-        if (m->n == 0) {
-            m->next = d->empty;
-            d->empty = m;
-            break;
-        }
-        m->next = d->full[0];
-        d->full[0] = m;
-        if (m->n < EB__MAG_SIZE)
-            break;
-    }
+    eb__depot_prefill(d, 0, prefill);
     /* Empty magazines for threads that free before they ever took a full
        one (workers) and for trading full ones in: otherwise each such
        thread's first free, and each new peak of magazines in use, is a
@@ -203,7 +219,7 @@ static void block_free(eb__depot *d, int cls, void *p)
     BLOCK_POISON(p, class_size[cls]);
     tcache *c = tc_get();
     eb__mag *m = c->cur[cls];
-    if (m != NULL && m->n < EB__MAG_SIZE) {
+    if (m != NULL && m->n < class_mag[cls]) {
         m->items[m->n++] = p;
         return;
     }
@@ -242,47 +258,93 @@ static void block_free(eb__depot *d, int cls, void *p)
     c->cur[cls] = e;
 }
 
-eb__carrier *eb__carrier_new(eb__depot *d)
-{
-    _Static_assert(sizeof(eb__carrier) <= 448, "a carrier fits a class-0 block");
-    return block_alloc(d, 0);
-}
-
-void eb__carrier_free(eb__depot *d, eb__carrier *c)
-{
-    block_free(d, 0, c);
-}
-
 static size_t align16(size_t n)
 {
     return (n + 15) & ~(size_t)15;
 }
 
-eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t topic_len,
-                        const void *key, size_t key_len, const void *payload, size_t len, bool copy,
-                        bool with_ext, size_t extra)
+size_t eb__event_size(size_t topic_len, size_t key_len, size_t len, bool with_ext)
 {
+    size_t off_ext = align16(sizeof(eb_event) + topic_len + 1 + key_len);
+    return align16(off_ext + (with_ext ? align16(sizeof(eb__event_ext)) : 0) + len + 1);
+}
+
+eb__carrier *eb__carrier_new(eb__depot *d, size_t want)
+{
+    int cls = EB__CLASSES - 1;
+    for (int i = 0; i < EB__CLASSES; i++) {
+        if (want <= class_size[i]) {
+            cls = i;
+            break;
+        }
+    }
+    eb__carrier *c = block_alloc(d, cls);
+    if (c == NULL)
+        return NULL;
+    c->n = c->inl = 0;
+    c->cls = (uint8_t)cls;
+    /* Inline events start on a cache line of their own. */
+    c->used = EB__CARRIER_HEAD;
+    atomic_init(&c->refs, 1);
+    return c;
+}
+
+void eb__carrier_seal(eb__carrier *c)
+{
+    if (c->inl > 0)
+        atomic_fetch_add_explicit(&c->refs, c->inl, memory_order_relaxed);
+}
+
+void eb__carrier_unref(eb__depot *d, eb__carrier *c, unsigned n)
+{
+    /* acq_rel as in eb__event_unref: every holder's use of its inline
+       events happens before the block is reused. */
+    if (atomic_fetch_sub_explicit(&c->refs, n, memory_order_acq_rel) == n)
+        block_free(d, c->cls, c);
+}
+
+eb_event *eb__event_new(eb_bus *bus, eb__depot *d, eb__carrier *in, const char *topic,
+                        size_t topic_len, const void *key, size_t key_len, const void *payload,
+                        size_t len, bool copy, bool with_ext, size_t extra)
+{
+    _Static_assert(offsetof(eb_event, topic) == 80, "the header keeps its 80 bytes");
     if (key == NULL)
         key_len = 0;
     size_t off_ext = align16(sizeof(eb_event) + topic_len + 1 + key_len);
     size_t off_extra = off_ext + (with_ext ? align16(sizeof(eb__event_ext)) : 0);
     size_t off_payload = align16(off_extra + extra);
     size_t total = off_payload + (copy ? len : 0) + 1;
+    _Static_assert(EB__CARRIER_HEAD >= sizeof(eb__carrier), "EB__CARRIER_HEAD holds the header");
+    char *b;
     int cls = -1;
-    for (int i = 0; i < EB__CLASSES; i++) {
-        if (total <= class_size[i]) {
-            cls = i;
-            break;
+    uint16_t flags = 0;
+    if (in != NULL && copy && in->used + total <= class_size[in->cls]) {
+        b = (char *)in + in->used;
+        in->used += align16(total);
+        flags = EB__EV_INLINE | EB__EV_PACKED;
+    } else {
+        for (int i = 0; i < EB__EV_CLASSES; i++) {
+            if (total <= class_size[i]) {
+                cls = i;
+                break;
+            }
         }
+        b = cls >= 0 ? block_alloc(d, cls) : malloc(total);
+        if (b == NULL)
+            return NULL;
+        flags = cls >= 0 ? 0 : EB__EV_HEAP;
     }
-    char *b = cls >= 0 ? block_alloc(d, cls) : malloc(total);
-    if (b == NULL)
-        return NULL;
     eb_event *ev = (eb_event *)b;
     /* Only what every event uses is written here; the dispatcher stamps
        seq, ts and id. */
-    atomic_init(&ev->refs, 1);
-    ev->flags = cls >= 0 ? 0 : EB__EV_HEAP;
+    if (flags & EB__EV_INLINE) {
+        ev->idx = (uint8_t)in->n;
+        ev->off = (uint32_t)(b - (char *)in);
+        in->inl++;
+    } else {
+        atomic_init(&ev->refs, 1);
+    }
+    ev->flags = flags;
     ev->cls = (uint8_t)(cls >= 0 ? cls : 0);
     ev->topic_len = (uint16_t)topic_len;
     ev->key_len = (uint16_t)key_len;
@@ -321,6 +383,10 @@ void eb__event_unref(eb_event *ev, eb__depot *d)
        the last holder sees every other holder's writes (acquire). The same
        single locked instruction on x86 as release + acquire fence, and
        ThreadSanitizer understands it (it does not model fences). */
+    if (ev->flags & EB__EV_INLINE) {
+        eb__carrier_put(d, eb__event_carrier(ev)); /* copied payload: nothing to free */
+        return;
+    }
     if (atomic_fetch_sub_explicit(&ev->refs, 1, memory_order_acq_rel) != 1)
         return;
     if ((ev->flags & EB__EV_ZERO_COPY) && ev->ext != NULL && ev->ext->payload_free != NULL)
@@ -331,14 +397,9 @@ void eb__event_unref(eb_event *ev, eb__depot *d)
         block_free(d, ev->cls, ev);
 }
 
-void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
+static void make_id(uint8_t id[16], uint64_t seq, int64_t now_ns, uint64_t nonce)
 {
     uint64_t ms = (uint64_t)(now_ns / 1000000);
-    uint8_t *id = ev->id;
-    ev->seq = seq;
-    if (ev->flags & EB__EV_LOGGED)
-        return; /* keeps the id and time it was logged with */
-    ev->ts_ns = now_ns;
     for (int i = 0; i < 6; i++)
         id[i] = (uint8_t)(ms >> (40 - 8 * i));
     /* 74 bits after the version/variant: 26 bits of nonce, 48 of seq. */
@@ -349,6 +410,25 @@ void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
     id[9] = (uint8_t)n26;
     for (int i = 0; i < 6; i++)
         id[10 + i] = (uint8_t)(seq >> (40 - 8 * i));
+}
+
+void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
+{
+    ev->seq = seq;
+    if (ev->flags & EB__EV_LOGGED)
+        return; /* keeps the id and time it was logged with */
+    ev->ts_ns = now_ns;
+    make_id(ev->id, seq, now_ns, nonce);
+}
+
+void eb__event_id(const eb_event *ev, uint8_t id[16])
+{
+    if (ev->flags & EB__EV_PACKED) {
+        const eb__carrier *c = eb__event_carrier(ev);
+        make_id(id, c->seq0 + ev->idx, c->ts_ns, c->nonce);
+    } else {
+        memcpy(id, ev->id, 16);
+    }
 }
 
 void eb__event_track_init(eb_event *ev)
@@ -431,13 +511,13 @@ EB_API uint64_t eb_event_log_seq(const eb_event *ev)
 
 EB_API uint64_t eb_event_seq(const eb_event *ev)
 {
-    return ev ? ev->seq : 0;
+    return ev ? eb__event_seq(ev) : 0;
 }
 
 EB_API void eb_event_id(const eb_event *ev, uint8_t id[16])
 {
     if (ev != NULL && id != NULL)
-        memcpy(id, ev->id, 16);
+        eb__event_id(ev, id);
 }
 
 static bool copy_opt_id(const eb_event *ev, unsigned flag, const uint8_t *src, uint8_t id[16])
@@ -464,7 +544,7 @@ EB_API bool eb_event_causation_id(const eb_event *ev, uint8_t id[16])
 
 EB_API int64_t eb_event_timestamp(const eb_event *ev)
 {
-    return ev ? ev->ts_ns : 0;
+    return ev ? eb__event_ts(ev) : 0;
 }
 
 EB_API bool eb_event_deadletter_info(const eb_event *ev, eb_deadletter_info *info)

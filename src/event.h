@@ -17,8 +17,12 @@
 
 #include "sync.h"
 
-#define EB__CLASSES 3
+/* Size classes of blocks: events use the first EB__EV_CLASSES, carriers
+   (eb_publish_batch) any; the last one only carriers. */
+#define EB__EV_CLASSES 3
+#define EB__CLASSES 4
 #define EB__MAG_SIZE 64
+#define EB__BIG_MAG 16 /* the magazines' size for the last (carrier) class */
 
 enum {
     EB__EV_ZERO_COPY = 1u << 0,  /* payload is the publisher's, freed by payload_free */
@@ -32,7 +36,15 @@ enum {
     EB__EV_REPLAY = 1u << 7,     /* a replayed copy for ext->target only */
     /* Same topic as the event before it in its carrier (eb_publish_batch):
        the dispatcher reuses that event's match set instead of routing. */
-    EB__EV_SAME_TOPIC = 1u << 8
+    EB__EV_SAME_TOPIC = 1u << 8,
+    /* Built inside its carrier's block (eb_publish_batch): its references
+       are the carrier's (eb__carrier.refs), its block is the carrier's. */
+    EB__EV_INLINE = 1u << 9,
+    /* Its sequence, time and id are its carrier's (seq0 + idx, ts_ns,
+       nonce), stamped once for the whole carrier: the dispatcher then
+       writes nothing into the event's own lines. Only for EB__EV_INLINE
+       events that reach the dispatcher in their carrier. */
+    EB__EV_PACKED = 1u << 10
 };
 
 typedef struct eb__deadletter {
@@ -76,18 +88,22 @@ typedef struct eb__event_ext {
 struct eb_event {
     /* Written once by the publisher before the event is enqueued (the ring's
        release publishes them), read-only afterwards. */
-    atomic_uint refs;
+    atomic_uint refs; /* unused by EB__EV_INLINE events: see eb__carrier */
     uint16_t flags;
     uint8_t cls;
+    uint8_t idx; /* EB__EV_INLINE: its index in the carrier */
     uint16_t topic_len;
     uint16_t key_len; /* 0: no key; the key follows the topic's NUL */
+    uint32_t off;     /* EB__EV_INLINE: bytes from the carrier's start */
     size_t payload_len;
     const void *payload;
     eb_bus *bus;
     eb__event_ext *ext; /* NULL unless the event needs it */
 
     /* Written by the dispatcher before the event is pushed into any lane
-       mailbox (the mailbox ring's release publishes them). */
+       mailbox (the mailbox ring's release publishes them); not for
+       EB__EV_PACKED events, whose carrier holds them. Read them with
+       eb__event_seq, eb__event_ts and eb__event_id. */
     uint64_t seq;
     int64_t ts_ns;
     uint8_t id[16];
@@ -99,6 +115,11 @@ static inline const void *eb__event_key(const eb_event *ev)
 {
     return ev->key_len > 0 ? ev->topic + ev->topic_len + 1 : NULL;
 }
+
+/* Prefetches for writing the first lines of the block that the calling
+   thread's `ahead`+1-th next allocation of class cls will hand out, when its
+   magazine holds it. */
+void eb__block_prefetch(int cls, unsigned ahead);
 
 /* Per-bus store of full and empty magazines. */
 typedef struct eb__mag eb__mag;
@@ -112,29 +133,29 @@ typedef struct eb__depot {
    spare_mags: empty magazines to allocate up front. */
 int eb__depot_init(eb__depot *d, unsigned prefill, unsigned spare_mags);
 void eb__depot_fini(eb__depot *d);
+/* Adds about `blocks` blocks of class cls to d (fewer when out of memory). */
+void eb__depot_prefill(eb__depot *d, int cls, unsigned blocks);
 /* Returns this thread's cached blocks and magazines to d (worker exit). */
 void eb__tcache_flush(eb__depot *d);
+
+typedef struct eb__carrier eb__carrier;
 
 /*
  * Allocates an event with room for topic, key, the extension (when with_ext;
  * zeroed), `extra` bytes and (when copy is true) the payload, and fills those.
- * refs = 1. NULL when out of memory.
+ * refs = 1. NULL when out of memory. With `in` (a carrier its caller is
+ * filling, not yet published) a copied event that fits the carrier's free
+ * room is built there (EB__EV_INLINE | EB__EV_PACKED, at index in->n) and
+ * counted in in->inl; the caller adds in->inl to the carrier's references
+ * before anyone may drop one (eb__carrier_seal).
  */
-eb_event *eb__event_new(eb_bus *bus, eb__depot *d, const char *topic, size_t topic_len,
-                        const void *key, size_t key_len, const void *payload, size_t len, bool copy,
-                        bool with_ext, size_t extra);
+eb_event *eb__event_new(eb_bus *bus, eb__depot *d, eb__carrier *in, const char *topic,
+                        size_t topic_len, const void *key, size_t key_len, const void *payload,
+                        size_t len, bool copy, bool with_ext, size_t extra);
 /* Where `extra` bytes requested from eb__event_new start (16-byte aligned). */
 void *eb__event_extra(eb_event *ev);
 /* Drops one reference; the last frees the event (payload_free first). */
 void eb__event_unref(eb_event *ev, eb__depot *d);
-
-static inline void eb__event_ref(eb_event *ev, unsigned n)
-{
-    /* Relaxed: the caller already holds a reference, which keeps the event
-       alive; the new references are handed over through rings/locks that
-       order them (ck_pr fences, mutex). */
-    atomic_fetch_add_explicit(&ev->refs, n, memory_order_relaxed);
-}
 
 /* Fills id from the dispatch time and sequence: UUIDv7, 48-bit Unix ms,
    version 7, then 26 bits of bus nonce and the 48 low bits of seq. */
@@ -144,17 +165,87 @@ void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
  * A carrier takes up to EB__CARRIER_MAX events of one eb_publish_batch call
  * through the intake ring as one entry. On the ring it is tagged by bit 0
  * (events are at least 16-byte aligned, so their bit 0 is clear).
+ *
+ * Its block, of the smallest size class that holds the header and the
+ * events the publisher means to put in it (at most EB__CARRIER_BLOCK bytes),
+ * also holds the events that fit, back to back (EB__EV_INLINE): the
+ * publisher writes
+ * them in one sweep and the workers read them in one, where events in
+ * blocks of their own lie wherever the thread caches handed those out.
+ * Inline events share the carrier's reference count: one for the carrier
+ * itself until the dispatcher has unpacked it (or the publisher has given
+ * up on it), plus every reference to any of its inline events; the block
+ * goes back to the cache when the count reaches 0. So a retained inline
+ * event keeps its whole carrier's block. Events that do not fit, zero-copy
+ * ones and the events of delayed or durable batches get blocks of their own.
+ *
+ * The dispatcher stamps a carrier once (seq0, ts_ns, nonce) for all its
+ * EB__EV_PACKED events: the event at index i has sequence seq0 + i.
  */
 #define EB__CARRIER_MAX 48
-typedef struct eb__carrier {
-    unsigned n;
+#define EB__CARRIER_BLOCK 12288
+#define EB__CARRIER_HEAD 448 /* the header, rounded up to whole cache lines */
+struct eb__carrier {
+    /* Written by the publisher before the carrier is pushed on the intake
+       (the ring's release publishes them), read-only afterwards. */
+    unsigned n;   /* events in ev[] */
+    unsigned inl; /* of them inline */
+    size_t used;  /* bytes of the block taken (header and inline events) */
+    uint8_t cls;  /* the block's size class */
+    /* Written by the dispatcher when it unpacks the carrier, before any of
+       its events is pushed into a mailbox. */
+    uint64_t seq0;
+    int64_t ts_ns;
+    uint64_t nonce;
+    atomic_uint refs;
     eb_event *ev[EB__CARRIER_MAX];
-} eb__carrier;
+};
 #define EB__CARRIER_TAG(c) ((void *)((uintptr_t)(c) | 1u))
 #define EB__IS_CARRIER(p) (((uintptr_t)(p)&1u) != 0)
 #define EB__CARRIER_UNTAG(p) ((eb__carrier *)((uintptr_t)(p) & ~(uintptr_t)1u))
-eb__carrier *eb__carrier_new(eb__depot *d);
-void eb__carrier_free(eb__depot *d, eb__carrier *c);
+/* The bytes an event takes in a carrier (eb__event_new with copy and no
+   extra). */
+size_t eb__event_size(size_t topic_len, size_t key_len, size_t len, bool with_ext);
+/* A carrier with no events and one reference (the caller's), in a block of
+   at least `want` bytes (EB__CARRIER_HEAD: room for the header only) or the
+   largest class. */
+eb__carrier *eb__carrier_new(eb__depot *d, size_t want);
+/* Adds the inline events built so far to the references: call once, after
+   the last eb__event_new into c and before any event of c is released. */
+void eb__carrier_seal(eb__carrier *c);
+/* Drops n references (d may be NULL: see eb__event_unref). */
+void eb__carrier_unref(eb__depot *d, eb__carrier *c, unsigned n);
+/* Drops the carrier's own reference. */
+static inline void eb__carrier_put(eb__depot *d, eb__carrier *c)
+{
+    eb__carrier_unref(d, c, 1);
+}
+
+static inline eb__carrier *eb__event_carrier(const eb_event *ev)
+{
+    return (eb__carrier *)((char *)ev - ev->off);
+}
+
+static inline void eb__event_ref(eb_event *ev, unsigned n)
+{
+    /* Relaxed: the caller already holds a reference, which keeps the event
+       alive; the new references are handed over through rings/locks that
+       order them (ck_pr fences, mutex). */
+    atomic_uint *r = (ev->flags & EB__EV_INLINE) ? &eb__event_carrier(ev)->refs : &ev->refs;
+    atomic_fetch_add_explicit(r, n, memory_order_relaxed);
+}
+
+/* The sequence, timestamp and id the dispatcher gave ev (its own, or its
+   carrier's for an EB__EV_PACKED event). */
+static inline uint64_t eb__event_seq(const eb_event *ev)
+{
+    return (ev->flags & EB__EV_PACKED) ? eb__event_carrier(ev)->seq0 + ev->idx : ev->seq;
+}
+static inline int64_t eb__event_ts(const eb_event *ev)
+{
+    return (ev->flags & EB__EV_PACKED) ? eb__event_carrier(ev)->ts_ns : ev->ts_ns;
+}
+void eb__event_id(const eb_event *ev, uint8_t id[16]);
 
 /* Tracking. eb__event_finish records one finished delivery (rc: EB_OK or the
    failure code; count false for the guard of an event that matched nothing,

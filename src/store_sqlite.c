@@ -1412,7 +1412,7 @@ static row_job *row_new(const eb_event *ev, const char *sub)
         memcpy(p, ev->payload, ev->payload_len);
     r->payload = p;
     r->len = ev->payload_len;
-    memcpy(r->id, ev->id, 16);
+    eb__event_id(ev, r->id);
     if (ev->flags & EB__EV_CORR) {
         r->has_corr = true;
         memcpy(r->corr, ev->ext->corr, 16);
@@ -1735,9 +1735,11 @@ bool eb__dsub_fresh(eb__dsub *d, const eb_event *ev)
     bool fresh = true;
     pthread_mutex_lock(&s->rlock);
     sqlite3_stmt *st = rstmt(s, R_PROCESSED);
+    uint8_t id[16];
+    eb__event_id(ev, id);
     if (st != NULL) {
         bind_text(st, 1, d->name);
-        sqlite3_bind_blob(st, 2, ev->id, 16, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, id, 16, SQLITE_TRANSIENT);
         fresh = sqlite3_step(st) != SQLITE_ROW;
         rdone(st);
     }
@@ -1755,7 +1757,7 @@ void eb__dsub_done(eb__dsub *d, const eb_event *ev, bool succeeded)
         if (r != NULL) {
             strcpy(r->data, d->name);
             r->sub = r->data;
-            memcpy(r->id, ev->id, 16);
+            eb__event_id(ev, r->id);
             r->seq = seq;
             r->j.run = processed_run;
             r->j.after = free_after;

@@ -438,3 +438,256 @@ Test(batch, delayed_events_of_a_batch_keep_their_own_route_among_other_traffic)
     cr_assert_eq(atomic_load(&a.n), BATCHES * PER);
     cr_assert_eq(atomic_load(&b.n), f.sent);
 }
+
+/* ---- events built inside their carrier --------------------------------- */
+
+enum { PK_N = 400, PK_BIG = 2000, PK_KEEP = 8 };
+
+struct packed_rec {
+    atomic_uint n;
+    uint32_t val[PK_N];
+    uint64_t seq[PK_N];
+    int64_t ts[PK_N];
+    uint8_t id[PK_N][16];
+    bool payload_ok[PK_N];
+    const eb_event *kept[PK_KEEP]; /* retained past their delivery */
+    atomic_uint n_kept;
+};
+
+static size_t pk_len(uint32_t i)
+{
+    return i % 7 == 3 ? PK_BIG : 4 + i % 29;
+}
+
+static bool pk_payload_ok(const eb_event *ev, uint32_t *val)
+{
+    size_t len = 0;
+    const unsigned char *p = eb_event_payload(ev, &len);
+    memcpy(val, p, sizeof *val);
+    if (len != pk_len(*val) || p[len] != '\0')
+        return false;
+    for (size_t k = sizeof *val; k < len; k++)
+        if (p[k] != (unsigned char)(*val + k))
+            return false;
+    return true;
+}
+
+static int pk_record(const eb_event *ev, void *ctx)
+{
+    struct packed_rec *r = ctx;
+    uint32_t v = 0;
+    bool ok = pk_payload_ok(ev, &v);
+    unsigned i = atomic_fetch_add(&r->n, 1);
+    if (i < PK_N) {
+        r->val[i] = v;
+        r->seq[i] = eb_event_seq(ev);
+        r->ts[i] = eb_event_timestamp(ev);
+        eb_event_id(ev, r->id[i]);
+        r->payload_ok[i] = ok;
+    }
+    if (v % 50 == 7) {
+        unsigned k = atomic_fetch_add(&r->n_kept, 1);
+        if (k < PK_KEEP)
+            r->kept[k] = eb_event_retain(ev);
+    }
+    return 0;
+}
+
+/* Small events are built inside their carrier's block and take their
+   sequence, time and id from it; events too big for the room left get blocks
+   of their own in the same carrier. Either way every event keeps its own
+   sequence (consecutive, publish order), a UUIDv7 id made of it, its
+   payload, and an event retained in its handler outlives its bus. */
+Test(batch, events_in_a_carrier_keep_their_own_sequence_id_and_payload_and_outlive_the_bus)
+{
+    eb_bus *bus = t_bus_new(2);
+    static struct packed_rec r;
+    memset(&r, 0, sizeof r);
+    t_sub(bus, "pk.#", pk_record, &r, EB_DELIVERY_SERIAL, 0);
+    static eb_message m[PK_N];
+    static unsigned char bufs[PK_N][PK_BIG];
+    static const char *const topics[] = {"pk.a", "pk.a", "pk.a", "pk.bb.c"};
+    for (uint32_t i = 0; i < PK_N; i++) {
+        size_t len = pk_len(i);
+        memcpy(bufs[i], &i, sizeof i);
+        for (size_t k = sizeof i; k < len; k++)
+            bufs[i][k] = (unsigned char)(i + k);
+        m[i] = (eb_message){.topic = topics[i % 4], .payload = bufs[i], .len = len};
+    }
+    int64_t before = t_realtime_ns();
+    size_t accepted = 0;
+    cr_assert_eq(eb_publish_batch(bus, m, PK_N, NULL, &accepted), EB_OK);
+    cr_assert_eq(accepted, PK_N);
+    cr_assert(t_wait_ge(&r.n, PK_N));
+    int64_t after = t_realtime_ns();
+    eb_bus_destroy(bus);
+
+    for (uint32_t i = 0; i < PK_N; i++) {
+        cr_assert_eq(r.val[i], i, "delivery %u is event %u", i, r.val[i]);
+        cr_assert(r.payload_ok[i], "event %u: payload damaged", i);
+        if (i > 0)
+            cr_assert_eq(r.seq[i], r.seq[i - 1] + 1, "event %u: seq %llu after %llu", i,
+                         (unsigned long long)r.seq[i], (unsigned long long)r.seq[i - 1]);
+        cr_assert(r.ts[i] >= before - T_SEC && r.ts[i] <= after + T_SEC, "event %u: ts", i);
+        /* UUIDv7: 48-bit ms of the timestamp, version 7, variant 10, and the
+           low 48 bits of the sequence at the end. */
+        uint64_t ms = 0, low = 0;
+        for (int k = 0; k < 6; k++) {
+            ms = ms << 8 | r.id[i][k];
+            low = low << 8 | r.id[i][10 + k];
+        }
+        cr_assert_eq(ms, (uint64_t)(r.ts[i] / 1000000), "event %u: id time", i);
+        cr_assert_eq(r.id[i][6] >> 4, 7);
+        cr_assert_eq(r.id[i][8] >> 6, 2);
+        cr_assert_eq(low, r.seq[i] & 0xffffffffffffULL, "event %u: id sequence", i);
+        if (i > 0)
+            cr_assert_neq(memcmp(r.id[i], r.id[i - 1], 16), 0);
+    }
+    /* Retained events (small ones, built in their carriers) are intact
+       after their bus is gone; releasing them frees the carriers. */
+    unsigned kept = atomic_load(&r.n_kept);
+    cr_assert_eq(kept, PK_N / 50);
+    for (unsigned k = 0; k < kept; k++) {
+        uint32_t v = 0;
+        cr_assert(pk_payload_ok(r.kept[k], &v));
+        cr_assert_eq(v % 50, 7);
+        cr_assert_str_eq(eb_event_topic(r.kept[k]), topics[v % 4]);
+        cr_assert_eq(eb_event_seq(r.kept[k]), r.seq[v]);
+        uint8_t id[16];
+        eb_event_id(r.kept[k], id);
+        cr_assert_eq(memcmp(id, r.id[v], 16), 0);
+        eb_event_release(r.kept[k]);
+    }
+}
+
+struct cause_rec {
+    eb_bus *bus;
+    atomic_uint n_in, n_out;
+    uint8_t in_id[16][16];
+    uint8_t caus[16][16], corr[16][16];
+    bool has[16];
+};
+
+static int cause_relay(const eb_event *ev, void *ctx)
+{
+    struct cause_rec *c = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    if (v < 16)
+        eb_event_id(ev, c->in_id[v]);
+    atomic_fetch_add(&c->n_in, 1);
+    return eb_publish(c->bus, "cz.out", &v, sizeof v, NULL);
+}
+
+static int cause_out(const eb_event *ev, void *ctx)
+{
+    struct cause_rec *c = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    if (v < 16)
+        c->has[v] =
+            eb_event_causation_id(ev, c->caus[v]) && eb_event_correlation_id(ev, c->corr[v]);
+    atomic_fetch_add(&c->n_out, 1);
+    return 0;
+}
+
+/* An event published from the handler of an event of a batch takes that
+   event's id (its carrier's stamp) as causation and correlation. */
+Test(batch, events_published_from_a_batch_events_handler_name_it_as_their_cause)
+{
+    static struct cause_rec c;
+    memset(&c, 0, sizeof c);
+    eb_bus *bus = c.bus = t_bus_new(2);
+    t_sub(bus, "cz.in", cause_relay, &c, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "cz.out", cause_out, &c, EB_DELIVERY_SERIAL, 0);
+    eb_message m[16];
+    uint32_t vals[16];
+    fill(m, vals, 16, "cz.in");
+    cr_assert_eq(eb_publish_batch(bus, m, 16, NULL, NULL), EB_OK);
+    cr_assert(t_wait_ge(&c.n_out, 16));
+    eb_bus_destroy(bus);
+    for (unsigned i = 0; i < 16; i++) {
+        cr_assert(c.has[i], "event %u: no causation or correlation", i);
+        cr_assert_eq(memcmp(c.caus[i], c.in_id[i], 16), 0, "event %u: causation", i);
+        cr_assert_eq(memcmp(c.corr[i], c.in_id[i], 16), 0, "event %u: correlation", i);
+    }
+}
+
+struct dz_rec {
+    atomic_uint failed, dead, dl_events;
+    uint64_t seq[8];   /* eb_event_seq in the failing handler */
+    uint8_t id[8][16]; /* eb_event_id there */
+    uint64_t info_seq[8];
+    uint8_t dl_caus[8][16];
+    bool dl_has[8];
+};
+
+static int dz_fail(const eb_event *ev, void *ctx)
+{
+    struct dz_rec *d = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    if (v < 8) {
+        d->seq[v] = eb_event_seq(ev);
+        eb_event_id(ev, d->id[v]);
+    }
+    atomic_fetch_add(&d->failed, 1);
+    return EB_EIO;
+}
+
+static void dz_on_dead(const eb_event *ev, const eb_deadletter_info *info, void *ctx)
+{
+    struct dz_rec *d = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    if (v < 8)
+        d->info_seq[v] = info->seq;
+    atomic_fetch_add(&d->dead, 1);
+}
+
+static int dz_dead_letter(const eb_event *ev, void *ctx)
+{
+    struct dz_rec *d = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    if (v < 8)
+        d->dl_has[v] = eb_event_causation_id(ev, d->dl_caus[v]);
+    atomic_fetch_add(&d->dl_events, 1);
+    return 0;
+}
+
+/* A dead-lettered event of a batch reports its own sequence, and its dead
+   letter names its id as causation. */
+Test(batch, a_dead_lettered_event_of_a_batch_reports_its_own_sequence_and_id)
+{
+    static struct dz_rec d;
+    memset(&d, 0, sizeof d);
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.on_deadletter = dz_on_dead;
+    cfg.deadletter_ctx = &d;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = 1;
+    eb_subscription *sub = NULL;
+    cr_assert_eq(eb_subscribe(bus, "dz", dz_fail, &d, &o, &sub), EB_OK);
+    t_sub(bus, "$deadletter.dz", dz_dead_letter, &d, EB_DELIVERY_SERIAL, 0);
+    eb_message m[8];
+    uint32_t vals[8];
+    fill(m, vals, 8, "dz");
+    cr_assert_eq(eb_publish_batch(bus, m, 8, NULL, NULL), EB_OK);
+    cr_assert(t_wait_ge(&d.dl_events, 8));
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&d.failed), 8);
+    cr_assert_eq(atomic_load(&d.dead), 8);
+    for (unsigned i = 0; i < 8; i++) {
+        if (i > 0)
+            cr_assert_eq(d.seq[i], d.seq[i - 1] + 1);
+        cr_assert_eq(d.info_seq[i], d.seq[i], "event %u: dead-letter info seq", i);
+        cr_assert(d.dl_has[i]);
+        cr_assert_eq(memcmp(d.dl_caus[i], d.id[i], 16), 0, "event %u: causation", i);
+    }
+}

@@ -1342,7 +1342,7 @@ static void *prefill_take(void *arg)
     prefill_run *p = arg;
     /* A fresh thread: its cache is empty, so the block comes from the
        depot's full magazines (or malloc). */
-    eb_event *ev = eb__event_new(NULL, &p->d, "t", 1, NULL, 0, "x", 1, true, false, 0);
+    eb_event *ev = eb__event_new(NULL, &p->d, NULL, "t", 1, NULL, 0, "x", 1, true, false, 0);
     p->got_block = ev != NULL && strcmp(ev->topic, "t") == 0;
     if (ev != NULL)
         eb__event_unref(ev, &p->d);
@@ -1376,7 +1376,7 @@ typedef struct spare_run {
 static void *spare_take(void *arg)
 {
     spare_run *p = arg;
-    p->ev = eb__event_new(NULL, &p->d, "t", 1, NULL, 0, "x", 1, true, false, 0);
+    p->ev = eb__event_new(NULL, &p->d, NULL, "t", 1, NULL, 0, "x", 1, true, false, 0);
     eb__tcache_flush(&p->d);
     return NULL;
 }
@@ -1416,6 +1416,8 @@ typedef struct side_run {
     eb_bus *bus;
     t_gate gate;
     atomic_uint seen[128];
+    uint64_t seq[128]; /* of each "out" event, as its handler saw it */
+    int64_t ts[128];
     atomic_int batch_rc;
     atomic_uint accepted;
     atomic_bool batch_done;
@@ -1455,8 +1457,11 @@ static int side_out(const eb_event *ev, void *ctx)
     side_run *r = ctx;
     uint32_t id;
     memcpy(&id, eb_event_payload(ev, NULL), 4);
-    if (id < 128)
+    if (id < 128) {
+        r->seq[id] = eb_event_seq(ev);
+        r->ts[id] = eb_event_timestamp(ev);
         atomic_fetch_add(&r->seen[id], 1);
+    }
     return 0;
 }
 
@@ -1502,6 +1507,7 @@ static eb_bus *stalled_bus_new(fx_err *err, t_gate *gate, eb_handler_fn in_fn,
 static void *side_scenario(void *arg)
 {
     side_run *r = arg;
+    int64_t t0 = t_realtime_ns();
     r->bus = stalled_bus_new(&r->err, &r->gate, side_in, "out", side_out, r);
     if (r->bus == NULL)
         return NULL;
@@ -1518,6 +1524,17 @@ static void *side_scenario(void *arg)
     for (uint32_t i = 0; i < 100; i++)
         FX_CHECK(&r->err, atomic_load(&r->seen[i]) == (i < acc ? 1u : 0u),
                  "out %u delivered %u times, %u accepted", i, atomic_load(&r->seen[i]), acc);
+    /* Events that left their carrier for the side list were stamped one by
+       one: each has its own sequence, after the 4 "in" events, in order,
+       and a time of this run. */
+    int64_t t1 = t_realtime_ns();
+    for (uint32_t i = 0; i < acc; i++)
+        FX_CHECK(&r->err,
+                 r->seq[i] > 4 && (i == 0 || r->seq[i] > r->seq[i - 1]) && r->ts[i] >= t0 &&
+                     r->ts[i] <= t1,
+                 "out %u: seq %llu (previous %llu), ts %lld not in [%lld, %lld]", i,
+                 (unsigned long long)r->seq[i], (unsigned long long)(i ? r->seq[i - 1] : 0),
+                 (long long)r->ts[i], (long long)t0, (long long)t1);
     T_WAIT_STATS(ok, r->bus, st, st.published == 4 + acc);
     FX_CHECK(&r->err, ok, "published %llu, want %u", (unsigned long long)st.published, 4 + acc);
     eb_bus_destroy(r->bus);
