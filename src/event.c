@@ -113,7 +113,9 @@ void eb__depot_prefill(eb__depot *d, int cls, unsigned blocks)
         }
         /* Only a magazine with blocks goes on the full list: block_take
            pops a block from whatever it finds there. Out of memory: stop
-           prefilling. */
+           prefilling. (Read before the depot has it: another thread may
+           take it at once.) */
+        bool short_of_memory = m->n < cap;
         pthread_mutex_lock(&d->lock);
         if (m->n == 0) {
             m->next = d->empty;
@@ -123,7 +125,7 @@ void eb__depot_prefill(eb__depot *d, int cls, unsigned blocks)
             d->full[cls] = m;
         }
         pthread_mutex_unlock(&d->lock);
-        if (m->n < cap)
+        if (short_of_memory)
             return;
     }
 }

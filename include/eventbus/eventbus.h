@@ -514,7 +514,10 @@ EB_API unsigned eb_event_attempt(const eb_event *ev);
 /* For an event on a $deadletter.<topic> topic: fills *info and returns true.
    info->subscription and info->topic live as long as the event. */
 EB_API bool eb_event_deadletter_info(const eb_event *ev, eb_deadletter_info *info);
-/* Takes a reference; returns ev. */
+/* Takes a reference; returns ev. Memory: an event of an eb_publish_batch
+   call may share one block (up to 12 KiB) with up to 47 other events of
+   that call, and the block is freed when the last of them is released, so
+   retaining one such event keeps the block. */
 EB_API const eb_event *eb_event_retain(const eb_event *ev);
 /* Drops a reference taken with eb_event_retain; NULL is a no-op. */
 EB_API void eb_event_release(const eb_event *ev);
