@@ -1521,9 +1521,6 @@ static void publish_exit(eb_bus *b, size_t accepted)
         wake_for_work(b);
 }
 
-/* Builds an event (in carrier `in` when it fits there: see eb__event_new);
-   correlation and causation are explicit, else inherited from the event the
-   calling handler is processing. */
 /* The event the calling handler is processing, if any. */
 static const eb_event *handler_cause(void)
 {
@@ -1538,11 +1535,13 @@ static bool needs_ext(const eb_publish_options *opts, bool track, const eb_event
            opts->causation_id != NULL || (opts->flags & DURABLE_FLAGS) != 0;
 }
 
+/* Builds an event (in carrier `in` when it fits there: see eb__event_new);
+   correlation and causation are explicit, else inherited from `cause`, the
+   event the calling handler is processing (handler_cause()). */
 static eb_event *build_event(eb_bus *b, eb__carrier *in, const char *topic, size_t tl,
                              const void *payload, size_t len, const void *key, size_t key_len,
-                             const eb_publish_options *opts, bool track)
+                             const eb_publish_options *opts, bool track, const eb_event *cause)
 {
-    const eb_event *cause = handler_cause();
     bool ext = needs_ext(opts, track, cause);
     eb_event *ev = eb__event_new(b, &b->depot, in, topic, tl, key, key_len, payload, len,
                                  opts->payload_free == NULL, ext, 0);
@@ -1610,8 +1609,8 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     int rc = publish_enter(b);
     if (rc != EB_OK)
         return rc;
-    eb_event *ev =
-        build_event(b, NULL, topic, tl, payload, len, opts->key, opts->key_len, opts, track);
+    eb_event *ev = build_event(b, NULL, topic, tl, payload, len, opts->key, opts->key_len, opts,
+                               track, handler_cause());
     if (ev == NULL) {
         publish_exit(b, 0);
         return EB_ENOMEM;
@@ -1665,6 +1664,7 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
 {
     enum { CHUNK = 1024 };
     eb_event *evs[CHUNK];
+    const eb_event *cause = handler_cause();
     int64_t delay = opts_delay(opts);
     int rc = EB_OK;
     while (*done < n && rc == EB_OK) {
@@ -1672,7 +1672,7 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
         for (; k < want; k++) {
             const eb_message *m = &msgs[*done + k];
             evs[k] = build_event(b, NULL, m->topic, strlen(m->topic), m->payload, m->len, m->key,
-                                 m->key_len, opts, false);
+                                 m->key_len, opts, false, cause);
             if (evs[k] == NULL) {
                 rc = EB_ENOMEM;
                 break;
@@ -1745,7 +1745,8 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
        heap and zero-copy ones have payloads of their own: blocks of their
        own for those. */
     bool inline_ok = !durable && delay == 0 && opts->payload_free == NULL;
-    bool ext = needs_ext(opts, false, handler_cause());
+    const eb_event *cause = handler_cause();
+    bool ext = needs_ext(opts, false, cause);
     if (inline_ok && n > 1 && !atomic_load_explicit(&bus->carriers_made, memory_order_relaxed) &&
         !atomic_exchange_explicit(&bus->carriers_made, true, memory_order_relaxed))
         prefill_carriers(bus);
@@ -1779,7 +1780,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             const eb_message *m = &msgs[done + c->n];
             size_t tl = m->topic == prev ? prev_len : strlen(m->topic);
             eb_event *ev = build_event(bus, in, m->topic, tl, m->payload, m->len, m->key,
-                                       m->key_len, opts, false);
+                                       m->key_len, opts, false, cause);
             if (ev == NULL) {
                 rc = EB_ENOMEM;
                 break;
