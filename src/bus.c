@@ -652,6 +652,33 @@ static bool route_event(eb_bus *b, eb_event *ev, eb__match *memo, eb__match **us
     return true;
 }
 
+/*
+ * Routes an event of a plain carrier (held_plain: inline events of a batch
+ * without keys, so never tracked, replayed or logged) whose topic is the
+ * one before it, with that event's match set m (b->memo). With one plain
+ * subscription to push to (the usual case) the event itself is not read:
+ * its lines go from the publisher's core to the lane runner's only, not to
+ * the dispatcher's too. Otherwise, as route_event.
+ */
+static bool route_plain(eb_bus *b, eb_event *ev, eb__match *m)
+{
+    struct eb_subscription *s;
+    if (m->n != 1 || (s = m->subs[0])->dsub != NULL ||
+        atomic_load_explicit(&s->cancelled, memory_order_relaxed))
+        return route_event(b, ev, m, &b->memo);
+    if (push_one(b, ev, s, false) == PUSH_FULL) {
+        /* Stalled: push_from makes it pending. The memo must not outlive a
+           stall (routing may change before the next step). */
+        b->memo = NULL;
+        if (!push_from(b, ev, m, 0))
+            return false;
+        b->memo = m;
+        return true;
+    }
+    eb__count(&b->dispatched, 1);
+    return true;
+}
+
 static bool resume_pending(eb_bus *b)
 {
     eb_event *ev = b->pend_ev;
@@ -675,7 +702,13 @@ static void ctl_apply(eb_bus *b);
 static bool dispatch_held(eb_bus *b)
 {
     while (b->held_i < b->held_n) {
+        unsigned plain = b->held_plain[b->held_i];
         eb_event *ev = b->held[b->held_i++];
+        if (plain == (HELD_PLAIN | HELD_SAME) && b->memo != NULL) {
+            if (!route_plain(b, ev, b->memo))
+                return false;
+            continue;
+        }
         /* An event flagged by eb_publish_batch follows its carrier
            predecessor in held[]; the memo is that event's set if the
            iteration just before routed it to the end. */
@@ -777,12 +810,17 @@ static bool dispatch_batch(eb_bus *b)
                 c->nonce = b->nonce;
             }
             memcpy(&b->held[n], c->ev, c->n * sizeof(c->ev[0]));
+            bool plain = c->inl == c->n && !c->keyed;
+            for (unsigned i = 0; i < c->n; i++)
+                b->held_plain[n + i] =
+                    plain ? (uint8_t)(HELD_PLAIN | ((c->same >> i & 1) ? HELD_SAME : 0)) : 0;
             n += c->n;
             atomic_fetch_sub_explicit(&b->carried, c->n, memory_order_relaxed);
             /* Its events hold it from now on, the inline ones by their
                references. */
             eb__carrier_put(&b->depot, c);
         } else {
+            b->held_plain[n] = 0;
             b->held[n++] = p;
         }
     }
@@ -790,6 +828,8 @@ static bool dispatch_batch(eb_bus *b)
         eb__ring_consume_sc(&b->intake, taken);
     if (n > 0) {
         for (unsigned i = 0; i < n; i++) {
+            if (b->held_plain[i])
+                continue; /* stamped with their carrier, maybe never read */
             __builtin_prefetch(b->held[i], 1);
             __builtin_prefetch((char *)b->held[i] + 64, 1);
             __builtin_prefetch((char *)b->held[i] + 128, 0);
@@ -798,7 +838,7 @@ static bool dispatch_batch(eb_bus *b)
             now = eb__now_real_ns(); /* one clock read per batch */
         for (unsigned i = 0; i < n; i++) {
             eb_event *ev = b->held[i];
-            if (ev->flags & EB__EV_PACKED)
+            if (b->held_plain[i] || (ev->flags & EB__EV_PACKED))
                 b->seq++; /* its carrier's seq0 counted it */
             else
                 stamp(b, ev, now);
@@ -1788,8 +1828,12 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             /* A run of one topic is routed once per carrier (dispatch_held);
                delayed events travel one by one (schedule_event). */
             if (delay == 0 && prev != NULL && tl == prev_len &&
-                (m->topic == prev || memcmp(m->topic, prev, tl) == 0))
+                (m->topic == prev || memcmp(m->topic, prev, tl) == 0)) {
                 ev->flags |= EB__EV_SAME_TOPIC;
+                c->same |= (uint64_t)1 << c->n;
+            }
+            if (m->key != NULL && m->key_len > 0)
+                c->keyed = true;
             prev = m->topic;
             prev_len = tl;
             c->ev[c->n] = ev;

@@ -283,8 +283,11 @@ eb__carrier *eb__carrier_new(eb__depot *d, size_t want)
     eb__carrier *c = block_alloc(d, cls);
     if (c == NULL)
         return NULL;
+    _Static_assert(EB__CARRIER_MAX <= 64, "eb__carrier.same has a bit per event");
     c->n = c->inl = 0;
     c->cls = (uint8_t)cls;
+    c->keyed = false;
+    c->same = 0;
     /* Inline events start on a cache line of their own. */
     c->used = EB__CARRIER_HEAD;
     atomic_init(&c->refs, 1);

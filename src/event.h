@@ -188,10 +188,12 @@ void eb__event_stamp(eb_event *ev, uint64_t seq, int64_t now_ns, uint64_t nonce)
 struct eb__carrier {
     /* Written by the publisher before the carrier is pushed on the intake
        (the ring's release publishes them), read-only afterwards. */
-    unsigned n;   /* events in ev[] */
-    unsigned inl; /* of them inline */
-    size_t used;  /* bytes of the block taken (header and inline events) */
-    uint8_t cls;  /* the block's size class */
+    unsigned n;    /* events in ev[] */
+    unsigned inl;  /* of them inline */
+    size_t used;   /* bytes of the block taken (header and inline events) */
+    uint8_t cls;   /* the block's size class */
+    bool keyed;    /* some event has a key */
+    uint64_t same; /* bit i: ev[i] has EB__EV_SAME_TOPIC */
     /* Written by the dispatcher when it unpacks the carrier, before any of
        its events is pushed into a mailbox. */
     uint64_t seq0;
