@@ -1798,15 +1798,18 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
         /* A block just big enough for the header and these events, so that
            small batches do not hold big blocks. */
         size_t room = EB__CARRIER_HEAD;
-        const char *sized = NULL;
-        size_t sized_len = 0;
+        const char *sized = NULL;                      /* the last message's topic, */
+        size_t sized_key = 0, sized_len = 0, size = 0; /* key and payload length, size */
         for (size_t k = 0; inline_ok && k < want && room < EB__CARRIER_BLOCK; k++) {
             const eb_message *m = &msgs[done + k];
-            if (m->topic != sized) {
+            size_t kl = m->key != NULL ? m->key_len : 0;
+            if (m->topic != sized || kl != sized_key || m->len != sized_len || k == 0) {
+                size = eb__event_size(strlen(m->topic), kl, m->len, ext);
                 sized = m->topic;
-                sized_len = strlen(sized);
+                sized_key = kl;
+                sized_len = m->len;
             }
-            room += eb__event_size(sized_len, m->key != NULL ? m->key_len : 0, m->len, ext);
+            room += size;
         }
         eb__carrier *c = eb__carrier_new(&bus->depot, room);
         if (c == NULL) {

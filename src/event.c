@@ -299,8 +299,8 @@ eb__carrier *eb__carrier_new(eb__depot *d, size_t want)
 
 void eb__carrier_seal(eb__carrier *c)
 {
-    if (c->inl > 0)
-        atomic_fetch_add_explicit(&c->refs, c->inl, memory_order_relaxed);
+    /* Nobody else has it yet: no read-modify-write needed. */
+    atomic_store_explicit(&c->refs, 1 + c->inl, memory_order_relaxed);
 }
 
 void eb__carrier_unref(eb__depot *d, eb__carrier *c, unsigned n)

@@ -212,8 +212,9 @@ size_t eb__event_size(size_t topic_len, size_t key_len, size_t len, bool with_ex
    at least `want` bytes (EB__CARRIER_HEAD: room for the header only) or the
    largest class. */
 eb__carrier *eb__carrier_new(eb__depot *d, size_t want);
-/* Adds the inline events built so far to the references: call once, after
-   the last eb__event_new into c and before any event of c is released. */
+/* Counts the inline events built so far in the references (then 1 + inl):
+   call once, after the last eb__event_new into c and before c or any of its
+   events is handed to anyone or released. */
 void eb__carrier_seal(eb__carrier *c);
 /* Drops n references (d may be NULL: see eb__event_unref). */
 void eb__carrier_unref(eb__depot *d, eb__carrier *c, unsigned n);
