@@ -125,6 +125,7 @@ struct eb_bus {
     alignas(EB__CACHELINE) eb__ec work_ec; /* bumped when there is new work */
     atomic_int idle;                       /* workers parked or about to */
     atomic_uint spinners;                  /* idle workers spinning, not parked */
+    atomic_bool watcher;                   /* a parked worker watches the intake (park) */
     unsigned max_spinners;
     eb__ec space_ec; /* bumped after intake space frees */
 

@@ -315,6 +315,63 @@ Test(lane, events_published_while_a_handler_blocks_are_delivered_by_another_work
     cr_assert_eq(atomic_load(&h.fast_done), 3);
 }
 
+/* Two handlers held up on two of three workers: events published after the
+   second one entered are delivered by the third. The first worker to take
+   over from a parked state was the parked workers' watcher; the third must
+   then be woken by the publisher (no parked worker watches any more). */
+struct two_held {
+    atomic_uint entered;
+    atomic_uint fast_done;
+    atomic_int saw_fast[2];
+};
+
+static int held_until_fast(const eb_event *ev, void *ctx)
+{
+    struct two_held *h = ctx;
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    atomic_fetch_add(&h->entered, 1);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h->fast_done) >= 3);
+    atomic_store(&h->saw_fast[v & 1], ok ? 1 : -1);
+    return 0;
+}
+
+static int count_fast(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct two_held *)ctx)->fast_done, 1);
+    return 0;
+}
+
+Test(lane, events_published_while_two_of_three_workers_are_held_up_are_delivered_by_the_third)
+{
+    eb_bus *bus = t_bus_new(3);
+    struct two_held h;
+    memset(&h, 0, sizeof h);
+    t_sub(bus, "slow.a", held_until_fast, &h, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "slow.b", held_until_fast, &h, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "fast", count_fast, &h, EB_DELIVERY_SERIAL, 0);
+    bool ok;
+    cr_assert_eq(t_pub_u32(bus, "slow.a", 0), EB_OK);
+    T_WAIT_FOR(ok, atomic_load(&h.entered) == 1);
+    cr_assert(ok);
+    /* Let the other two park, one of them as the watcher. */
+    t_sleep_ms(5);
+    cr_assert_eq(t_pub_u32(bus, "slow.b", 1), EB_OK);
+    T_WAIT_FOR(ok, atomic_load(&h.entered) == 2);
+    cr_assert(ok, "the second held-up event was not taken while the first handler blocked");
+    t_sleep_ms(5);
+    for (uint32_t i = 0; i < 3; i++)
+        cr_assert_eq(t_pub_u32(bus, "fast", i), EB_OK);
+    T_WAIT_FOR(ok, atomic_load(&h.saw_fast[0]) != 0 && atomic_load(&h.saw_fast[1]) != 0);
+    cr_assert(ok);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&h.saw_fast[0]), 1, "the fast events waited for a held-up handler");
+    cr_assert_eq(atomic_load(&h.saw_fast[1]), 1, "the fast events waited for a held-up handler");
+    cr_assert_eq(atomic_load(&h.fast_done), 3);
+}
+
 /* ---- CONCURRENT ---- */
 
 struct parallel {
