@@ -17,6 +17,16 @@ static void fill(eb_message *m, uint32_t *vals, unsigned n, const char *topic)
     }
 }
 
+/* Publishes events 0 .. n-1 (4-byte payloads) on topic in one batch. */
+static void publish_numbered(eb_bus *bus, const char *topic, unsigned n)
+{
+    eb_message m[64];
+    uint32_t vals[64];
+    cr_assert(n <= 64);
+    fill(m, vals, n, topic);
+    cr_assert_eq(eb_publish_batch(bus, m, n, NULL, NULL), EB_OK);
+}
+
 Test(batch, a_batch_is_delivered_whole_and_in_order)
 {
     eb_bus *bus = t_bus_new(2);
@@ -600,10 +610,7 @@ Test(batch, events_published_from_a_batch_events_handler_name_it_as_their_cause)
     eb_bus *bus = c.bus = t_bus_new(2);
     t_sub(bus, "cz.in", cause_relay, &c, EB_DELIVERY_SERIAL, 0);
     t_sub(bus, "cz.out", cause_out, &c, EB_DELIVERY_SERIAL, 0);
-    eb_message m[16];
-    uint32_t vals[16];
-    fill(m, vals, 16, "cz.in");
-    cr_assert_eq(eb_publish_batch(bus, m, 16, NULL, NULL), EB_OK);
+    publish_numbered(bus, "cz.in", 16);
     cr_assert(t_wait_ge(&c.n_out, 16));
     eb_bus_destroy(bus);
     for (unsigned i = 0; i < 16; i++) {
@@ -675,10 +682,7 @@ Test(batch, a_dead_lettered_event_of_a_batch_reports_its_own_sequence_and_id)
     eb_subscription *sub = NULL;
     cr_assert_eq(eb_subscribe(bus, "dz", dz_fail, &d, &o, &sub), EB_OK);
     t_sub(bus, "$deadletter.dz", dz_dead_letter, &d, EB_DELIVERY_SERIAL, 0);
-    eb_message m[8];
-    uint32_t vals[8];
-    fill(m, vals, 8, "dz");
-    cr_assert_eq(eb_publish_batch(bus, m, 8, NULL, NULL), EB_OK);
+    publish_numbered(bus, "dz", 8);
     cr_assert(t_wait_ge(&d.dl_events, 8));
     eb_bus_destroy(bus);
     cr_assert_eq(atomic_load(&d.failed), 8);
