@@ -1283,8 +1283,20 @@ static void park(eb_bus *b, int64_t limit)
                 deadline = limit;
             bool watch =
                 (unsigned)atomic_load_explicit(&b->idle, memory_order_seq_cst) < b->nworkers;
-            if (watch && !watcher)
+            if (watch && !watcher) {
                 watcher = !atomic_exchange_explicit(&b->watcher, true, memory_order_seq_cst);
+            } else if (!watch && watcher) {
+                /* Everyone is parked (or waiting in a handler, counted as
+                   parked): give the role up, or publishers would go on
+                   leaving the intake to a watcher that no longer looks.
+                   Then look once more: a publisher may have seen the role
+                   taken just before (Dekker: its push, then its load of
+                   watcher). */
+                atomic_store_explicit(&b->watcher, false, memory_order_seq_cst);
+                watcher = false;
+                if (dispatch_ready(b))
+                    break;
+            }
             watch = watch && watcher;
             int64_t until = deadline;
             if (watch) {
@@ -1301,9 +1313,12 @@ static void park(eb_bus *b, int64_t limit)
             if (!watch || eb__ec_value(&b->work_ec) != snap || eb__now_mono_ns() >= deadline ||
                 atomic_load_explicit(&b->stop, memory_order_seq_cst))
                 break;
+            /* Nothing taken from the intake since the last look, and there
+               is something to do (not a dispatch stalled on a full
+               mailbox, which the lane's runner will relieve): ours. */
             unsigned consumed = eb__ring_consumed(&b->intake);
-            if (consumed == seen && eb__ring_size(&b->intake) > 0)
-                break; /* stuck: ours */
+            if (consumed == seen && dispatch_ready(b))
+                break;
             seen = consumed;
         }
         if (watcher)

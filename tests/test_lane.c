@@ -372,6 +372,77 @@ Test(lane, events_published_while_two_of_three_workers_are_held_up_are_delivered
     cr_assert_eq(atomic_load(&h.fast_done), 3);
 }
 
+/* A handler waits on a ticket (its worker counts as parked meanwhile), then
+   blocks. The other worker, the parked workers' watcher while the handler
+   ran, saw every worker parked during that wait and stopped watching; it
+   kept the watcher role, so publishers went on leaving the intake to it and
+   an event published while the handler then blocked waited for the handler
+   (found by a review: ~1 s in its probe). The role is given up now. */
+struct stale {
+    eb_bus *bus;
+    atomic_int phase, y_calls, e_done, saw_e;
+};
+
+static int stale_y(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct stale *st = ctx;
+    return atomic_fetch_add(&st->y_calls, 1) == 0 ? 1 : 0; /* first: a long backoff */
+}
+
+static int stale_e(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_store(&((struct stale *)ctx)->e_done, 1);
+    return 0;
+}
+
+static int stale_h(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct stale *st = ctx;
+    eb_ticket *t = NULL;
+    if (eb_publish_async(st->bus, "y", "x", 1, NULL, &t) != EB_OK)
+        return 0;
+    t_sleep_ms(20);                     /* the other worker runs y, which fails into its backoff */
+    eb_ticket_wait(t, 30 * T_MS, NULL); /* times out */
+    eb_ticket_release(t);
+    atomic_store(&st->phase, 1);
+    /* Blocks until e arrives, for less than y's backoff (whose timer would
+       wake the pool): 2 s, where the watcher needs about a millisecond. */
+    int64_t until = t_now_ns() + 2 * T_SEC;
+    while (!atomic_load(&st->e_done) && t_now_ns() < until)
+        t_sleep_ms(1);
+    atomic_store(&st->saw_e, atomic_load(&st->e_done) ? 1 : -1);
+    return 0;
+}
+
+Test(lane, an_event_published_after_a_handler_waited_then_blocked_is_taken_by_the_other_worker)
+{
+    static struct stale st;
+    memset(&st, 0, sizeof st);
+    eb_bus *bus = st.bus = t_bus_new(2);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = 2;
+    o.backoff_initial_ns = o.backoff_max_ns = 3 * T_SEC; /* no timer wakes the pool */
+    eb_subscription *sy = NULL;
+    cr_assert_eq(eb_subscribe(bus, "y", stale_y, &st, &o, &sy), EB_OK);
+    t_sub(bus, "e", stale_e, &st, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "h", stale_h, &st, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(eb_publish(bus, "h", "x", 1, NULL), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&st.phase));
+    cr_assert(ok);
+    t_sleep_ms(2);
+    cr_assert_eq(eb_publish(bus, "e", "x", 1, NULL), EB_OK);
+    T_WAIT_FOR(ok, atomic_load(&st.saw_e) != 0);
+    cr_assert(ok);
+    cr_assert_eq(eb_unsubscribe(sy), EB_OK); /* waits out y's backoff */
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&st.saw_e), 1, "the event waited for the blocked handler");
+}
+
 /* ---- CONCURRENT ---- */
 
 struct parallel {
