@@ -911,22 +911,29 @@ static bool dispatch_step(eb_bus *b, eb__lane **direct)
 
 /* ---- control queue (subscribe / unsubscribe) -------------------------- */
 
+/*
+ * Ends the backoff of the subscription's lanes now instead of at their
+ * timers: the lanes go back on the run queue and discard their deliveries.
+ * Their timer entries are taken out of the heap with the subscription
+ * references they hold; before, a new entry due at once was added and the
+ * old one kept its reference until its deadline, so eb_unsubscribe waited
+ * out the whole backoff (up to backoff_max_ns; test
+ * unsubscribe::unsubscribing_a_lane_in_a_long_backoff_returns_at_once).
+ * The caller holds the token. A timer that fires meanwhile and loses the
+ * exchange of in_backoff drops its own reference.
+ */
 static void cancel_backoffs(eb_bus *b, struct eb_subscription *s)
 {
     for (unsigned i = 0; i < s->nlanes; i++) {
         eb__lane *l = &s->lanes[i];
         if (!atomic_load_explicit(&l->in_backoff, memory_order_acquire))
             continue;
-        /* Fire now instead of at the end of the backoff: the lane will
-           discard its deliveries. The entry holds a reference of its own. */
-        bool earlier;
-        sub_ref(s);
-        if (eb__timers_push(&b->timers, 0, l,
-                            atomic_load_explicit(&l->timer_gen, memory_order_acquire),
-                            &earlier) != 0)
-            sub_unref(b, s); /* the original timer still fires later */
-        else
-            wake_pool(b);
+        uint64_t gen = atomic_load_explicit(&l->timer_gen, memory_order_acquire);
+        if (!atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
+            continue; /* its timer fired first and requeued it */
+        runq_push(b, l);
+        if (eb__timers_remove(&b->timers, l, gen))
+            sub_unref(b, s); /* the entry's reference */
     }
 }
 

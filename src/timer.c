@@ -76,6 +76,8 @@ void eb__timers_unhold(eb__timers *t, unsigned n)
     pthread_mutex_unlock(&t->lock);
 }
 
+static void sift_down(eb__timers *t, unsigned i);
+
 static bool pop_due(eb__timers *t, int64_t now, eb__timer_entry *out, bool hold)
 {
     if (eb__timers_next(t) > now)
@@ -88,18 +90,7 @@ static bool pop_due(eb__timers *t, int64_t now, eb__timer_entry *out, bool hold)
     t->held += hold;
     *out = t->heap[0];
     t->heap[0] = t->heap[--t->n];
-    unsigned i = 0;
-    for (;;) {
-        unsigned l = 2 * i + 1, r = l + 1, m = i;
-        if (l < t->n && t->heap[l].deadline < t->heap[m].deadline)
-            m = l;
-        if (r < t->n && t->heap[r].deadline < t->heap[m].deadline)
-            m = r;
-        if (m == i)
-            break;
-        swap(&t->heap[i], &t->heap[m]);
-        i = m;
-    }
+    sift_down(t, 0);
     atomic_store_explicit(&t->next, t->n ? t->heap[0].deadline : INT64_MAX, memory_order_relaxed);
     pthread_mutex_unlock(&t->lock);
     return true;
@@ -113,6 +104,44 @@ bool eb__timers_pop_due(eb__timers *t, int64_t now, eb__timer_entry *out)
 bool eb__timers_pop_due_held(eb__timers *t, int64_t now, eb__timer_entry *out)
 {
     return pop_due(t, now, out, true);
+}
+
+static void sift_down(eb__timers *t, unsigned i)
+{
+    for (;;) {
+        unsigned l = 2 * i + 1, r = l + 1, m = i;
+        if (l < t->n && t->heap[l].deadline < t->heap[m].deadline)
+            m = l;
+        if (r < t->n && t->heap[r].deadline < t->heap[m].deadline)
+            m = r;
+        if (m == i)
+            return;
+        swap(&t->heap[i], &t->heap[m]);
+        i = m;
+    }
+}
+
+bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen)
+{
+    pthread_mutex_lock(&t->lock);
+    unsigned i = 0;
+    while (i < t->n && !(t->heap[i].what == what && t->heap[i].gen == gen))
+        i++;
+    bool found = i < t->n;
+    if (found) {
+        t->heap[i] = t->heap[--t->n];
+        if (i < t->n) {
+            while (i > 0 && t->heap[(i - 1) / 2].deadline > t->heap[i].deadline) {
+                swap(&t->heap[(i - 1) / 2], &t->heap[i]);
+                i = (i - 1) / 2;
+            }
+            sift_down(t, i);
+        }
+        atomic_store_explicit(&t->next, t->n ? t->heap[0].deadline : INT64_MAX,
+                              memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return found;
 }
 
 unsigned eb__timers_count(eb__timers *t)

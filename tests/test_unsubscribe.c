@@ -461,3 +461,46 @@ Test(unsubscribe, unsubscribe_cancels_a_pending_retry)
     cr_assert_eq(r.delivered, 0);
     cr_assert_lt(r.first_error, 0);
 }
+
+/* A lane in a long backoff: eb_unsubscribe ends the backoff at once. Its
+   timer entry held a reference to the subscription until its deadline, and
+   the call waited that long (10 minutes here) before the fix. */
+struct unsub_call {
+    eb_subscription *sub;
+    atomic_int rc;
+    atomic_bool done;
+};
+
+static void *unsubscribe_thread(void *arg)
+{
+    struct unsub_call *u = arg;
+    atomic_store(&u->rc, eb_unsubscribe(u->sub));
+    atomic_store(&u->done, true);
+    return NULL;
+}
+
+Test(unsubscribe, unsubscribing_a_lane_in_a_long_backoff_returns_at_once)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct pending_retry p;
+    atomic_init(&p.calls, 0);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = 3;
+    o.backoff_initial_ns = o.backoff_max_ns = 600 * T_SEC;
+    static struct unsub_call u;
+    memset(&u, 0, sizeof u);
+    cr_assert_eq(eb_subscribe(bus, "lb", fail_always, &p, &o, &u.sub), EB_OK);
+    cr_assert_eq(t_pub_u32(bus, "lb", 1), EB_OK);
+    cr_assert(t_wait_ge(&p.calls, 1));
+    t_sleep_ms(20); /* the lane is in its backoff now */
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, unsubscribe_thread, &u), 0);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&u.done));
+    cr_assert(ok, "eb_unsubscribe waited for the lane's backoff");
+    pthread_join(th, NULL);
+    cr_assert_eq(atomic_load(&u.rc), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&p.calls), 1, "a retry ran after unsubscribe");
+}
