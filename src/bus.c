@@ -728,7 +728,7 @@ static bool dispatch_held(eb_bus *b)
     while (b->held_i < b->held_n) {
         unsigned plain = b->held_plain[b->held_i];
         eb_event *ev = b->held[b->held_i++];
-        if (plain == (HELD_PLAIN | HELD_SAME) && b->memo != NULL) {
+        if (plain == (EB__HELD_PLAIN | EB__HELD_SAME) && b->memo != NULL) {
             if (!route_plain(b, ev, b->memo))
                 return false;
             continue;
@@ -837,7 +837,8 @@ static bool dispatch_batch(eb_bus *b)
             bool plain = c->inl == c->n && !c->keyed;
             for (unsigned i = 0; i < c->n; i++)
                 b->held_plain[n + i] =
-                    plain ? (uint8_t)(HELD_PLAIN | ((c->same >> i & 1) ? HELD_SAME : 0)) : 0;
+                    plain ? (uint8_t)(EB__HELD_PLAIN | ((c->same >> i & 1) ? EB__HELD_SAME : 0))
+                          : 0;
             n += c->n;
             atomic_fetch_sub_explicit(&b->carried, c->n, memory_order_relaxed);
             /* Its events hold it from now on, the inline ones by their

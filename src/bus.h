@@ -26,8 +26,8 @@
 #include "timer.h"
 
 #define EB__DISPATCH_BATCH 128 /* events routed per token hold */
-#define HELD_PLAIN 1u
-#define HELD_SAME 2u
+#define EB__HELD_PLAIN 1u
+#define EB__HELD_SAME 2u
 #define EB__TOUCH_MAX 256 /* lanes scheduled at the end of a step */
 #define EB__INFLIGHT_BITS 20
 #define EB__INFLIGHT_MASK ((UINT64_C(1) << EB__INFLIGHT_BITS) - 1)
@@ -82,8 +82,8 @@ struct eb_bus {
     bool touch_defer;
     /* Events popped in the current batch, stamped, not yet routed. */
     eb_event *held[EB__DISPATCH_BATCH + EB__CARRIER_MAX];
-    /* Of held[i], from its carrier (not the event): HELD_PLAIN, an inline
-       event of a carrier without keys; HELD_SAME, its topic is the one of
+    /* Of held[i], from its carrier (not the event): EB__HELD_PLAIN, an inline
+       event of a carrier without keys; EB__HELD_SAME, its topic is the one of
        the event before it (EB__EV_SAME_TOPIC). See route_plain. */
     uint8_t held_plain[EB__DISPATCH_BATCH + EB__CARRIER_MAX];
     unsigned held_i, held_n;

@@ -116,11 +116,6 @@ static inline const void *eb__event_key(const eb_event *ev)
     return ev->key_len > 0 ? ev->topic + ev->topic_len + 1 : NULL;
 }
 
-/* Prefetches for writing the first lines of the block that the calling
-   thread's `ahead`+1-th next allocation of class cls will hand out, when its
-   magazine holds it. */
-void eb__block_prefetch(int cls, unsigned ahead);
-
 /* Per-bus store of full and empty magazines. */
 typedef struct eb__mag eb__mag;
 typedef struct eb__depot {
@@ -146,8 +141,8 @@ typedef struct eb__carrier eb__carrier;
  * refs = 1. NULL when out of memory. With `in` (a carrier its caller is
  * filling, not yet published) a copied event that fits the carrier's free
  * room is built there (EB__EV_INLINE | EB__EV_PACKED, at index in->n) and
- * counted in in->inl; the caller adds in->inl to the carrier's references
- * before anyone may drop one (eb__carrier_seal).
+ * counted in in->inl; the caller then counts them in the carrier's
+ * references with eb__carrier_seal before anyone may drop one.
  */
 eb_event *eb__event_new(eb_bus *bus, eb__depot *d, eb__carrier *in, const char *topic,
                         size_t topic_len, const void *key, size_t key_len, const void *payload,
