@@ -1282,7 +1282,8 @@ static void park(eb_bus *b, int64_t limit)
         /* While another worker is awake, publishers leave the intake to it
            (publisher_wake), and it may be held up in a handler: one parked
            worker, the watcher, wakes up every WATCH_NS and takes the intake
-           over if nobody has taken anything from it meanwhile. */
+           over if nobody has taken anything from it meanwhile and there is
+           something to dispatch. */
         unsigned seen = eb__ring_consumed(&b->intake);
         bool watcher = false;
         for (;;) {
