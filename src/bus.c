@@ -1894,12 +1894,25 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
         }
         const char *prev = NULL;
         size_t prev_len = 0;
+        /* The header of the last event if it is inline, keyless and without
+           extension: the next one of the same topic and no key is a copy of
+           it (eb__event_repeat). A copy, because reading back the lines just
+           written costs a store-forwarding stall per event. */
+        eb_event tmpl;
+        bool have_tmpl = false;
         eb__carrier *in = inline_ok ? c : NULL;
         for (c->n = 0; c->n < want; c->n++) {
             const eb_message *m = &msgs[done + c->n];
+            eb_event *ev;
+            if (have_tmpl && m->topic == prev && m->key == NULL &&
+                (ev = eb__event_repeat(in, &tmpl, m->topic, m->payload, m->len)) != NULL) {
+                c->same |= (uint64_t)1 << c->n; /* tmpl has EB__EV_SAME_TOPIC */
+                c->ev[c->n] = ev;
+                continue;
+            }
             size_t tl = m->topic == prev ? prev_len : strlen(m->topic);
-            eb_event *ev = build_event(bus, in, m->topic, tl, m->payload, m->len, m->key,
-                                       m->key_len, opts, false, cause);
+            ev = build_event(bus, in, m->topic, tl, m->payload, m->len, m->key, m->key_len, opts,
+                             false, cause);
             if (ev == NULL) {
                 rc = EB_ENOMEM;
                 break;
@@ -1915,6 +1928,11 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
                 c->keyed = true;
             prev = m->topic;
             prev_len = tl;
+            have_tmpl = (ev->flags & EB__EV_INLINE) && ev->key_len == 0 && !ext;
+            if (have_tmpl) {
+                tmpl = *ev;
+                tmpl.flags |= EB__EV_SAME_TOPIC;
+            }
             c->ev[c->n] = ev;
         }
         unsigned cn = c->n;

@@ -384,6 +384,32 @@ eb_event *eb__event_new(eb_bus *bus, eb__depot *d, eb__carrier *in, const char *
     return ev;
 }
 
+eb_event *eb__event_repeat(eb__carrier *in, const eb_event *tmpl, const char *topic,
+                           const void *payload, size_t len)
+{
+    size_t head = align16(sizeof(eb_event) + tmpl->topic_len + 1);
+    size_t total = head + len + 1;
+    if (in->used + total > class_size[in->cls])
+        return NULL;
+    char *b = (char *)in + in->used;
+    in->used += align16(total);
+    __builtin_prefetch(b + PF_DIST, 1);
+    __builtin_prefetch(b + PF_DIST + 64, 1);
+    __builtin_prefetch(b + PF_DIST + 128, 1);
+    eb_event *ev = (eb_event *)b;
+    *ev = *tmpl;
+    memcpy(ev->topic, topic, tmpl->topic_len + 1u);
+    ev->idx = (uint8_t)in->n;
+    ev->off = (uint32_t)(b - (char *)in);
+    ev->payload_len = len;
+    ev->payload = b + head;
+    if (len > 0)
+        memcpy(b + head, payload, len);
+    b[head + len] = '\0';
+    in->inl++;
+    return ev;
+}
+
 void *eb__event_extra(eb_event *ev)
 {
     size_t off_ext = align16(sizeof(eb_event) + ev->topic_len + 1 + ev->key_len);

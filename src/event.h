@@ -147,6 +147,13 @@ typedef struct eb__carrier eb__carrier;
 eb_event *eb__event_new(eb_bus *bus, eb__depot *d, eb__carrier *in, const char *topic,
                         size_t topic_len, const void *key, size_t key_len, const void *payload,
                         size_t len, bool copy, bool with_ext, size_t extra);
+/* Builds in carrier `in`, as eb__event_new does, a keyless event without
+   extension whose header is a copy of tmpl's (the header of such an event
+   built inline before, kept by the caller) but for its index and payload,
+   with topic (tmpl->topic_len bytes and a NUL) and a copy of the payload.
+   NULL when it does not fit in the carrier. */
+eb_event *eb__event_repeat(eb__carrier *in, const eb_event *tmpl, const char *topic,
+                           const void *payload, size_t len);
 /* Where `extra` bytes requested from eb__event_new start (16-byte aligned). */
 void *eb__event_extra(eb_event *ev);
 /* Drops one reference; the last frees the event (payload_free first). */

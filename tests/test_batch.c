@@ -460,6 +460,8 @@ struct packed_rec {
     int64_t ts[PK_N];
     uint8_t id[PK_N][16];
     bool payload_ok[PK_N];
+    char topic[PK_N][8];
+    char key[PK_N][8];             /* "-" when the event has none */
     const eb_event *kept[PK_KEEP]; /* retained past their delivery */
     atomic_uint n_kept;
 };
@@ -467,6 +469,14 @@ struct packed_rec {
 static size_t pk_len(uint32_t i)
 {
     return i % 7 == 3 ? PK_BIG : 4 + i % 29;
+}
+
+static const char *const pk_topics[] = {"pk.a", "pk.a", "pk.a", "pk.bb.c"};
+
+/* Every fifth event has a key, in the middle of runs of one topic. */
+static size_t pk_key(uint32_t i, char out[8])
+{
+    return i % 5 == 2 ? (size_t)snprintf(out, 8, "k%u", i % 1000) : 0;
 }
 
 static bool pk_payload_ok(const eb_event *ev, uint32_t *val)
@@ -494,6 +504,10 @@ static int pk_record(const eb_event *ev, void *ctx)
         r->ts[i] = eb_event_timestamp(ev);
         eb_event_id(ev, r->id[i]);
         r->payload_ok[i] = ok;
+        snprintf(r->topic[i], sizeof r->topic[i], "%s", eb_event_topic(ev));
+        size_t kl = 0;
+        const char *k = eb_event_key(ev, &kl);
+        snprintf(r->key[i], sizeof r->key[i], "%.*s", k != NULL ? (int)kl : 1, k ? k : "-");
     }
     if (v % 50 == 7) {
         unsigned k = atomic_fetch_add(&r->n_kept, 1);
@@ -506,8 +520,10 @@ static int pk_record(const eb_event *ev, void *ctx)
 /* Small events are built inside their carrier's block and take their
    sequence, time and id from it; events too big for the room left get blocks
    of their own in the same carrier. Either way every event keeps its own
-   sequence (consecutive, publish order), a UUIDv7 id made of it, its
-   payload, and an event retained in its handler outlives its bus. */
+   sequence (consecutive, publish order), a UUIDv7 id made of it, its topic,
+   key and payload (runs of one topic without keys are built as copies of
+   their first event's header: keys and other payload lengths in between),
+   and an event retained in its handler outlives its bus. */
 Test(batch, events_in_a_carrier_keep_their_own_sequence_id_and_payload_and_outlive_the_bus)
 {
     eb_bus *bus = t_bus_new(2);
@@ -516,13 +532,18 @@ Test(batch, events_in_a_carrier_keep_their_own_sequence_id_and_payload_and_outli
     t_sub(bus, "pk.#", pk_record, &r, EB_DELIVERY_SERIAL, 0);
     static eb_message m[PK_N];
     static unsigned char bufs[PK_N][PK_BIG];
-    static const char *const topics[] = {"pk.a", "pk.a", "pk.a", "pk.bb.c"};
+    static char keys[PK_N][8];
     for (uint32_t i = 0; i < PK_N; i++) {
         size_t len = pk_len(i);
         memcpy(bufs[i], &i, sizeof i);
         for (size_t k = sizeof i; k < len; k++)
             bufs[i][k] = (unsigned char)(i + k);
-        m[i] = (eb_message){.topic = topics[i % 4], .payload = bufs[i], .len = len};
+        size_t kl = pk_key(i, keys[i]);
+        m[i] = (eb_message){.topic = pk_topics[i % 4],
+                            .payload = bufs[i],
+                            .len = len,
+                            .key = kl > 0 ? keys[i] : NULL,
+                            .key_len = kl};
     }
     int64_t before = t_realtime_ns();
     size_t accepted = 0;
@@ -535,6 +556,10 @@ Test(batch, events_in_a_carrier_keep_their_own_sequence_id_and_payload_and_outli
     for (uint32_t i = 0; i < PK_N; i++) {
         cr_assert_eq(r.val[i], i, "delivery %u is event %u", i, r.val[i]);
         cr_assert(r.payload_ok[i], "event %u: payload damaged", i);
+        cr_assert_str_eq(r.topic[i], pk_topics[i % 4], "event %u: topic", i);
+        char key[8] = "-";
+        pk_key(i, key);
+        cr_assert_str_eq(r.key[i], key, "event %u: key", i);
         if (i > 0)
             cr_assert_eq(r.seq[i], r.seq[i - 1] + 1, "event %u: seq %llu after %llu", i,
                          (unsigned long long)r.seq[i], (unsigned long long)r.seq[i - 1]);
@@ -561,7 +586,7 @@ Test(batch, events_in_a_carrier_keep_their_own_sequence_id_and_payload_and_outli
         uint32_t v = 0;
         cr_assert(pk_payload_ok(r.kept[k], &v));
         cr_assert_eq(v % 50, 7);
-        cr_assert_str_eq(eb_event_topic(r.kept[k]), topics[v % 4]);
+        cr_assert_str_eq(eb_event_topic(r.kept[k]), pk_topics[v % 4]);
         cr_assert_eq(eb_event_seq(r.kept[k]), r.seq[v]);
         uint8_t id[16];
         eb_event_id(r.kept[k], id);

@@ -241,7 +241,10 @@ typedef struct eb_bus_stats {
 
 /*
  * Snapshot of the bus counters. Counters are read without stopping the bus,
- * so they are each exact but not a single atomic snapshot.
+ * so they are each exact but not a single atomic snapshot. An event counts
+ * as dispatched after its last delivery is in its mailbox, so `delivered`
+ * may count its deliveries (and eb_publish_wait may have returned) a moment
+ * before `dispatched` counts the event.
  * Errors: EB_EINVAL (bus or out NULL). Thread-safe: yes. From a handler: yes.
  */
 EB_API int eb_bus_stats_get(eb_bus *bus, eb_bus_stats *out);
