@@ -303,6 +303,11 @@ static void build_fanout(const struct bn_options *o, struct bn_case **cases, int
             cfg.concurrent = conc;
             add_tp(c, conc ? "eventbus CONCURRENT" : "eventbus SERIAL", BN_OURS, run_deliveries,
                    &tp_eventbus, cfg);
+            /* For tuning, as in scenario 1: one worker runs every lane. */
+            struct tp_cfg one = cfg;
+            one.workers = 1;
+            add_tp(c, conc ? "eventbus CONCURRENT, workers=1" : "eventbus SERIAL, workers=1",
+                   BN_OURS, run_deliveries, &tp_eventbus, one);
             /* The hand-written fan-out: one worker keeps observers serial;
                one worker per CPU calls them concurrently. */
             struct tp_cfg m = cfg;
