@@ -254,8 +254,9 @@ void bn_eventbus_routing_bus_free(struct eb_bus *bus);
 uint64_t bn_eventbus_noise_calls(void);
 
 /* Idle scenario: a bus with one subscription that has handled a burst of
-   events and is now idle; stop destroys it and checks the deliveries. */
-void *bn_eventbus_idle_start(char *err, size_t errlen);
+   events and is now idle (blocked: and one handler that runs until stop);
+   stop destroys it and checks the deliveries. */
+void *bn_eventbus_idle_start(int blocked, char *err, size_t errlen);
 int bn_eventbus_idle_stop(void *idle, char *err, size_t errlen);
 
 #ifdef __cplusplus

@@ -59,7 +59,7 @@ struct bn_spec {
     struct rt_cfg rcfg;
     struct saga_cfg scfg;
     struct durable_cfg dcfg;
-    int idle_kind; /* idle: 0 baseline, 1 eventbus */
+    int idle_kind; /* idle: 0 baseline, 1 eventbus, 2 eventbus with a handler running long */
     double idle_seconds;
 };
 

@@ -21,6 +21,7 @@
 
 #include <eventbus/eventbus.h>
 
+#include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -400,18 +401,39 @@ struct idle {
     eb_bus *bus;
     struct obs obs;
     uint64_t sum;
+    _Atomic int blocked; /* 1: the blocking handler runs; 2: let it return */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
 };
 
-void *bn_eventbus_idle_start(char *err, size_t errlen)
+/* Holds its worker until idle_stop: a handler that runs long on a bus with
+   nothing else to do. */
+static int on_block(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct idle *t = ctx;
+    pthread_mutex_lock(&t->lock);
+    atomic_store(&t->blocked, 1);
+    while (atomic_load(&t->blocked) != 2)
+        pthread_cond_wait(&t->cond, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+void *bn_eventbus_idle_start(int blocked, char *err, size_t errlen)
 {
     struct idle *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
     bn_sink_new_run();
     t->obs.sink = bn_sink_new();
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->cond, NULL);
     int rc = eb_bus_create(NULL, &t->bus);
     if (rc == EB_OK)
         rc = eb_subscribe(t->bus, BN_TOPIC, on_event, &t->obs, NULL, NULL);
+    if (rc == EB_OK && blocked)
+        rc = eb_subscribe(t->bus, "bench.block", on_block, t, NULL, NULL);
     uint64_t buf[BN_PAYLOAD / 8];
     for (unsigned i = 0; rc == EB_OK && i < IDLE_BURST; i++) {
         t->sum += bn_fill(buf, sizeof(buf), 0, i, 0);
@@ -421,6 +443,8 @@ void *bn_eventbus_idle_start(char *err, size_t errlen)
         snprintf(err, errlen, "eventbus: %s", eb_err_name(rc));
         eb_bus_destroy(t->bus);
         bn_sink_free(t->obs.sink);
+        pthread_mutex_destroy(&t->lock);
+        pthread_cond_destroy(&t->cond);
         free(t);
         return NULL;
     }
@@ -431,13 +455,29 @@ void *bn_eventbus_idle_start(char *err, size_t errlen)
                      (unsigned long long)bn_sink_count(t->obs.sink), IDLE_BURST);
         bn_sleep_ns(200000);
     }
+    if (blocked) {
+        rc = eb_publish(t->bus, "bench.block", "", 0, NULL);
+        if (rc != EB_OK)
+            bn_fatal("eventbus: idle scenario: %s", eb_err_name(rc));
+        while (atomic_load(&t->blocked) != 1) {
+            if (bn_now_ns() > deadline)
+                bn_fatal("eventbus: idle scenario: the blocking handler never ran");
+            bn_sleep_ns(200000);
+        }
+    }
     return t;
 }
 
 int bn_eventbus_idle_stop(void *idle, char *err, size_t errlen)
 {
     struct idle *t = idle;
+    pthread_mutex_lock(&t->lock);
+    atomic_store(&t->blocked, 2);
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
     eb_bus_destroy(t->bus);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->cond);
     uint64_t c = bn_sink_count(t->obs.sink), s = bn_sink_sum(t->obs.sink);
     int rc = c == IDLE_BURST && s == t->sum ? 0 : -1;
     if (rc != 0)

@@ -129,8 +129,8 @@ static long switches(void)
 static void run_idle(const struct bn_impl *im, struct bn_sample *out)
 {
     void *bus = NULL;
-    if (im->spec.idle_kind == 1) {
-        bus = bn_eventbus_idle_start(out->err, sizeof(out->err));
+    if (im->spec.idle_kind > 0) {
+        bus = bn_eventbus_idle_start(im->spec.idle_kind == 2, out->err, sizeof(out->err));
         if (bus == NULL)
             return;
         bn_sleep_ns(100000000); /* let the workers finish spinning and park */
@@ -642,6 +642,11 @@ static void build_idle(const struct bn_options *o, struct bn_case **cases, int *
     struct bn_impl *im =
         bn_impl_add(c, "eventbus (default config, 1 subscription)", BN_OURS, run_idle);
     im->spec.idle_kind = 1;
+    im->spec.idle_seconds = o->quick ? 1.0 : 5.0;
+    /* For information: one worker held up in a handler the whole time, the
+       other parked (it watches the intake for a while, then sleeps). */
+    im = bn_impl_add(c, "eventbus, one handler running long, nothing published", BN_OURS, run_idle);
+    im->spec.idle_kind = 2;
     im->spec.idle_seconds = o->quick ? 1.0 : 5.0;
     im = bn_impl_add(c, "no bus (the process alone)", BN_BASELINE, run_idle);
     im->spec.idle_kind = 0;
