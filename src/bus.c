@@ -1310,6 +1310,10 @@ static void park(eb_bus *b, int64_t limit)
                    push, then its load of watcher). */
                 atomic_store_explicit(&b->watcher, false, memory_order_seq_cst);
                 watcher = false;
+                /* dispatch_ready's loads are not seq_cst: keep them after
+                   the store (a release store and a later load may pass each
+                   other on other architectures). */
+                eb__fence_seq_cst();
                 if (dispatch_ready(b))
                     break;
             }
@@ -1338,8 +1342,20 @@ static void park(eb_bus *b, int64_t limit)
             quiet = consumed == seen ? quiet + 1 : 0;
             seen = consumed;
         }
-        if (watcher)
+        if (watcher) {
             atomic_store_explicit(&b->watcher, false, memory_order_seq_cst);
+            /* A park with a limit (a worker waiting inside a handler, or for
+               room on the intake) that ends at its limit returns to the
+               handler without looking at the intake: an event published
+               after our last look was left to us (the publisher saw the
+               role taken) and would wait for some handler to return. Hand
+               it to the pool (Dekker as above; found by a review). */
+            if (limit != INT64_MAX) {
+                eb__fence_seq_cst();
+                if (dispatch_ready(b))
+                    wake_pool(b);
+            }
+        }
     }
     atomic_fetch_sub_explicit(&b->idle, 1, memory_order_seq_cst);
 }

@@ -397,6 +397,87 @@ Test(lane, events_published_long_after_a_handler_blocked_are_delivered_by_the_ot
     cr_assert_eq(atomic_load(&h.fast_done), 3);
 }
 
+/* A worker waiting in a handler (a ticket wait with a timeout) parks, and
+   with the parked watcher retired it takes the watcher's role. Its park
+   ends at the wait's timeout and the handler goes on; an event published
+   during its last watched millisecond was left to it (the publisher saw the
+   role taken) and waited for the handler to return (found by a review: 5
+   of 10 trials in its probe). The worker hands such an event to the pool
+   now. Each trial publishes at another point of the wait's last
+   millisecond; a correct bus delivers every time. */
+struct strand {
+    eb_bus *bus;
+    atomic_int slow_in, slow_go, mid_in, fast_seen;
+    _Atomic int64_t mid_t0;
+    atomic_int mid_saw_fast; /* 1: fast came while mid held on, -1: not */
+};
+
+static int strand_slow(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct strand *st = ctx;
+    atomic_store(&st->slow_in, 1);
+    while (!atomic_load(&st->slow_go))
+        t_sleep_ms(1);
+    return 0;
+}
+
+static int strand_mid(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct strand *st = ctx;
+    eb_ticket *t = NULL;
+    if (eb_publish_async(st->bus, "slow", "", 0, NULL, &t) != EB_OK)
+        return 0;
+    atomic_store(&st->mid_t0, t_now_ns());
+    atomic_store(&st->mid_in, 1);
+    eb_ticket_wait(t, 20 * T_MS, NULL); /* times out: it waits behind slow */
+    eb_ticket_release(t);
+    /* The handler goes on, long after the event below was published. */
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&st->fast_seen));
+    atomic_store(&st->mid_saw_fast, ok ? 1 : -1);
+    return 0;
+}
+
+static int strand_fast(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_store(&((struct strand *)ctx)->fast_seen, 1);
+    return 0;
+}
+
+Test(lane, an_event_published_as_a_handlers_timed_wait_ends_is_not_left_to_that_worker)
+{
+    for (int trial = 0; trial < 10; trial++) {
+        static struct strand st;
+        memset(&st, 0, sizeof st);
+        eb_bus *bus = st.bus = t_bus_new(3);
+        t_sub(bus, "slow", strand_slow, &st, EB_DELIVERY_SERIAL, 0);
+        t_sub(bus, "mid", strand_mid, &st, EB_DELIVERY_SERIAL, 0);
+        t_sub(bus, "fast", strand_fast, &st, EB_DELIVERY_SERIAL, 0);
+        bool ok;
+        cr_assert_eq(eb_publish(bus, "slow", "", 0, NULL), EB_OK);
+        T_WAIT_FOR(ok, atomic_load(&st.slow_in));
+        cr_assert(ok);
+        t_sleep_ms(30); /* the third worker, parked, watches, then retires */
+        cr_assert_eq(eb_publish(bus, "mid", "", 0, NULL), EB_OK);
+        T_WAIT_FOR(ok, atomic_load(&st.mid_in));
+        cr_assert(ok);
+        int64_t at = atomic_load(&st.mid_t0) + 20 * T_MS - 300000 - (trial % 5) * 120000;
+        while (t_now_ns() < at)
+            ;
+        cr_assert_eq(eb_publish(bus, "fast", "", 0, NULL), EB_OK);
+        T_WAIT_FOR(ok, atomic_load(&st.mid_saw_fast) != 0);
+        cr_assert(ok);
+        atomic_store(&st.slow_go, 1);
+        eb_bus_destroy(bus);
+        cr_assert_eq(atomic_load(&st.mid_saw_fast), 1,
+                     "trial %d: the event waited for the handler of the worker that had watched",
+                     trial);
+    }
+}
+
 /* A handler waits on a ticket (its worker counts as parked meanwhile), then
    blocks. The other worker, the parked workers' watcher while the handler
    ran, saw every worker parked during that wait and stopped watching; it
