@@ -51,6 +51,9 @@ typedef struct eb__worker {
        finishes or the lane's turn ends. Thread-local. */
     eb__carrier *rel_c;
     unsigned rel_n;
+    /* Events and lanes of this worker's last dispatch step (see
+       hold_small_step). Thread-local. */
+    unsigned last_n, last_lanes;
 } eb__worker;
 
 struct eb_bus {
@@ -76,6 +79,7 @@ struct eb_bus {
     /* Lanes pushed to in this step, scheduled at its end; see lane_touch. */
     eb__lane *touched[EB__TOUCH_MAX];
     unsigned ntouched;
+    unsigned step_lanes; /* lanes the last step pushed to */
     uint64_t touch_gen;
     /* This step took one event off the intake: its lanes are scheduled at
        the end of the step, not at their first push (see lane_touch). */
