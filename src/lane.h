@@ -55,8 +55,10 @@ typedef struct eb__lane {
     _Atomic uint64_t done, delivered, failed, retried;
     atomic_bool in_backoff;     /* a timer will put the lane back on the run queue */
     _Atomic uint64_t timer_gen; /* generation of the armed backoff timer */
-    /* When the handler call running now began (eb__now_coarse_ns), 0 when
-       none runs. Written by the runner around each call, read by
+    /* When the handler call running now began (eb__now_coarse_ns, read once
+       every RUN_CLOCK_EVERY calls of a turn: it may be the start of an
+       earlier call of the same turn), 0 when none runs. Written by the
+       runner around each call, read by
        eb_bus_shutdown to name the handlers that hold up a shutdown. Relaxed
        both ways: it is a diagnostic that publishes nothing else, and a
        stale value only misstates a duration. */

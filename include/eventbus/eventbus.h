@@ -206,12 +206,13 @@ EB_API void eb_bus_destroy(eb_bus *bus);
  * EB_ETIMEDOUT: deliveries were still running or queued at the deadline.
  *   The bus stays closed but is not freed, and the handle stays valid; the
  *   log callback (cfg.log, at WARN) names every subscription whose handler
- *   is still running (name, pattern, how long it has run) and how much is
- *   still queued. Call eb_bus_shutdown again later, or eb_bus_destroy to
- *   wait for good. Meanwhile the workers go on delivering (a handler may
- *   still publish: EB_ECLOSED), calls on the handle other than publishing
- *   and subscribing work as before, and the bus still uses its store: close
- *   the store only after a call returned EB_OK.
+ *   is still running (name, pattern, how long it has run: since the start
+ *   of that call or of one of the 15 calls of its lane before it) and how
+ *   much is still queued. Call eb_bus_shutdown again later, or
+ *   eb_bus_destroy to wait for good. Meanwhile the workers go on delivering
+ *   (a handler may still publish: EB_ECLOSED), calls on the handle other
+ *   than publishing and subscribing work as before, and the bus still uses
+ *   its store: close the store only after a call returned EB_OK.
  * EB_EINVAL: bus is NULL. EB_EDEADLK: called from a handler of this bus
  *   (nothing changed).
  * Thread-safe: with other calls on other buses only; no other call on this
