@@ -268,6 +268,15 @@ static size_t align16(size_t n)
     return (n + 15) & ~(size_t)15;
 }
 
+/* The next events of a carrier go right behind b: have their lines on their
+   way (the workers last read them, on another core). */
+static void carrier_prefetch(const char *b)
+{
+    __builtin_prefetch(b + PF_DIST, 1);
+    __builtin_prefetch(b + PF_DIST + 64, 1);
+    __builtin_prefetch(b + PF_DIST + 128, 1);
+}
+
 size_t eb__event_size(size_t topic_len, size_t key_len, size_t len, bool with_ext)
 {
     size_t off_ext = align16(sizeof(eb_event) + topic_len + 1 + key_len);
@@ -329,11 +338,7 @@ eb_event *eb__event_new(eb_bus *bus, eb__depot *d, eb__carrier *in, const char *
     if (in != NULL && copy && in->used + total <= class_size[in->cls]) {
         b = (char *)in + in->used;
         in->used += align16(total);
-        /* The next events go right behind: have their lines on their way
-           (the workers last read them, on another core). */
-        __builtin_prefetch(b + PF_DIST, 1);
-        __builtin_prefetch(b + PF_DIST + 64, 1);
-        __builtin_prefetch(b + PF_DIST + 128, 1);
+        carrier_prefetch(b);
         flags = EB__EV_INLINE | EB__EV_PACKED;
     } else {
         for (int i = 0; i < EB__EV_CLASSES; i++) {
@@ -393,9 +398,7 @@ eb_event *eb__event_repeat(eb__carrier *in, const eb_event *tmpl, const char *to
         return NULL;
     char *b = (char *)in + in->used;
     in->used += align16(total);
-    __builtin_prefetch(b + PF_DIST, 1);
-    __builtin_prefetch(b + PF_DIST + 64, 1);
-    __builtin_prefetch(b + PF_DIST + 128, 1);
+    carrier_prefetch(b);
     eb_event *ev = (eb_event *)b;
     *ev = *tmpl;
     memcpy(ev->topic, topic, tmpl->topic_len + 1u);
