@@ -261,6 +261,14 @@ static inline int t_pub_u32(eb_bus *bus, const char *topic, uint32_t v)
     return eb_publish(bus, topic, &v, sizeof v, NULL);
 }
 
+/* The 4-byte integer payload of an event published with t_pub_u32. */
+static inline uint32_t t_u32(const eb_event *ev)
+{
+    uint32_t v;
+    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    return v;
+}
+
 /* Options with a bounded timeout so a wait in the test can not hang. */
 static inline eb_publish_options t_bounded_opts(void)
 {

@@ -267,8 +267,7 @@ struct recorder {
 static int record(const eb_event *ev, void *ctx)
 {
     struct recorder *r = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     unsigned i = atomic_fetch_add(&r->n, 1);
     if (i < RUNS_N)
         r->rec[i] = v;
@@ -606,8 +605,7 @@ struct cause_rec {
 static int cause_relay(const eb_event *ev, void *ctx)
 {
     struct cause_rec *c = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v < 16)
         eb_event_id(ev, c->in_id[v]);
     atomic_fetch_add(&c->n_in, 1);
@@ -617,8 +615,7 @@ static int cause_relay(const eb_event *ev, void *ctx)
 static int cause_out(const eb_event *ev, void *ctx)
 {
     struct cause_rec *c = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v < 16)
         c->has[v] =
             eb_event_causation_id(ev, c->caus[v]) && eb_event_correlation_id(ev, c->corr[v]);
@@ -657,8 +654,7 @@ struct dz_rec {
 static int dz_fail(const eb_event *ev, void *ctx)
 {
     struct dz_rec *d = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v < 8) {
         d->seq[v] = eb_event_seq(ev);
         eb_event_id(ev, d->id[v]);
@@ -670,8 +666,7 @@ static int dz_fail(const eb_event *ev, void *ctx)
 static void dz_on_dead(const eb_event *ev, const eb_deadletter_info *info, void *ctx)
 {
     struct dz_rec *d = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v < 8)
         d->info_seq[v] = info->seq;
     atomic_fetch_add(&d->dead, 1);
@@ -680,8 +675,7 @@ static void dz_on_dead(const eb_event *ev, const eb_deadletter_info *info, void 
 static int dz_dead_letter(const eb_event *ev, void *ctx)
 {
     struct dz_rec *d = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v < 8)
         d->dl_has[v] = eb_event_causation_id(ev, d->dl_caus[v]);
     atomic_fetch_add(&d->dl_events, 1);

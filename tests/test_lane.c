@@ -122,8 +122,7 @@ static int keyed_order_handler(const eb_event *ev, void *ctx)
     }
     int k = key[1] - '0';
     note_in_flight(&r->in_flight[k], &r->max_in_flight[k]);
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v % 32 == 0) {
         t_sleep_ns(50000);
     }
@@ -328,8 +327,7 @@ struct two_held {
 static int held_until_fast(const eb_event *ev, void *ctx)
 {
     struct two_held *h = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     atomic_fetch_add(&h->entered, 1);
     bool ok;
     T_WAIT_FOR(ok, atomic_load(&h->fast_done) >= 3);
@@ -703,8 +701,7 @@ struct seen_once {
 static int seen_once_handler(const eb_event *ev, void *ctx)
 {
     struct seen_once *s = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v < 4000) {
         atomic_fetch_add(&s->seen[v], 1);
     }

@@ -347,8 +347,7 @@ static int flood_self(const eb_event *ev, void *ctx)
         atomic_store(&f->rc, rc);
         return 0;
     }
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v != atomic_fetch_add(&flood_next, 1))
         atomic_fetch_add(&flood_order_errors, 1);
     return 0;

@@ -901,8 +901,7 @@ struct mt_order {
 static int mt_handler(const eb_event *ev, void *ctx)
 {
     struct mt_order *o = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     uint32_t id = v >> 16, i = v & 0xFFFF;
     if (id >= 4 || i != o->next[id]) {
         atomic_fetch_add(&o->violations, 1);
@@ -966,8 +965,7 @@ static int wait_serial_handler(const eb_event *ev, void *ctx)
     struct wait_serial *w = ctx;
     if (atomic_fetch_add(&w->in_flight, 1) != 0)
         atomic_fetch_add(&w->overlaps, 1);
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     uint32_t id = v >> 16, i = v & 0xFFFF;
     if (id >= WS_THREADS || i != w->next[id])
         atomic_fetch_add(&w->violations, 1);

@@ -354,8 +354,7 @@ struct order_calls {
 static int fail_event_one_once(const eb_event *ev, void *ctx)
 {
     struct order_calls *o = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     unsigned att = eb_event_attempt(ev);
     unsigned i = atomic_load(&o->n);
     if (i < 16) {

@@ -1470,8 +1470,7 @@ struct in_order {
 static int t_in_order(const eb_event *ev, void *ctx)
 {
     struct in_order *o = ctx;
-    uint32_t v;
-    memcpy(&v, eb_event_payload(ev, NULL), sizeof v);
+    uint32_t v = t_u32(ev);
     if (v != atomic_load(&o->n))
         atomic_fetch_add(&o->out_of_order, 1);
     atomic_fetch_add(&o->n, 1);
