@@ -28,17 +28,38 @@ static void swap(eb__timer_entry *a, eb__timer_entry *b)
     *b = x;
 }
 
+/* Moves entry i up to its place; returns where it ended. */
+static unsigned sift_up(eb__timers *t, unsigned i)
+{
+    while (i > 0 && t->heap[(i - 1) / 2].deadline > t->heap[i].deadline) {
+        swap(&t->heap[(i - 1) / 2], &t->heap[i]);
+        i = (i - 1) / 2;
+    }
+    return i;
+}
+
+static void sift_down(eb__timers *t, unsigned i)
+{
+    for (;;) {
+        unsigned l = 2 * i + 1, r = l + 1, m = i;
+        if (l < t->n && t->heap[l].deadline < t->heap[m].deadline)
+            m = l;
+        if (r < t->n && t->heap[r].deadline < t->heap[m].deadline)
+            m = r;
+        if (m == i)
+            return;
+        swap(&t->heap[i], &t->heap[m]);
+        i = m;
+    }
+}
+
 /* Inserts into a heap with room for it; called with the lock held, which
    it releases. */
 static void insert_unlock(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier)
 {
     unsigned i = t->n++;
     t->heap[i] = (eb__timer_entry){deadline, what, gen};
-    while (i > 0 && t->heap[(i - 1) / 2].deadline > t->heap[i].deadline) {
-        swap(&t->heap[(i - 1) / 2], &t->heap[i]);
-        i = (i - 1) / 2;
-    }
-    *earlier = (i == 0);
+    *earlier = sift_up(t, i) == 0;
     atomic_store_explicit(&t->next, t->heap[0].deadline, memory_order_relaxed);
     pthread_mutex_unlock(&t->lock);
 }
@@ -76,8 +97,6 @@ void eb__timers_unhold(eb__timers *t, unsigned n)
     pthread_mutex_unlock(&t->lock);
 }
 
-static void sift_down(eb__timers *t, unsigned i);
-
 static bool pop_due(eb__timers *t, int64_t now, eb__timer_entry *out, bool hold)
 {
     if (eb__timers_next(t) > now)
@@ -106,21 +125,6 @@ bool eb__timers_pop_due_held(eb__timers *t, int64_t now, eb__timer_entry *out)
     return pop_due(t, now, out, true);
 }
 
-static void sift_down(eb__timers *t, unsigned i)
-{
-    for (;;) {
-        unsigned l = 2 * i + 1, r = l + 1, m = i;
-        if (l < t->n && t->heap[l].deadline < t->heap[m].deadline)
-            m = l;
-        if (r < t->n && t->heap[r].deadline < t->heap[m].deadline)
-            m = r;
-        if (m == i)
-            return;
-        swap(&t->heap[i], &t->heap[m]);
-        i = m;
-    }
-}
-
 bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen)
 {
     pthread_mutex_lock(&t->lock);
@@ -130,13 +134,8 @@ bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen)
     bool found = i < t->n;
     if (found) {
         t->heap[i] = t->heap[--t->n];
-        if (i < t->n) {
-            while (i > 0 && t->heap[(i - 1) / 2].deadline > t->heap[i].deadline) {
-                swap(&t->heap[(i - 1) / 2], &t->heap[i]);
-                i = (i - 1) / 2;
-            }
-            sift_down(t, i);
-        }
+        if (i < t->n)
+            sift_down(t, sift_up(t, i)); /* the moved entry goes up or down */
         atomic_store_explicit(&t->next, t->n ? t->heap[0].deadline : INT64_MAX,
                               memory_order_relaxed);
     }

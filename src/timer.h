@@ -48,10 +48,10 @@ static inline int64_t eb__timers_next(eb__timers *t)
 {
     return atomic_load_explicit(&t->next, memory_order_relaxed);
 }
-/* Number of pending entries (for drain checks). */
 /* Removes the entry (what, gen) if it is still in the heap (not popped);
    returns whether it was. */
 bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen);
+/* Number of pending entries (for drain checks). */
 unsigned eb__timers_count(eb__timers *t);
 
 #endif /* EB_TIMER_H */
