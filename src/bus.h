@@ -54,6 +54,8 @@ typedef struct eb__worker {
     /* Events and lanes of this worker's last dispatch step (see
        hold_small_step). Thread-local. */
     unsigned last_n, last_lanes;
+    /* That step took carriers of batches (see batching in bus.c). */
+    bool batched;
 } eb__worker;
 
 struct eb_bus {

@@ -714,3 +714,96 @@ Test(batch, a_dead_lettered_event_of_a_batch_reports_its_own_sequence_and_id)
         cr_assert_eq(memcmp(d.dl_caus[i], d.id[i], 16), 0, "event %u: causation", i);
     }
 }
+
+/*
+ * A worker whose last dispatch step took batches does not wake a parked one
+ * for work it can do itself (batching in bus.c): a lane it queues alone, a
+ * requeue, a stall's relief, the intake before a lane turn. When its
+ * handler then blocks, the batches published meanwhile must still be taken
+ * by the parked worker (the intake's watcher) and delivered, while the
+ * handler is still blocked.
+ */
+struct held_batch {
+    atomic_uint entered;
+    atomic_uint fast_done;
+    atomic_int saw_fast; /* 1: the fast events came while held, -1: not */
+};
+
+static int held_until_fast(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct held_batch *h = ctx;
+    if (atomic_fetch_add(&h->entered, 1) == 0) {
+        bool ok;
+        T_WAIT_FOR(ok, atomic_load(&h->fast_done) >= 3 * 64);
+        atomic_store(&h->saw_fast, ok ? 1 : -1);
+    }
+    return 0;
+}
+
+static int count_fast(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct held_batch *)ctx)->fast_done, 1);
+    return 0;
+}
+
+Test(batch, batches_published_while_a_batch_handler_blocks_are_delivered_by_another_worker)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct held_batch h;
+    memset(&h, 0, sizeof h);
+    t_sub(bus, "slow", held_until_fast, &h, EB_DELIVERY_SERIAL, 0);
+    t_sub(bus, "fast", count_fast, &h, EB_DELIVERY_SERIAL, 0);
+    publish_numbered(bus, "slow", 8);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h.entered) == 1);
+    cr_assert(ok);
+    for (unsigned i = 0; i < 3; i++) {
+        publish_numbered(bus, "fast", 64);
+        t_sleep_ms(2); /* the other worker parks again between batches */
+    }
+    T_WAIT_FOR(ok, atomic_load(&h.saw_fast) != 0);
+    cr_assert(ok);
+    cr_assert(t_quiesce(bus));
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&h.saw_fast), 1, "batches waited for the blocked handler");
+    cr_assert_eq(atomic_load(&h.fast_done), 3 * 64);
+    cr_assert_eq(atomic_load(&h.entered), 8);
+}
+
+/* The same with the blocked handler's lane and a busy one fed from one
+   batch: a batch of events for two lanes wakes the parked worker (two lanes
+   queued), and events for the busy lane keep flowing through a small
+   mailbox (its stalls relieved by the worker that runs it) while the other
+   lane's handler blocks. */
+Test(batch, a_batch_for_two_lanes_runs_one_while_the_other_blocks)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct held_batch h;
+    memset(&h, 0, sizeof h);
+    t_sub(bus, "slow", held_until_fast, &h, EB_DELIVERY_SERIAL, 0);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.mailbox_capacity = 2; /* stalls the dispatcher on the fast lane */
+    cr_assert_eq(eb_subscribe(bus, "fast", count_fast, &h, &o, NULL), EB_OK);
+    eb_message m[64];
+    uint32_t vals[64];
+    for (unsigned k = 0; k < 3; k++) {
+        fill(m, vals, 64, "fast");
+        if (k == 0)
+            m[0].topic = "slow";
+        size_t accepted = 0;
+        cr_assert_eq(eb_publish_batch(bus, m, 64, NULL, &accepted), EB_OK);
+        cr_assert_eq(accepted, 64);
+    }
+    /* The first batch's first event went to the slow lane. */
+    cr_assert_eq(eb_publish(bus, "fast", vals, sizeof vals[0], NULL), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&h.saw_fast) != 0);
+    cr_assert(ok);
+    cr_assert(t_quiesce(bus));
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&h.saw_fast), 1, "the busy lane waited for the blocked handler");
+    cr_assert_eq(atomic_load(&h.fast_done), 3 * 64);
+}
