@@ -1316,7 +1316,8 @@ static bool help_once(eb_bus *b, eb__worker *w)
         if (l != NULL) {
             stop_spinning(b, w);
             /* A handler may run long or block: if more work is waiting, make
-               sure a parked worker is awake for it (unless one spins). */
+               sure a parked worker is awake for it (unless one spins). A
+               batching worker leaves the intake to the watcher instead. */
             if (atomic_load_explicit(&b->rq_len, memory_order_seq_cst) > 0 ||
                 (!batching(w) && dispatch_ready(b)))
                 wake_for_work(b);
