@@ -296,6 +296,8 @@ struct eb_store {
     size_t qh, qn, qcap;    /* protected by lock; qh = qn = 0 when empty */
     bool stop;              /* protected by lock */
     bool ckpt_dirty;        /* some dsub checkpoint moved; protected by lock */
+    bool ckpt_now;          /* eb_store_flush wants them in its transaction;
+                               protected by lock */
     bool gathering;         /* the writer waits for more waiters; ditto */
     size_t qwaited;         /* waiting callers' items in the queue; ditto */
     size_t gather_want;     /* the writer gathers until qwaited reaches this */
@@ -630,8 +632,9 @@ static int insert_event(eb_store *s, eb_event *ev)
 /* Builds a bus event from a row: topic, key, payload, correlation,
    causation at columns c..c+4. */
 /* The event of a log or scheduled row: NULL with *bad set for a row no
-   event can be made of (a damaged or foreign file: no topic, one too long,
-   a key over 255 bytes), NULL with *bad clear when out of memory. */
+   event can be made of (a damaged or foreign file: a NULL topic, one too
+   long, a key over 255 bytes), NULL with *bad clear when out of memory.
+   The empty topic is valid (see eb_publish). */
 static eb_event *event_from_row(eb_bus *bus, sqlite3_stmt *st, int c, bool *bad)
 {
     const char *topic = (const char *)sqlite3_column_text(st, c);
@@ -644,7 +647,7 @@ static eb_event *event_from_row(eb_bus *bus, sqlite3_stmt *st, int c, bool *bad)
     const void *caus =
         sqlite3_column_bytes(st, c + 4) == 16 ? sqlite3_column_blob(st, c + 4) : NULL;
     size_t tl = (size_t)sqlite3_column_bytes(st, c);
-    *bad = topic == NULL || tl == 0 || tl > EB_TOPIC_MAX || strlen(topic) != tl || kl > 255;
+    *bad = topic == NULL || tl > EB_TOPIC_MAX || strlen(topic) != tl || kl > 255;
     if (*bad)
         return NULL;
     return eb__bus_event_new(bus, topic, kl ? key : NULL, kl, pl ? payload : NULL, pl, corr, caus);
@@ -1165,6 +1168,13 @@ static size_t gather_txn(eb_store *s, size_t more, bool fire, ckpt_snap *ck, siz
     return got;
 }
 
+/* Under lock: are the checkpoints to be written now? Every CKPT_DELAY_NS
+   at most, and at once for a flush (eb_store_flush). */
+static bool ckpt_due(const eb_store *s)
+{
+    return s->ckpt_dirty && (s->ckpt_now || eb__now_mono_ns() >= s->ckpt_at);
+}
+
 static void *writer_main(void *arg)
 {
     eb_store *s = arg;
@@ -1173,8 +1183,7 @@ static void *writer_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->lock);
         for (;;) {
-            if (q_len_locked(s) > 0 || (s->f_n > 0 && !blocked) || fire_wanted(s) ||
-                (s->ckpt_dirty && eb__now_mono_ns() >= s->ckpt_at))
+            if (q_len_locked(s) > 0 || (s->f_n > 0 && !blocked) || fire_wanted(s) || ckpt_due(s))
                 break;
             if (s->stop && s->f_n == 0)
                 break;
@@ -1231,14 +1240,26 @@ static void *writer_main(void *arg)
         s->qwaited = 0;
         bool flowing = memory_flowing_locked(s);
         /* Checkpoints first, then the batch (see the design notes). */
-        size_t nck = 0;
-        ckpt_snap ck[64];
-        if (s->ckpt_dirty && eb__now_mono_ns() >= s->ckpt_at) {
+        size_t nck = 0, ck_cap = 64;
+        ckpt_snap ck_some[64], *ck = ck_some;
+        if (ckpt_due(s)) {
+            if (s->ckpt_now) {
+                /* A flush: every dirty checkpoint goes in this transaction,
+                   the one that completes the flush's barrier. */
+                size_t all = 0;
+                for (eb__dsub *d = s->dsubs; d != NULL; d = d->next)
+                    all++;
+                ckpt_snap *big = all > ck_cap ? malloc(all * sizeof(*big)) : NULL;
+                if (big != NULL) {
+                    ck = big;
+                    ck_cap = all;
+                }
+            }
             bool more = false;
             for (eb__dsub *d = s->dsubs; d != NULL; d = d->next) {
                 pthread_mutex_lock(&d->lock);
                 if (d->dirty) {
-                    if (nck < 64) {
+                    if (nck < ck_cap) {
                         ck[nck++] = (ckpt_snap){.d = d, .checkpoint = d->checkpoint};
                         d->dirty = false;
                     } else {
@@ -1248,6 +1269,7 @@ static void *writer_main(void *arg)
                 pthread_mutex_unlock(&d->lock);
             }
             s->ckpt_dirty = more;
+            s->ckpt_now = more && s->ckpt_now; /* no memory: the rest next round */
         }
         if (gather) {
             bool fire = fire_wanted(s);
@@ -1292,6 +1314,8 @@ static void *writer_main(void *arg)
         }
         if (nck > 0)
             s->ckpt_at = eb__now_mono_ns() + CKPT_DELAY_NS;
+        if (ck != ck_some)
+            free(ck);
         if (s->f_n > 0)
             blocked = fifo_inject(s);
     }
@@ -2120,6 +2144,10 @@ EB_API int eb_store_flush(eb_store *s, int64_t timeout_ns)
         return EB_ENOMEM;
     j->waited = true;
     pthread_mutex_lock(&s->lock);
+    /* Checkpoints that moved before the call go with the barrier (the
+       writer takes them when it takes the queue). */
+    if (s->ckpt_dirty)
+        s->ckpt_now = true;
     int rc = q_push_locked(s, j, IT_JOB);
     if (rc == EB_OK)
         rc = wait_done_unlock(s, j, eb__deadline_after(timeout_ns < 0 ? -1 : timeout_ns));

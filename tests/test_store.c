@@ -716,6 +716,31 @@ Test(store, a_replay_overlapping_live_publishing_delivers_each_event_once_in_ord
     t_store_done(&d, s);
 }
 
+/* eb_store_flush promises the checkpoints that moved before the call; the
+   writer otherwise writes them CKPT_DELAY_NS after the last ones. */
+Test(store, a_flush_writes_the_checkpoint_of_every_event_already_handled)
+{
+    t_dir d;
+    eb_store *s = t_store_new(&d);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    t_durable_sub(bus, "orders.*", "billing", false, &r);
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    for (uint32_t i = 1; i <= 20; i++) {
+        eb_publish_result res;
+        cr_assert_eq(eb_publish_wait(bus, "orders.created", &i, 4, &o, &res), EB_OK);
+        cr_assert_eq(res.delivered, 1);
+        cr_assert_eq(eb_store_flush(s, -1), EB_OK);
+        uint64_t ck = 0;
+        cr_assert_eq(eb_store_subscriptions(s, show_sub, &ck), EB_OK);
+        cr_assert_eq(ck, i, "after event %u and a flush the file's checkpoint is %llu", i,
+                     (unsigned long long)ck);
+    }
+    eb_bus_destroy(bus);
+    t_store_done(&d, s);
+}
+
 Test(store, a_durable_subscription_name_is_used_once_at_a_time)
 {
     t_dir d;
@@ -1214,6 +1239,43 @@ Test(store, a_schema_damage_quick_check_misses_is_refused_and_the_file_left_as_i
     cr_assert_eq(t_read_file(d.path, after, sizeof after), n);
     cr_assert_eq(memcmp(before, after, n), 0, "a refused file was changed (WAL switch)");
     t_dir_rm(&d);
+}
+
+/* The empty topic is a valid topic (eventbus.h): its rows are events like
+   any other (they were once taken for damaged rows and dropped). */
+Test(store, events_on_the_empty_topic_fire_when_scheduled_and_are_replayed)
+{
+    t_dir d;
+    eb_store *s = t_store_new(&d);
+    eb_bus *bus = t_bus_store(s, 2);
+    t_log_rec live;
+    t_log_rec_init(&live);
+    cr_assert_eq(eb_subscribe(bus, "", t_log_handler, &live, NULL, NULL), EB_OK);
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    o.delay_ns = 50 * T_MS;
+    uint32_t v = 7;
+    cr_assert_eq(eb_publish(bus, "", &v, 4, &o), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&live) == 1);
+    cr_assert(ok, "the scheduled event on the empty topic did not fire");
+    eb_bus_destroy(bus);
+    cr_assert_eq(live.v[0], 7);
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 0);
+    cr_assert_eq(st.events, 1, "fired into the log");
+    eb_store_close(s);
+
+    s = t_store_open(d.path);
+    bus = t_bus_store(s, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    t_durable_sub(bus, "", "empty", false, &r);
+    T_WAIT_FOR(ok, t_log_n(&r) == 1);
+    cr_assert(ok, "the replay did not deliver the event on the empty topic");
+    eb_bus_destroy(bus);
+    cr_assert_eq(r.v[0], 7);
+    t_store_done(&d, s);
 }
 
 Test(store, a_log_row_no_event_can_be_made_of_is_skipped_by_the_replay)

@@ -112,9 +112,12 @@ EB_API void eb_store_close(eb_store *store);
 
 /*
  * Waits until everything queued for the writer before this call (lazy
- * durable publishes, dead letters, checkpoints) is committed.
+ * durable publishes, dead letters) is committed, and with it the checkpoint
+ * of every event a durable subscription had finished before the call
+ * (checkpoints are otherwise written every 20 ms at most).
  * timeout_ns: < 0 forever. Errors: EB_EINVAL, EB_ETIMEDOUT, EB_ENOTSUP
- * (read-only), EB_EIO (a commit failed since the store was opened).
+ * (read-only), EB_ENOMEM, EB_EIO (a commit failed since the store was
+ * opened).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_store_flush(eb_store *store, int64_t timeout_ns);
