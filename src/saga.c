@@ -1090,12 +1090,14 @@ out:
     return rc;
 }
 
+/* A saga's topics and start topics, an aggregate's commands: at least one,
+   each present, not empty and not too long. */
 static bool patterns_ok(const char *const *p, size_t n)
 {
     if (p == NULL || n == 0)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (!topic_ok(p[i]))
+        if (!topic_ok(p[i]) || p[i][0] == '\0')
             return false;
     return true;
 }

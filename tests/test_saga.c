@@ -907,6 +907,13 @@ Test(saga, register_refuses_bad_definitions)
     bad.name = "";
     cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL);
     cr_expect_eq(eb_saga_register(NULL, &def, NULL, &saga), EB_EINVAL);
+    const char *empty[] = {""};
+    bad = def;
+    bad.topics = empty;
+    cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL, "an empty topic");
+    bad = def;
+    bad.start_topics = empty;
+    cr_expect_eq(eb_saga_register(bus, &bad, NULL, &saga), EB_EINVAL, "an empty start topic");
     /* "#" would cover these but never reaches the reserved "$x.a". */
     const char *reserved[] = {"$x.a", "y"};
     bad = def;
