@@ -63,7 +63,8 @@ extern "C" {
 #define EB_VERSION_MINOR 1
 #define EB_VERSION_PATCH 0
 
-/* Returns the library version as "MAJOR.MINOR.PATCH" (static storage). */
+/* Returns the library version as "MAJOR.MINOR.PATCH" (static storage).
+   Thread-safe: yes. */
 EB_API const char *eb_version(void);
 
 /* ---------------------------------------------------------------------- */
@@ -99,9 +100,11 @@ enum eb_errno {
 #undef EB__ERR_ENUM
 };
 
-/* Message for a code; never NULL, for any int ("unknown error"). */
+/* Message for a code; never NULL, for any int ("unknown error"); static
+   storage. Thread-safe: yes. */
 EB_API const char *eb_strerror(int code);
-/* Symbolic name of a code ("EB_EINVAL"); never NULL ("EB_UNKNOWN"). */
+/* Symbolic name of a code ("EB_EINVAL"); never NULL ("EB_UNKNOWN"); static
+   storage. Thread-safe: yes. */
 EB_API const char *eb_err_name(int code);
 
 /* ---------------------------------------------------------------------- */
@@ -283,7 +286,7 @@ typedef struct eb_subscribe_options {
     unsigned max_attempts;       /* 0 = 3; 1 = no retry; at most 1000 */
     uint64_t backoff_initial_ns; /* 0 = 1 ms; delay before the 2nd attempt */
     uint64_t backoff_max_ns;     /* 0 = 1 s; cap of the doubling delay */
-    unsigned mailbox_capacity;   /* per lane; 0 = the bus default; at most 1<<20 */
+    unsigned mailbox_capacity;   /* per lane; 0 = the bus default; at most 2^20 - 1 */
     eb_overflow overflow;
     const char *name; /* NULL: the pattern; copied; at most 255 bytes */
     bool durable;     /* keep a checkpoint in the bus's store under name
@@ -359,7 +362,10 @@ typedef struct eb_publish_options {
     size_t key_len;                /* at most 255 */
     int64_t timeout_ns;            /* how long to wait for ring space and, for the
                                       waiting calls, completion: <0 forever (the _init
-                                      default), 0 do not wait */
+                                      default), 0 do not wait. EB_PUBLISH_DURABLE:
+                                      bounds the wait for room in the store's queue
+                                      only; the commit is always waited for (see
+                                      EB_PUBLISH_DURABLE) */
     unsigned flags;                /* EB_PUBLISH_* below, or 0 */
     eb_free_fn payload_free;       /* non-NULL: zero-copy, the bus owns payload */
     const uint8_t *correlation_id; /* 16 bytes, or NULL: inherited from the
@@ -385,7 +391,12 @@ typedef struct eb_publish_options {
  *   returns EB_OK only after that transaction committed (group commit: one
  *   fsync serves every publisher waiting at that moment). The event is
  *   dispatched once committed, with its log sequence. EB_EIO if the commit
- *   failed (nothing was published).
+ *   failed (nothing was published). The call waits for the commit whatever
+ *   timeout_ns says (which bounds only the wait for room in the store's
+ *   queue): an EB_OK must mean committed, and a commit that was started
+ *   cannot be called off. It ends with the commit's outcome: EB_OK,
+ *   EB_EBUSY (another connection held the file's lock past the store's
+ *   busy_timeout_ms) or EB_EIO.
  * EB_PUBLISH_DURABLE_LAZY: the event is queued for the next group commit
  *   and the call returns at once (fast: one transaction per batch). It is
  *   dispatched once committed; eb_store_flush waits for it. If its commit
@@ -428,7 +439,8 @@ EB_API int eb_publish(eb_bus *bus, const char *topic, const void *payload, size_
 /*
  * Wait for all: publishes, then returns once every matching delivery has
  * finished, with the outcome in *result (may be NULL). The wait is bounded
- * by opts->timeout_ns as a whole.
+ * by opts->timeout_ns as a whole, except for EB_PUBLISH_DURABLE's wait for
+ * its commit (see there).
  * Errors: those of eb_publish (nothing published); EB_ETIMEDOUT or
  * EB_EDEADLK after the event was published (it will still be delivered;
  * *result is then untouched).
@@ -465,7 +477,8 @@ typedef struct eb_message {
  * *accepted (may be NULL) gets how many were (their payloads now belong to
  * the bus; the rest stay the caller's).
  * Errors: EB_EINVAL, EB_ECLOSED, EB_EAGAIN, EB_ETIMEDOUT, EB_ENOMEM
- * as for eb_publish, returned with the accepted prefix.
+ * as for eb_publish, and with a durable flag its durable errors (EB_ENOTSUP,
+ * EB_EIO, EB_EBUSY), returned with the accepted prefix.
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
@@ -505,12 +518,14 @@ EB_API const void *eb_event_key(const eb_event *ev, size_t *len);
 EB_API uint64_t eb_event_seq(const eb_event *ev);
 /* Position in the store's event log, from 1; 0 if the event is not durable. */
 EB_API uint64_t eb_event_log_seq(const eb_event *ev);
-/* Time-ordered 128-bit id in the UUIDv7 layout, assigned at dispatch. */
+/* Time-ordered 128-bit id in the UUIDv7 layout, assigned at dispatch; a
+   durable event keeps the one it was logged with (also when replayed). */
 EB_API void eb_event_id(const eb_event *ev, uint8_t id[16]);
 /* Correlation and causation ids; false (and id zeroed) if the event has none. */
 EB_API bool eb_event_correlation_id(const eb_event *ev, uint8_t id[16]);
 EB_API bool eb_event_causation_id(const eb_event *ev, uint8_t id[16]);
-/* Unix time in nanoseconds at which the event was dispatched. */
+/* Unix time in nanoseconds at which the event was dispatched; for a durable
+   event, at which it was logged (also when replayed). */
 EB_API int64_t eb_event_timestamp(const eb_event *ev);
 /* 1 on the first delivery to the calling handler, 2 on the first retry...;
    1 when called outside that handler. */
@@ -734,7 +749,9 @@ EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *paylo
  * it comes back to this instance if topic matches the saga's topics. A
  * timeout cannot be cancelled: the transition that receives it decides from
  * the state whether it still matters (an instance that was removed or
- * archived ignores it). Timeouts are not durable (see delay_ns).
+ * archived ignores it). A timeout is published with the saga's
+ * publish_flags: durable when they are (it waits in the store and fires
+ * once, also after a restart), else not (see delay_ns).
  * Errors: EB_EINVAL (NULL sc or topic, delay_ns <= 0, payload NULL with
  * len > 0), EB_ENOMEM. Thread-safe: no — only inside the transition.
  */
@@ -745,6 +762,8 @@ EB_API int eb_saga_schedule_timeout(eb_saga_ctx *sc, int64_t delay_ns, const cha
    eb_saga_on_complete). Thread-safe: no — only inside the transition. */
 EB_API void eb_saga_complete(eb_saga_ctx *sc);
 
+/* These four read the transition's context: thread-safe: no — only inside
+   the transition. */
 /* The instance key (valid during the transition); *len gets its length. */
 EB_API const void *eb_saga_key(const eb_saga_ctx *sc, size_t *len);
 /* The number this transition will have once saved: 1 for the transition
@@ -944,7 +963,8 @@ EB_API int eb_aggregate_unregister(eb_aggregate *agg);
 EB_API int eb_aggregate_emit(eb_aggregate_ctx *ac, const char *topic, const void *payload,
                              size_t len, const void *key, size_t key_len);
 
-/* The aggregate id (valid during the handler); *len gets its length. */
+/* The aggregate id (valid during the handler); *len gets its length.
+   Thread-safe: no — only inside the command handler. */
 EB_API const void *eb_aggregate_id(const eb_aggregate_ctx *ac, size_t *len);
 
 /*

@@ -199,7 +199,9 @@ typedef struct eb_store_subscription_info {
 } eb_store_subscription_info;
 
 /* Calls fn for each durable subscription known to the file, by name; a
-   non-zero return stops. Errors: EB_EINVAL, EB_EIO. Thread-safe: yes. */
+   non-zero return stops, and is returned. info and its strings are valid
+   during the call only. Errors: EB_EINVAL, EB_EIO. Thread-safe: yes; fn
+   must not call into this store. */
 EB_API int eb_store_subscriptions(eb_store *store,
                                   int (*fn)(const eb_store_subscription_info *info, void *ctx),
                                   void *ctx);
@@ -256,7 +258,8 @@ EB_API int eb_outbox_add(eb_store *store, const char *topic, const void *payload
  */
 EB_API int eb_outbox_claim(eb_store *store, size_t max, int64_t lease_ns, eb_outbox_batch **out);
 
-/* Frees a claimed batch; NULL is a no-op. */
+/* Frees a claimed batch; NULL is a no-op. Thread-safe: yes (each batch
+   once). */
 EB_API void eb_outbox_batch_free(eb_outbox_batch *batch);
 
 /*
@@ -273,12 +276,13 @@ EB_API int eb_outbox_ack(eb_store *store, int64_t id);
  * Gives a claimed row back: READY again, claimable after retry_after_ns (<
  * 0: an exponential backoff from 100 ms by attempts, capped at 60 s), with
  * error (may be NULL) as last_error. Errors: as eb_outbox_ack.
+ * Thread-safe: yes.
  */
 EB_API int eb_outbox_abandon(eb_store *store, int64_t id, const char *error,
                              int64_t retry_after_ns);
 
 /* Marks a claimed row FAILED for good, with error (may be NULL).
-   Errors: as eb_outbox_ack. */
+   Errors: as eb_outbox_ack. Thread-safe: yes. */
 EB_API int eb_outbox_fail(eb_store *store, int64_t id, const char *error);
 
 /*
@@ -290,7 +294,8 @@ EB_API int eb_outbox_reap(eb_store *store, size_t *reaped);
 
 /*
  * Calls fn for rows with the given status (< 0: every row), by id, at most
- * limit (0: all); a non-zero return stops. Errors: EB_EINVAL, EB_EIO.
+ * limit (0: all); a non-zero return stops, and is returned. msg and what it
+ * points to are valid during the call only. Errors: EB_EINVAL, EB_EIO.
  * Thread-safe: yes; fn must not call into this store.
  */
 EB_API int eb_outbox_list(eb_store *store, int status, size_t limit,
@@ -316,7 +321,7 @@ typedef struct eb_store_deadletter {
 
 /*
  * Lists stored dead letters by id, at most limit (0: all); a non-zero
- * return from fn stops. Errors: EB_EINVAL, EB_EIO. Thread-safe: yes; fn
+ * return from fn stops, and is returned. Errors: EB_EINVAL, EB_EIO. Thread-safe: yes; fn
  * must not call into this store.
  */
 EB_API int eb_store_deadletters(eb_store *store, size_t limit,
@@ -328,10 +333,12 @@ EB_API int eb_store_deadletters(eb_store *store, size_t limit,
  * durable event, by whichever process has a bus attached to the file (this
  * one or the next to attach). *count (may be NULL) gets how many.
  * Errors: EB_ENOENT (no such id), EB_EINVAL, EB_ENOTSUP, EB_EIO.
+ * Thread-safe: yes.
  */
 EB_API int eb_store_deadletter_requeue(eb_store *store, int64_t id, size_t *count);
 
-/* Deletes dead letter id (0: all). Errors: as eb_store_deadletter_requeue. */
+/* Deletes dead letter id (0: all). Errors: as eb_store_deadletter_requeue.
+   Thread-safe: yes. */
 EB_API int eb_store_deadletter_purge(eb_store *store, int64_t id, size_t *count);
 
 /* ---- sagas --------------------------------------------------------------- */
@@ -359,8 +366,10 @@ typedef struct eb_store_saga_info {
     int64_t updated_ns;
 } eb_store_saga_info;
 
-/* Calls fn for each stored saga instance (saga NULL: of every saga); a
-   non-zero return stops. Errors: EB_EINVAL, EB_EIO. Thread-safe: yes. */
+/* Calls fn for each stored saga instance (saga NULL: of every saga), at
+   most limit (0: all); a non-zero return stops, and is returned. info and
+   what it points to are valid during the call only. Errors: EB_EINVAL,
+   EB_EIO. Thread-safe: yes; fn must not call into this store. */
 EB_API int eb_store_sagas(eb_store *store, const char *saga, size_t limit,
                           int (*fn)(const eb_store_saga_info *info, void *ctx), void *ctx);
 
