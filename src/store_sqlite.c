@@ -27,7 +27,10 @@
  * event at or below H: the cursor reads the log after the checkpoint up to
  * H, matches the pattern and injects copies addressed to that subscription
  * only; events above H follow it live. So the subscription sees the log in
- * order, each event once. The dispatcher tracks the sequences it pushes to
+ * order, each event once. Rows another process appends reach it the same
+ * way: the writer, when it finds the log above its last sequence (at each
+ * transaction's start, and once a second while idle: log_refresh), puts a
+ * cursor over them on the FIFO for every started subscription. The dispatcher tracks the sequences it pushes to
  * the subscription (ascending), runners mark them done, and the checkpoint
  * is the low-water mark. The writer snapshots checkpoints before it takes
  * a batch, so the dead letters and processed ids a runner queued before it
@@ -263,7 +266,6 @@ struct eb__dsub {
     bool dirty;            /* checkpoint moved since the writer last took it */
     bool frozen;           /* a sequence went untracked (no memory); ditto */
     uint64_t prune_at;     /* writer only: checkpoint of the last prune */
-    cursor *cur;           /* writer only: its replay cursor, if any */
     struct eb__dsub *next; /* protected by the store lock */
 };
 
@@ -788,8 +790,6 @@ static bool fifo_inject(eb_store *s)
         if (blocked)
             break;
         cursor_drain(s, c);
-        if (c->d != NULL)
-            c->d->cur = NULL;
         free(c);
         fifo_pop(s);
         popped++;
@@ -887,6 +887,74 @@ static void sched_refresh(eb_store *s)
     s->sched_check = eb__now_mono_ns() + SCHED_RECHECK_NS;
 }
 
+/* A durable subscription that cannot be given some events (no memory for
+   their replay) keeps its checkpoint below them from now on, so that its
+   next subscribe replays them (the live events it gets meanwhile are
+   delivered again then: at least once). Returns the checkpoint. */
+static uint64_t dsub_freeze(eb__dsub *d)
+{
+    pthread_mutex_lock(&d->lock);
+    d->frozen = true;
+    uint64_t ck = d->checkpoint;
+    pthread_mutex_unlock(&d->lock);
+    return ck;
+}
+
+/* Puts a replay cursor for d over the log's (after, upto] on the FIFO; the
+   bus counts it until it finished. False when out of memory. */
+static bool cursor_push(eb_store *s, eb__dsub *d, uint64_t after, uint64_t upto)
+{
+    cursor *c = calloc(1, sizeof(*c));
+    if (c == NULL || fifo_push(s, c, F_CURSOR) != 0) {
+        free(c);
+        return false;
+    }
+    c->d = d;
+    c->next = after;
+    c->upto = upto;
+    eb__bus_store_add(s->bus, 1);
+    return true;
+}
+
+/* Learns the log's highest sequence (writer only, s->lock not held).
+   Rows above last_seq were appended by another process: every started
+   durable subscription gets a replay cursor over them, on the FIFO behind
+   what this writer committed before and ahead of what it commits next, so
+   it sees them in log order, and its checkpoint (the low-water mark of
+   what it was given) never passes one of them. Returns the SQLite error,
+   if any. */
+static int log_refresh(eb_store *s)
+{
+    sqlite3_stmt *m = s->w[W_MAXSEQ];
+    int err = sqlite3_step(m);
+    uint64_t mx = err == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(m, 0) : 0;
+    sqlite3_reset(m);
+    if (err != SQLITE_ROW)
+        return err;
+    if (mx <= s->last_seq)
+        return SQLITE_OK;
+    unsigned frozen = 0;
+    pthread_mutex_lock(&s->lock);
+    for (eb__dsub *d = s->dsubs; d != NULL && s->bus != NULL; d = d->next) {
+        /* One not started yet replays up to the last sequence when it
+           starts (sub_start_after), these rows included. */
+        if (atomic_load_explicit(&d->live_from, memory_order_relaxed) == UINT64_MAX)
+            continue;
+        if (!cursor_push(s, d, s->last_seq, mx)) {
+            dsub_freeze(d);
+            frozen++;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (frozen > 0)
+        slog(s, EB_LOG_ERROR,
+             "no memory for the replay of log rows %llu-%llu to %u durable subscription(s); "
+             "their checkpoints stay where they are",
+             (unsigned long long)s->last_seq + 1, (unsigned long long)mx, frozen);
+    s->last_seq = mx;
+    return SQLITE_OK;
+}
+
 /* Runs one group transaction over batch[0..n), fired scheduled events and
    checkpoints, then completes everything in order. */
 /* Opens the writer's transaction (BEGIN IMMEDIATE) and learns the log's
@@ -898,14 +966,7 @@ static int txn_begin(eb_store *s, uint64_t *seq0)
     *seq0 = s->last_seq;
     int err = step_done(s->w[W_BEGIN]);
     if (err == SQLITE_OK) {
-        sqlite3_stmt *m = s->w[W_MAXSEQ];
-        if ((err = sqlite3_step(m)) == SQLITE_ROW) {
-            uint64_t mx = (uint64_t)sqlite3_column_int64(m, 0);
-            if (mx > s->last_seq)
-                s->last_seq = mx;
-            err = SQLITE_OK;
-        }
-        sqlite3_reset(m);
+        err = log_refresh(s);
         *seq0 = s->last_seq;
     }
     return err;
@@ -1188,8 +1249,11 @@ static void *writer_main(void *arg)
             if (s->stop && s->f_n == 0)
                 break;
             if (eb__now_mono_ns() >= s->sched_check) {
+                /* Other processes may schedule events and append to the
+                   log: once a second, look (a failed read: next time). */
                 pthread_mutex_unlock(&s->lock);
                 sched_refresh(s);
+                (void)log_refresh(s);
                 pthread_mutex_lock(&s->lock);
                 continue;
             }
@@ -1623,26 +1687,11 @@ static void sub_start_after(eb_store *s, job *j)
     atomic_store_explicit(&d->live_from, h + 1, memory_order_release);
     if (d->checkpoint >= h || s->bus == NULL)
         return;
-    cursor *c = calloc(1, sizeof(*c));
-    if (c == NULL || fifo_push(s, c, F_CURSOR) != 0) {
-        /* No memory: the subscription misses its replay this time. Its
-           checkpoint must stay below the events it missed, so that the
-           next subscribe replays them: freeze it (the live events it gets
-           meanwhile are delivered again then — at least once). */
-        free(c);
-        pthread_mutex_lock(&d->lock);
-        d->frozen = true;
-        uint64_t ck = d->checkpoint;
-        pthread_mutex_unlock(&d->lock);
+    if (!cursor_push(s, d, d->checkpoint, h)) {
+        uint64_t ck = dsub_freeze(d); /* it misses its replay this time */
         slog(s, EB_LOG_ERROR, "no memory for the replay of '%s'; its checkpoint stays at %llu",
              d->name, (unsigned long long)ck);
-        return;
     }
-    c->d = d;
-    c->next = d->checkpoint;
-    c->upto = h;
-    d->cur = c;
-    eb__bus_store_add(s->bus, 1); /* the cursor, until it finished */
 }
 
 void eb__dsub_start(eb__dsub *d)
@@ -1656,12 +1705,14 @@ void eb__dsub_start(eb__dsub *d)
 static void sub_stop_after(eb_store *s, job *j)
 {
     eb__dsub *d = ((sub_job *)j)->d;
-    cursor *c = d->cur;
-    if (c != NULL) {
-        /* The FIFO drops the cursor when it reaches it. */
-        c->d = NULL;
-        d->cur = NULL;
-        cursor_drain(s, c);
+    /* Its replay cursors: the FIFO drops each when it reaches it. */
+    for (size_t i = 0; i < s->f_n; i++) {
+        fentry *e = &s->fifo[(s->f_head + i) % s->f_cap];
+        cursor *c = e->p;
+        if (e->kind == F_CURSOR && c->d == d) {
+            c->d = NULL;
+            cursor_drain(s, c);
+        }
     }
 }
 

@@ -741,6 +741,56 @@ Test(store, a_flush_writes_the_checkpoint_of_every_event_already_handled)
     t_store_done(&d, s);
 }
 
+/* Another process (here another handle on the file) appends to the log:
+   a live durable subscription gets those events too, in log order, and its
+   checkpoint never passes one it did not get (it once jumped over them, and
+   they were lost for good). Both ways of noticing them: the writer looks
+   at the log once a second, and at the start of each of its transactions. */
+Test(store, a_durable_subscription_gets_the_events_another_process_logs_in_log_order)
+{
+    t_dir d;
+    eb_store *a = t_store_new(&d);
+    eb_bus *ba = t_bus_store(a, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    t_durable_sub(ba, "orders.*", "billing", false, &r);
+    t_pub_durable(ba, "orders.created", 0, EB_PUBLISH_DURABLE);
+    eb_store *b = t_store_open(d.path);
+    eb_bus *bb = t_bus_store(b, 2);
+    for (uint32_t i = 1; i <= 3; i++)
+        t_pub_durable(bb, "orders.created", i, EB_PUBLISH_DURABLE);
+    t_pub_durable(bb, "other.created", 99, EB_PUBLISH_DURABLE);
+    bool ok;
+    T_WAIT_FOR(ok, t_log_n(&r) == 4); /* a writes nothing: its look at the log */
+    cr_assert(ok, "got %u of 4 events", t_log_n(&r));
+    for (uint32_t i = 4; i <= 6; i++)
+        t_pub_durable(bb, "orders.created", i, EB_PUBLISH_DURABLE);
+    t_pub_durable(ba, "orders.created", 7, EB_PUBLISH_DURABLE); /* its transaction's look */
+    T_WAIT_FOR(ok, t_log_n(&r) == 8);
+    cr_assert(ok, "got %u of 8 events", t_log_n(&r));
+    eb_bus_destroy(bb);
+    eb_store_close(b);
+    cr_assert_eq(eb_store_flush(a, -1), EB_OK);
+    uint64_t ck = 0;
+    cr_assert_eq(eb_store_subscriptions(a, show_sub, &ck), EB_OK);
+    cr_assert_eq(ck, 9, "checkpoint %llu", (unsigned long long)ck);
+    eb_bus_destroy(ba);
+    cr_assert_eq(r.n, 8);
+    for (unsigned i = 0; i < 8; i++)
+        cr_assert_eq(r.v[i], i, "at %u: %u (log order)", i, r.v[i]);
+    eb_store_close(a);
+
+    /* Nothing is left behind the checkpoint. */
+    a = t_store_open(d.path);
+    ba = t_bus_store(a, 2);
+    t_log_rec_init(&r);
+    t_durable_sub(ba, "orders.*", "billing", false, &r);
+    t_sleep_ms(100);
+    eb_bus_destroy(ba);
+    cr_assert_eq(r.n, 0, "%u events delivered again", r.n);
+    t_store_done(&d, a);
+}
+
 Test(store, a_durable_subscription_name_is_used_once_at_a_time)
 {
     t_dir d;

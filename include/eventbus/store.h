@@ -17,7 +17,10 @@
  *    when it subscribes again (also in another process): events after it
  *    are delivered again — at least once, in log order for SERIAL lanes.
  *    With idempotent set, the ids a handler succeeded on are recorded, and
- *    an event whose id is recorded is not delivered to it again.
+ *    an event whose id is recorded is not delivered to it again. Events
+ *    other processes append to the file's log reach it too, in log order:
+ *    its store's writer looks for them before each of its transactions and
+ *    once a second while idle.
  *  - Outbox: claim, acknowledge, abandon, fail and reap are each one
  *    transaction, so processes sharing the file never hold the same row at
  *    once while its lease holds; rows of a crashed owner are claimable once
