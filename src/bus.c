@@ -1825,7 +1825,7 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
         eb__event_ref(ev, 1); /* the ticket's reference */
     if (durable && delay > 0) {
         /* The store keeps its own copy; ours goes (the payload with it). */
-        rc = eb__store_schedule(b->store, ev, eb__now_real_ns() + delay,
+        rc = eb__store_schedule(b->store, ev, eb__ns_after(eb__now_real_ns(), delay),
                                 durable == EB_PUBLISH_DURABLE);
         if (rc == EB_OK) {
             eb__event_unref(ev, &b->depot);
@@ -1886,7 +1886,7 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
         }
         size_t ok = 0;
         if (delay > 0) {
-            int64_t due = eb__now_real_ns() + delay;
+            int64_t due = eb__ns_after(eb__now_real_ns(), delay);
             for (; ok < k; ok++) {
                 int src = eb__store_schedule(b->store, evs[ok], due, durable == EB_PUBLISH_DURABLE);
                 if (src != EB_OK) {

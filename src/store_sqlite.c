@@ -30,11 +30,11 @@
  * order, each event once. Rows another process appends reach it the same
  * way: the writer, when it finds the log above its last sequence (at each
  * transaction's start, and once a second while idle: log_refresh), puts a
- * cursor over them on the FIFO for every started subscription. The dispatcher tracks the sequences it pushes to
- * the subscription (ascending), runners mark them done, and the checkpoint
- * is the low-water mark. The writer snapshots checkpoints before it takes
- * a batch, so the dead letters and processed ids a runner queued before it
- * marked an event done are always in the same or an earlier transaction.
+ * cursor over them on the FIFO for every started subscription. The dispatcher tracks the sequences
+ * it pushes to the subscription (ascending), runners mark them done, and the checkpoint is the
+ * low-water mark. The writer snapshots checkpoints before it takes a batch, so the dead letters and
+ * processed ids a runner queued before it marked an event done are always in the same or an earlier
+ * transaction.
  *
  * Lock order: store lock -> dsub lock (the writer snapshots checkpoints);
  * rlock is a leaf. No bus lock is taken under them; bus calls made by the
@@ -2434,12 +2434,16 @@ enum {
 };
 
 static const char *const OSQL[O_COUNT] = {
+    /* A row is claimable from next_attempt (READY: its creation, then its
+       retry time) or lease_until (IN_PROGRESS: the lease ran out); claims
+       take the rows claimable longest first (ob_claim). Rows added by
+       earlier builds have 0 there: they come first. */
     [O_ADD] = "INSERT INTO eb_outbox(topic, key, payload, created, next_attempt)"
-              " VALUES(?1, ?2, ?3, ?4, 0)",
-    [O_READY] = "SELECT id FROM eb_outbox WHERE status = 0 AND next_attempt <= ?1"
+              " VALUES(?1, ?2, ?3, ?4, ?4)",
+    [O_READY] = "SELECT id, next_attempt FROM eb_outbox WHERE status = 0 AND next_attempt <= ?1"
                 " ORDER BY next_attempt, id LIMIT ?2",
-    [O_EXPIRED] = "SELECT id FROM eb_outbox WHERE status = 1 AND lease_until < ?1"
-                  " ORDER BY lease_until LIMIT ?2",
+    [O_EXPIRED] = "SELECT id, lease_until FROM eb_outbox WHERE status = 1 AND lease_until < ?1"
+                  " ORDER BY lease_until, id LIMIT ?2",
     [O_TAKE] = "UPDATE eb_outbox SET status = 1, owner = ?2, lease_until = ?3,"
                " attempts = attempts + 1 WHERE id = ?1"
                " RETURNING id, topic, key, payload, attempts, created, last_error",
@@ -2534,27 +2538,42 @@ static int ob_claim(eb_store *s, ob_job *o)
 {
     int err = SQLITE_OK;
     int64_t now = now_ns();
-    int64_t ids[512];
-    size_t n = 0;
-    for (int pass = 0; pass < 2 && n < o->max && err == SQLITE_OK; pass++) {
-        sqlite3_stmt *st = ostmt(s, pass == 0 ? O_READY : O_EXPIRED, &err);
+    /* Up to max of each kind, each in the order they became claimable;
+       merged, the first max of both (an expired lease does not wait behind
+       a backlog of ready rows, nor a retried row behind newer ones). */
+    int64_t cand[2][512][2]; /* [ready, expired][i] = {claimable since, id} */
+    size_t cn[2] = {0, 0};
+    for (int k = 0; k < 2 && err == SQLITE_OK; k++) {
+        sqlite3_stmt *st = ostmt(s, k == 0 ? O_READY : O_EXPIRED, &err);
         if (st == NULL)
             break;
         sqlite3_bind_int64(st, 1, now);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)(o->max - n));
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)o->max);
         int rc;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < o->max)
-            ids[n++] = sqlite3_column_int64(st, 0);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW && cn[k] < o->max) {
+            cand[k][cn[k]][0] = sqlite3_column_int64(st, 1);
+            cand[k][cn[k]][1] = sqlite3_column_int64(st, 0);
+            cn[k]++;
+        }
         sqlite3_reset(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE)
             err = rc;
     }
     if (err != SQLITE_OK)
         return err;
+    int64_t ids[512];
+    size_t n = 0, r = 0, e = 0;
+    while (n < o->max && (r < cn[0] || e < cn[1])) {
+        bool ready =
+            e == cn[1] ||
+            (r < cn[0] && (cand[0][r][0] < cand[1][e][0] ||
+                           (cand[0][r][0] == cand[1][e][0] && cand[0][r][1] < cand[1][e][1])));
+        ids[n++] = ready ? cand[0][r++][1] : cand[1][e++][1];
+    }
     o->batch->msgs = n ? calloc(n, sizeof(eb_outbox_message)) : NULL;
     if (n && o->batch->msgs == NULL)
         return SQLITE_NOMEM;
-    o->lease = now + o->lease;
+    o->lease = eb__ns_after(now, o->lease);
     sqlite3_stmt *take = ostmt(s, O_TAKE, &err);
     for (size_t i = 0; i < n && take != NULL && err == SQLITE_OK; i++) {
         sqlite3_bind_int64(take, 1, ids[i]);

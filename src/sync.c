@@ -214,8 +214,7 @@ int64_t eb__deadline_after(int64_t timeout_ns)
 {
     if (timeout_ns < 0)
         return INT64_MAX;
-    int64_t now = eb__now_mono_ns();
-    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+    return eb__ns_after(eb__now_mono_ns(), timeout_ns);
 }
 
 void eb__cpu_relax(void)

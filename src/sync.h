@@ -288,6 +288,12 @@ int64_t eb__now_coarse_ns(void);
 struct timespec eb__ts_from_ns(int64_t ns);
 /* Absolute monotonic deadline for a relative timeout (<0: none -> INT64_MAX). */
 int64_t eb__deadline_after(int64_t timeout_ns);
+/* t + span for a time t and a span >= 0, at most INT64_MAX (a span that
+   large means "never"). */
+static inline int64_t eb__ns_after(int64_t t, int64_t span)
+{
+    return span > INT64_MAX - t ? INT64_MAX : t + span;
+}
 
 /* CPU relaxation for spin loops. */
 void eb__cpu_relax(void);

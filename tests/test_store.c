@@ -1059,6 +1059,81 @@ static eb_store *t_store_open_again(const char *path)
     return t_store_open(path); /* a second handle: another owner token */
 }
 
+static int64_t t_claim_one(eb_store *s, int64_t lease_ns)
+{
+    eb_outbox_batch *b = NULL;
+    cr_assert_eq(eb_outbox_claim(s, 1, lease_ns, &b), EB_OK);
+    cr_assert_eq(b->n, 1);
+    int64_t id = b->msgs[0].id;
+    eb_outbox_batch_free(b);
+    return id;
+}
+
+/* A claim takes the rows claimable the longest first: a crashed owner's
+   row (lease expired) does not wait behind a backlog of newer ready rows,
+   and a row abandoned for an immediate retry goes behind the rows that
+   were ready before, not behind those added after. */
+Test(store, outbox_claims_take_the_rows_claimable_longest_first)
+{
+    t_dir d;
+    eb_store *a = t_store_new(&d);
+    eb_store *b = t_store_open_again(d.path);
+    int64_t ids[6];
+    cr_assert_eq(eb_outbox_add(a, "cmd.ship", "p", 1, NULL, 0, &ids[0]), EB_OK);
+    cr_assert_eq(t_claim_one(a, 20 * T_MS), ids[0]); /* a "crashes" holding it */
+    t_sleep_ms(40);
+    for (int i = 1; i < 4; i++)
+        cr_assert_eq(eb_outbox_add(a, "cmd.ship", "p", 1, NULL, 0, &ids[i]), EB_OK);
+    cr_assert_eq(t_claim_one(b, 10 * T_SEC), ids[0], "the expired lease first");
+    cr_assert_eq(t_claim_one(b, 10 * T_SEC), ids[1]);
+    cr_assert_eq(eb_outbox_abandon(b, ids[1], "again", 0), EB_OK);
+    t_sleep_ms(2);
+    cr_assert_eq(eb_outbox_add(a, "cmd.ship", "p", 1, NULL, 0, &ids[4]), EB_OK);
+    cr_assert_eq(t_claim_one(b, 10 * T_SEC), ids[2]);
+    cr_assert_eq(t_claim_one(b, 10 * T_SEC), ids[3]);
+    cr_assert_eq(t_claim_one(b, 10 * T_SEC), ids[1], "retried before the rows added since");
+    cr_assert_eq(t_claim_one(b, 10 * T_SEC), ids[4]);
+    eb_store_close(b);
+    t_store_done(&d, a);
+}
+
+/* Spans too large to add to the clock mean "never", not a time in the past
+   (they wrapped: a lease that had already expired, a delayed event fired at
+   once; UBSan saw the overflow). */
+Test(store, the_largest_lease_and_delay_mean_never)
+{
+    t_dir d;
+    eb_store *a = t_store_new(&d);
+    eb_store *b = t_store_open_again(d.path);
+    int64_t id;
+    cr_assert_eq(eb_outbox_add(a, "cmd.ship", "p", 1, NULL, 0, &id), EB_OK);
+    cr_assert_eq(t_claim_one(a, INT64_MAX), id);
+    eb_outbox_batch *bb = NULL;
+    cr_assert_eq(eb_outbox_claim(b, 10, 10 * T_SEC, &bb), EB_OK);
+    cr_assert_eq(bb->n, 0, "a's lease holds");
+    eb_outbox_batch_free(bb);
+    cr_assert_eq(eb_outbox_ack(a, id), EB_OK);
+    eb_store_close(b);
+
+    eb_bus *bus = t_bus_store(a, 2);
+    t_log_rec r;
+    t_log_rec_init(&r);
+    cr_assert_eq(eb_subscribe(bus, "later", t_log_handler, &r, NULL, NULL), EB_OK);
+    eb_publish_options o = t_durable(EB_PUBLISH_DURABLE);
+    o.delay_ns = INT64_MAX;
+    uint32_t v = 1;
+    cr_assert_eq(eb_publish(bus, "later", &v, 4, &o), EB_OK);
+    eb_message m = {.topic = "later", .payload = &v, .len = 4};
+    cr_assert_eq(eb_publish_batch(bus, &m, 1, &o, NULL), EB_OK);
+    t_sleep_ms(100);
+    eb_bus_destroy(bus);
+    cr_assert_eq(r.n, 0, "fired");
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(a, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 2);
+    t_store_done(&d, a);
+}
+
 Test(store, outbox_claim_ack_abandon_fail_and_lease_takeover)
 {
     t_dir d;

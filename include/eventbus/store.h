@@ -228,7 +228,8 @@ typedef struct eb_outbox_message {
     eb_outbox_status status;
     unsigned attempts;       /* claims so far, this one included */
     int64_t created_ns;      /* Unix times */
-    int64_t next_attempt_ns; /* READY: not claimable before (0: at once) */
+    int64_t next_attempt_ns; /* READY: not claimable before (a new row: its
+                                creation time) */
     int64_t lease_until_ns;  /* IN_PROGRESS: the lease ends */
     const char *last_error;  /* "" if none */
 } eb_outbox_message;
@@ -252,7 +253,9 @@ EB_API int eb_outbox_add(eb_store *store, const char *topic, const void *payload
 
 /*
  * Claims up to max READY rows that are due (and IN_PROGRESS rows whose lease
- * expired: their owner is presumed dead), oldest first, for lease_ns: they
+ * expired: their owner is presumed dead), for lease_ns, those claimable the
+ * longest first (a new row from its creation, an abandoned one from its
+ * retry time, an expired one from the end of its lease): they
  * become IN_PROGRESS, owned by this store handle, attempts + 1. On EB_OK
  * *out holds the claimed rows (n may be 0); free it with
  * eb_outbox_batch_free. Errors: EB_EINVAL (NULL argument, max 0 or above
