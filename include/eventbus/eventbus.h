@@ -326,7 +326,9 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
  * not be called again; deliveries still queued for it complete as
  * EB_ECANCELED (their waiters are told). From inside that subscription's own
  * handler it returns at once and no further call starts after the handler
- * returns. The handle is invalid afterwards.
+ * returns; a durable subscription's name is then free once the handler
+ * returned (subscribing it again before gets EB_EEXIST). The handle is
+ * invalid afterwards.
  * Errors: EB_EINVAL (sub NULL or already being unsubscribed).
  * Thread-safe: yes. May be called from a handler: yes.
  */
