@@ -61,10 +61,10 @@ typedef struct eb_store_options {
     eb_store_sync synchronous;
     unsigned busy_timeout_ms; /* wait for another process's lock; 0: 5000 */
     bool read_only;           /* open an existing file for reading only: no writer
-                                 thread; write calls return EB_ENOTSUP. The
-                                 directory must still be writable (the file is
-                                 in WAL mode, whose readers need its -shm
-                                 file): else EB_EIO */
+                                 thread; write calls return EB_ENOTSUP. WAL
+                                 mode: SQLite may have to create the file's
+                                 -shm beside it, so in a directory the process
+                                 cannot write the open can fail (EB_EIO) */
     bool no_create;           /* refuse a missing (or empty) file with EB_ENOENT */
     unsigned max_pending;     /* durable events and writes queued for the writer
                                  before callers outside handlers wait; 0: 65536 */
