@@ -1496,6 +1496,7 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
 {
     eb_event *saved[EB__MAX_NEST + 1];
     int rc = EB_OK;
+    bool first = true;
     atomic_store_explicit(&ev->ext->waiter_worker, true, memory_order_seq_cst);
     for (unsigned i = 0; i < w->depth; i++) {
         saved[i] = atomic_load_explicit(&w->stack[i]->wait_ticket, memory_order_relaxed);
@@ -1518,13 +1519,21 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
             rc = EB_EDEADLK;
             break;
         }
+        /* Even a poll (a deadline already past) takes one step of other
+           work: a handler polling in a loop lets the pool (and the
+           dispatch that finds its deadlock) go on. */
         int64_t now = eb__now_mono_ns();
+        if (now >= deadline && !first) {
+            rc = EB_ETIMEDOUT;
+            break;
+        }
+        first = false;
+        if (help_once(b, w))
+            continue;
         if (now >= deadline) {
             rc = EB_ETIMEDOUT;
             break;
         }
-        if (help_once(b, w))
-            continue;
         park(b, deadline < now + 1000000 ? deadline : now + 1000000);
     }
     for (unsigned i = 0; i < w->depth; i++)
@@ -1933,6 +1942,10 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             (msgs[i].key == NULL && msgs[i].key_len > 0))
             return EB_EINVAL;
     }
+    /* Valid (EB_EINVAL leaves *accepted alone): every other outcome says
+       its prefix, none so far. */
+    if (accepted != NULL)
+        *accepted = 0;
     unsigned durable = opts->flags & DURABLE_FLAGS;
     int64_t delay = opts_delay(opts);
     if (durable && bus->store == NULL)
@@ -2095,9 +2108,12 @@ EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_resu
         return EB_EINVAL;
     eb_event *ev = (eb_event *)ticket;
     int rc = EB_OK;
+    /* A poll (timeout 0) from a handler still gets EB_EDEADLK when only its
+       own lane could finish the event (worker_wait checks first). */
     if (!eb__event_done(ev))
-        rc = timeout_ns == 0 ? EB_ETIMEDOUT
-                             : wait_event(ev->bus, ev, eb__deadline_after(timeout_ns));
+        rc = timeout_ns == 0 && self_worker(ev->bus) == NULL
+                 ? EB_ETIMEDOUT
+                 : wait_event(ev->bus, ev, eb__deadline_after(timeout_ns));
     if (rc == EB_OK && result != NULL)
         eb__event_result(ev, result);
     return rc;
@@ -2116,6 +2132,8 @@ EB_API int eb_publish_wait(eb_bus *bus, const char *topic, const void *payload, 
     int64_t deadline = eb__deadline_after(timeout);
     eb_ticket *t;
     int rc = eb_publish_async(bus, topic, payload, len, opts, &t);
+    if (rc == EB_ETIMEDOUT)
+        return EB_EAGAIN; /* nothing published: EB_ETIMEDOUT says it was */
     if (rc != EB_OK)
         return rc;
     int64_t left = deadline == INT64_MAX ? -1 : deadline - eb__now_mono_ns();
@@ -2489,6 +2507,35 @@ fail_ring:
     return rc;
 }
 
+/* A delayed event not due at shutdown: released undelivered, its waiter
+   told EB_ECLOSED. */
+static void drop_unfired(eb_bus *b, eb_event *ev)
+{
+    if (ev->flags & EB__EV_TRACKED) {
+        atomic_store_explicit(&ev->ext->first_error, EB_ECLOSED, memory_order_relaxed);
+        ev->ext->matched = 0; /* never routed */
+        eb__event_finish(ev, EB_ECLOSED, false);
+    }
+    eb__event_unref(ev, &b->depot);
+}
+
+/* At the start of a shutdown: the delayed events not yet due leave the
+   timer heap at once (their retries' timers stay), so that a handler
+   waiting for one returns (EB_ECLOSED) instead of holding the shutdown
+   until it falls due. Without memory for the list they go in bus_free. */
+static void drop_scheduled(eb_bus *b)
+{
+    eb__timer_entry *v;
+    unsigned n = eb__timers_take_tagged(&b->timers, &v);
+    for (unsigned i = 0; i < n; i++)
+        drop_unfired(b, EV_TIMER_UNTAG(v[i].what));
+    free(v);
+    if (n > 0) {
+        atomic_fetch_sub_explicit(&b->scheduled, n, memory_order_relaxed);
+        logf_(b, EB_LOG_WARN, "%u scheduled events were not due at shutdown and were dropped", n);
+    }
+}
+
 /* Frees a bus whose workers were joined. */
 static void bus_free(eb_bus *b)
 {
@@ -2498,13 +2545,7 @@ static void bus_free(eb_bus *b)
     size_t unfired = 0;
     while (eb__timers_pop_due(&b->timers, INT64_MAX, &e)) {
         if (IS_EV_TIMER(e.what)) {
-            eb_event *ev = EV_TIMER_UNTAG(e.what);
-            if (ev->flags & EB__EV_TRACKED) {
-                atomic_store_explicit(&ev->ext->first_error, EB_ECLOSED, memory_order_relaxed);
-                ev->ext->matched = 0; /* never routed */
-                eb__event_finish(ev, EB_ECLOSED, false);
-            }
-            eb__event_unref(ev, &b->depot);
+            drop_unfired(b, EV_TIMER_UNTAG(e.what));
             unfired++;
             continue;
         }
@@ -2665,6 +2706,7 @@ EB_API int eb_bus_shutdown(eb_bus *b, int64_t timeout_ns)
         if (b->store != NULL)
             eb__store_detach_begin(b->store);
         atomic_store_explicit(&b->closing, 1, memory_order_seq_cst);
+        drop_scheduled(b);
         wake_pool(b);
     }
     if (deadline != INT64_MAX && !wait_drained(b, deadline)) {

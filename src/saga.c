@@ -1633,7 +1633,9 @@ EB_API int eb_scope_publish(eb_scope *scope, const char *topic, const void *payl
 
 EB_API int eb_scope_commit(eb_scope *scope, const eb_publish_options *opts, size_t *published)
 {
-    if (scope == NULL)
+    /* The payloads are the scope's copies, freed with it: never zero-copy
+       (a payload_free here was called on pointers into the scope's buffer). */
+    if (scope == NULL || (opts != NULL && opts->payload_free != NULL))
         return EB_EINVAL;
     eb_message *msgs = NULL;
     if (scope->left > 0 && (msgs = malloc(scope->left * sizeof(*msgs))) == NULL)

@@ -143,6 +143,34 @@ bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen)
     return found;
 }
 
+unsigned eb__timers_take_tagged(eb__timers *t, eb__timer_entry **out)
+{
+    *out = NULL;
+    pthread_mutex_lock(&t->lock);
+    unsigned n = 0;
+    for (unsigned i = 0; i < t->n; i++)
+        n += ((uintptr_t)t->heap[i].what & 1) != 0;
+    eb__timer_entry *v = n > 0 ? malloc(n * sizeof(*v)) : NULL;
+    if (v == NULL) {
+        pthread_mutex_unlock(&t->lock);
+        return 0;
+    }
+    unsigned keep = 0, k = 0;
+    for (unsigned i = 0; i < t->n; i++) {
+        if ((uintptr_t)t->heap[i].what & 1)
+            v[k++] = t->heap[i];
+        else
+            t->heap[keep++] = t->heap[i];
+    }
+    t->n = keep;
+    for (unsigned i = keep / 2; i-- > 0;)
+        sift_down(t, i);
+    atomic_store_explicit(&t->next, t->n ? t->heap[0].deadline : INT64_MAX, memory_order_relaxed);
+    pthread_mutex_unlock(&t->lock);
+    *out = v;
+    return n;
+}
+
 unsigned eb__timers_count(eb__timers *t)
 {
     pthread_mutex_lock(&t->lock);

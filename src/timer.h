@@ -51,6 +51,10 @@ static inline int64_t eb__timers_next(eb__timers *t)
 /* Removes the entry (what, gen) if it is still in the heap (not popped);
    returns whether it was. */
 bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen);
+/* Removes every entry whose `what` has bit 0 set, whatever its deadline,
+   into a malloc'd array (*out, free it) and returns how many; 0 with *out
+   NULL when there are none or no memory (they stay). */
+unsigned eb__timers_take_tagged(eb__timers *t, eb__timer_entry **out);
 /* Number of pending entries (for drain checks). */
 unsigned eb__timers_count(eb__timers *t);
 

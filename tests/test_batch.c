@@ -66,6 +66,13 @@ Test(batch, one_bad_message_refuses_the_whole_batch)
     cr_assert_eq(eb_publish_batch(NULL, m, 1, NULL, NULL), EB_EINVAL);
     cr_assert_eq(eb_publish_batch(bus, NULL, 0, NULL, &accepted), EB_OK);
     cr_assert_eq(accepted, 0);
+    /* Refusals after validation say their (empty) prefix. */
+    eb_publish_options durable;
+    eb_publish_options_init(&durable);
+    durable.flags = EB_PUBLISH_DURABLE;
+    accepted = 77;
+    cr_assert_eq(eb_publish_batch(bus, &m[0], 1, &durable, &accepted), EB_ENOTSUP, "no store");
+    cr_assert_eq(accepted, 0);
     eb_bus_stats st;
     cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
     cr_assert_eq(st.published, 0);
@@ -85,6 +92,24 @@ static int gated(const eb_event *ev, void *ctx)
     if (atomic_fetch_add(&g->calls, 1) == 0)
         t_gate_wait(&g->gate);
     return 0;
+}
+
+Test(batch, a_closed_bus_refuses_a_batch_and_says_none_was_accepted)
+{
+    eb_bus *bus = t_bus_new(1);
+    struct gate_rec g;
+    t_gate_init(&g.gate);
+    atomic_init(&g.calls, 0);
+    t_sub(bus, "held", gated, &g, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(t_pub_u32(bus, "held", 1), EB_OK);
+    cr_assert(t_wait_ge(&g.calls, 1));
+    cr_assert_eq(eb_bus_shutdown(bus, 0), EB_ETIMEDOUT, "a handler still runs");
+    eb_message m = {.topic = "held", .payload = "x", .len = 1};
+    size_t accepted = 77;
+    cr_assert_eq(eb_publish_batch(bus, &m, 1, NULL, &accepted), EB_ECLOSED);
+    cr_assert_eq(accepted, 0, "*accepted left at %zu", accepted);
+    t_gate_open(&g.gate);
+    eb_bus_destroy(bus);
 }
 
 Test(batch, a_full_intake_returns_eagain_with_the_accepted_prefix_and_bounds_the_events)

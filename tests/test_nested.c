@@ -196,6 +196,7 @@ struct self_wait {
     eb_publish_result r;
     eb_delivery delivery;
     bool use_ticket;
+    bool poll; /* the ticket waited on with timeout 0 */
 };
 
 static int self_wait_handler(const eb_event *ev, void *ctx)
@@ -214,7 +215,10 @@ static int self_wait_handler(const eb_event *ev, void *ctx)
             eb_ticket *t = NULL;
             int rc = eb_publish_async(s->bus, eb_event_topic(ev), NULL, 0, &o, &t);
             if (rc == EB_OK) {
-                rc = eb_ticket_wait(t, t_wait_budget_ns(), &s->r);
+                int64_t until = t_now_ns() + t_wait_budget_ns();
+                do
+                    rc = eb_ticket_wait(t, s->poll ? 0 : t_wait_budget_ns(), &s->r);
+                while (s->poll && rc == EB_ETIMEDOUT && t_now_ns() < until);
                 eb_ticket_release(t);
             }
             atomic_store(&s->rc, rc);
@@ -225,13 +229,14 @@ static int self_wait_handler(const eb_event *ev, void *ctx)
     return 0;
 }
 
-static void self_wait_run(eb_delivery delivery, bool use_ticket, unsigned workers)
+static void self_wait_run(eb_delivery delivery, bool use_ticket, bool poll, unsigned workers)
 {
     struct self_wait s;
     memset(&s, 0, sizeof s);
     atomic_init(&s.calls, 0);
     atomic_init(&s.rc, 1);
     s.use_ticket = use_ticket;
+    s.poll = poll;
     s.bus = t_bus_new(workers);
     t_sub(s.bus, "self.x", self_wait_handler, &s, delivery, 0);
     eb_publish_options o;
@@ -257,22 +262,34 @@ static void self_wait_run(eb_delivery delivery, bool use_ticket, unsigned worker
 
 Test(nested, publish_wait_on_an_event_for_the_own_serial_lane_returns_edeadlk)
 {
-    self_wait_run(EB_DELIVERY_SERIAL, false, 2);
+    self_wait_run(EB_DELIVERY_SERIAL, false, false, 2);
 }
 
 Test(nested, publish_wait_on_the_own_serial_lane_returns_edeadlk_with_one_worker)
 {
-    self_wait_run(EB_DELIVERY_SERIAL, false, 1);
+    self_wait_run(EB_DELIVERY_SERIAL, false, false, 1);
 }
 
 Test(nested, publish_wait_on_the_own_keyed_lane_returns_edeadlk)
 {
-    self_wait_run(EB_DELIVERY_KEYED, false, 2);
+    self_wait_run(EB_DELIVERY_KEYED, false, false, 2);
 }
 
 Test(nested, ticket_wait_on_an_event_for_the_own_lane_returns_edeadlk)
 {
-    self_wait_run(EB_DELIVERY_SERIAL, true, 2);
+    self_wait_run(EB_DELIVERY_SERIAL, true, false, 2);
+}
+
+/* Polls said EB_ETIMEDOUT for ever: a handler polling in a loop never
+   returned. */
+Test(nested, polling_a_ticket_for_the_own_lane_returns_edeadlk)
+{
+    self_wait_run(EB_DELIVERY_SERIAL, true, true, 2);
+}
+
+Test(nested, polling_a_ticket_for_the_own_lane_returns_edeadlk_with_one_worker)
+{
+    self_wait_run(EB_DELIVERY_SERIAL, true, true, 1);
 }
 
 /* Wait on an event that goes to the own lane AND to another subscription. */

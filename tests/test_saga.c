@@ -740,6 +740,12 @@ Test(scope, aborted_scope_shows_nothing_and_committed_scope_everything)
         cr_assert_eq(eb_scope_publish(s, "uow.item", &i, sizeof(i), "k", 1), EB_OK);
     cr_expect_eq(atomic_load(&c.seen), 0, "a scope leaked before its commit");
     size_t published = 0;
+    /* The scope publishes its own copies: a free function for them is
+       refused (it was called on pointers into the scope's buffer). */
+    eb_publish_options zc;
+    eb_publish_options_init(&zc);
+    zc.payload_free = free;
+    cr_assert_eq(eb_scope_commit(s, &zc, &published), EB_EINVAL);
     cr_assert_eq(eb_scope_commit(s, NULL, &published), EB_OK);
     cr_expect_eq(published, 100);
     cr_assert_eq(eb_publish_wait(bus, "uow.marker", NULL, 0, NULL, &r), EB_OK);

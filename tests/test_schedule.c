@@ -155,3 +155,44 @@ Test(schedule, events_not_due_at_destroy_are_released_undelivered)
     eb_ticket_release(t);
     cr_assert_eq(atomic_load(&freed), 2, "payload_free called %u times", atomic_load(&freed));
 }
+
+struct waits_later {
+    eb_bus *bus;
+    atomic_int started;
+    atomic_int rc;
+    eb_publish_result r;
+};
+
+static int waits_for_a_later_event(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct waits_later *w = ctx;
+    eb_publish_options o = t_bounded_opts();
+    o.delay_ns = 3 * T_SEC;
+    atomic_store(&w->started, 1);
+    atomic_store(&w->rc, eb_publish_wait(w->bus, "later", NULL, 0, &o, &w->r));
+    return 0;
+}
+
+/* A handler waiting for a delayed event held the shutdown until the event
+   fell due (an hour's delay: an hour); it gets EB_ECLOSED at once. */
+Test(schedule, a_handler_waiting_for_an_event_not_due_does_not_hold_up_destroy)
+{
+    struct waits_later w = {.bus = t_bus_new(2)};
+    atomic_init(&w.started, 0);
+    atomic_init(&w.rc, 1);
+    t_counter later;
+    t_counter_init(&later);
+    t_sub(w.bus, "now", waits_for_a_later_event, &w, EB_DELIVERY_SERIAL, 0);
+    t_sub(w.bus, "later", t_count_handler, &later, EB_DELIVERY_SERIAL, 0);
+    cr_assert_eq(t_pub_u32(w.bus, "now", 1), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&w.started) == 1);
+    cr_assert(ok);
+    t_sleep_ms(20); /* into its wait */
+    eb_bus_destroy(w.bus);
+    cr_assert_eq(atomic_load(&w.rc), EB_OK, "got %s", eb_err_name(atomic_load(&w.rc)));
+    cr_assert_eq(w.r.first_error, EB_ECLOSED, "the event fired (%s)", eb_err_name(w.r.first_error));
+    cr_assert_eq(w.r.delivered, 0);
+    cr_assert_eq(atomic_load(&later.calls), 0);
+}

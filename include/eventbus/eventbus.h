@@ -24,8 +24,12 @@
  *    lane drains; a full intake ring blocks publishers, or returns EB_EAGAIN /
  *    EB_ETIMEDOUT when they asked not to wait. A handler that waits (nested
  *    publish-and-wait, ticket wait, unsubscribe) keeps its worker running
- *    other work; a wait that could only finish after the caller's own lane
- *    runs returns EB_EDEADLK instead of hanging. A publish from a handler
+ *    other work (up to 64 waits nested on one worker; deeper, it only
+ *    waits); a wait that could only finish after the caller's own lane
+ *    runs returns EB_EDEADLK instead of hanging. Cycles through other
+ *    handlers are not detected: two handlers each waiting for the other's
+ *    delivery, or a handler unsubscribing one whose handler waits for it,
+ *    wait until their timeouts (unsubscribe has none). A publish from a handler
  *    never waits for its own lane: when the intake is full and dispatch is
  *    held up by that lane, the event goes to an overflow list the dispatcher
  *    drains in order (the only case where the intake bound is exceeded; it
@@ -117,7 +121,10 @@ typedef struct eb_subscription eb_subscription;
 typedef struct eb_ticket eb_ticket;
 typedef struct eb_store eb_store; /* durable store: <eventbus/store.h> */
 
-/* Longest topic or pattern, in bytes, not counting the terminating NUL. */
+/* Longest topic or pattern, in bytes, not counting the terminating NUL,
+   that a caller may publish or subscribe. The bus's own dead-letter topics
+   ($deadletter.<topic>) are up to 12 bytes longer: a handler copying
+   eb_event_topic needs EB_TOPIC_MAX + 13 bytes for them. */
 #define EB_TOPIC_MAX 255
 
 /* ---------------------------------------------------------------------- */
@@ -325,8 +332,9 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
  * Removes a subscription. Returns once the handler is not running and will
  * not be called again; deliveries still queued for it complete as
  * EB_ECANCELED (their waiters are told). From inside that subscription's own
- * handler it returns at once and no further call starts after the handler
- * returns; a durable subscription's name is then free once the handler
+ * handler (or from a handler running nested on its worker while that
+ * handler waits) it returns at once and no further call starts after the
+ * handler returns; a durable subscription's name is then free once the handler
  * returned (subscribing it again before gets EB_EEXIST). The handle is
  * invalid afterwards.
  * Errors: EB_EINVAL (sub NULL or already being unsubscribed).
@@ -378,8 +386,9 @@ typedef struct eb_publish_options {
                                       call (the event waits in the bus's timer heap, not on
                                       the intake, so it never blocks or gets EB_EAGAIN);
                                       0: now; < 0: EB_EINVAL. Not durable: scheduled events
-                                      not yet due when the bus is destroyed are released
-                                      undelivered (their waiters get first_error
+                                      not yet due when the bus's shutdown begins
+                                      (eb_bus_shutdown, eb_bus_destroy) are released
+                                      undelivered at once (their waiters get first_error
                                       EB_ECLOSED) — unless durable: then the event
                                       waits in the store and fires once, also
                                       after a restart */
@@ -443,9 +452,11 @@ EB_API int eb_publish(eb_bus *bus, const char *topic, const void *payload, size_
  * finished, with the outcome in *result (may be NULL). The wait is bounded
  * by opts->timeout_ns as a whole, except for EB_PUBLISH_DURABLE's wait for
  * its commit (see there).
- * Errors: those of eb_publish (nothing published); EB_ETIMEDOUT or
- * EB_EDEADLK after the event was published (it will still be delivered;
- * *result is then untouched).
+ * Errors: those of eb_publish (nothing published), except that an intake
+ * (or store queue) that stayed full for the whole timeout gives EB_EAGAIN:
+ * EB_ETIMEDOUT and EB_EDEADLK always mean that the event was published (it
+ * will still be delivered, a zero-copy payload belongs to the bus; *result
+ * is then untouched).
  * Thread-safe: yes. May be called from a handler: yes (the worker keeps
  * running other work while it waits).
  */
@@ -1005,7 +1016,8 @@ EB_API int eb_scope_publish(eb_scope *scope, const char *topic, const void *payl
  * NULL) gets how many events were accepted. On failure the accepted prefix
  * is published (the in-memory bus cannot take back events it accepted) and
  * the scope stays open with the events not yet accepted: commit again or
- * abort. Errors: those of eb_publish_batch.
+ * abort. Errors: those of eb_publish_batch; EB_EINVAL also for an
+ * opts->payload_free (the scope publishes its own copies of the payloads).
  * Thread-safe: no (one thread per scope). May be called from a handler: yes.
  */
 EB_API int eb_scope_commit(eb_scope *scope, const eb_publish_options *opts, size_t *published);
