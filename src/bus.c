@@ -1241,6 +1241,9 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
         atomic_store_explicit(&l->run_since, since, memory_order_relaxed);
         int rc = s->fn(l->cur, s->ctx);
         atomic_store_explicit(&l->run_since, 0, memory_order_relaxed);
+        bool final = l->give_up; /* the handler said no retry can mend it */
+        if (final)
+            l->give_up = false;
         if (rc == 0) {
             eb__count(&l->delivered, 1);
             eb__count(&w->delivered, 1);
@@ -1251,7 +1254,7 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
         }
         if (rc > 0)
             rc = EB_EHANDLER;
-        if (l->attempt < s->max_attempts &&
+        if (!final && l->attempt < s->max_attempts &&
             !atomic_load_explicit(&s->cancelled, memory_order_acquire)) {
             eb__count(&l->retried, 1);
             eb__count(&w->retried, 1);
@@ -2229,6 +2232,22 @@ bool eb__bus_in_handler(const eb_bus *bus)
     return self_worker(bus) != NULL;
 }
 
+void eb__delivery_give_up(void)
+{
+    eb__worker *w = tls_worker;
+    if (w != NULL && w->depth > 0)
+        w->stack[w->depth - 1]->give_up = true;
+}
+
+bool eb__sub_on_stack(const struct eb_subscription *sub)
+{
+    eb__worker *w = self_worker(sub->bus);
+    for (unsigned i = 0; w != NULL && i < w->depth; i++)
+        if (w->stack[i]->sub == sub)
+            return true;
+    return false;
+}
+
 /* ---- subscribing ------------------------------------------------------ */
 
 EB_API void eb_subscribe_options_init(eb_subscribe_options *opts)
@@ -2242,6 +2261,28 @@ EB_API void eb_subscribe_options_init(eb_subscribe_options *opts)
     opts->backoff_max_ns = 1000000000;
 }
 
+int eb__subscribe_options_check(const eb_bus *bus, eb_subscribe_options *o)
+{
+    if ((unsigned)o->delivery > EB_DELIVERY_CONCURRENT ||
+        (unsigned)o->overflow > EB_OVERFLOW_DROP_NEWEST || o->lanes > MAX_LANES ||
+        o->max_attempts > MAX_ATTEMPTS || o->mailbox_capacity > MAX_MAILBOX ||
+        (o->delivery == EB_DELIVERY_SERIAL && o->lanes > 1) ||
+        (o->name != NULL && strnlen(o->name, 256) > 255) ||
+        (o->durable &&
+         (o->name == NULL || o->name[0] == '\0' || o->overflow != EB_OVERFLOW_BLOCK)) ||
+        (o->idempotent && !o->durable))
+        return EB_EINVAL;
+    if (o->durable && bus->store == NULL)
+        return EB_ENOTSUP;
+    if (o->max_attempts == 0)
+        o->max_attempts = 3;
+    if (o->backoff_initial_ns == 0)
+        o->backoff_initial_ns = 1000000;
+    if (o->backoff_max_ns == 0)
+        o->backoff_max_ns = 1000000000;
+    return o->backoff_max_ns < o->backoff_initial_ns ? EB_EINVAL : EB_OK;
+}
+
 EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void *ctx,
                         const eb_subscribe_options *opts, eb_subscription **out)
 {
@@ -2253,24 +2294,9 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
         eb_subscribe_options_init(&o);
     if (bus == NULL || fn == NULL || !topic_ok(pattern, &pl))
         return EB_EINVAL;
-    if ((unsigned)o.delivery > EB_DELIVERY_CONCURRENT ||
-        (unsigned)o.overflow > EB_OVERFLOW_DROP_NEWEST || o.lanes > MAX_LANES ||
-        o.max_attempts > MAX_ATTEMPTS || o.mailbox_capacity > MAX_MAILBOX ||
-        (o.delivery == EB_DELIVERY_SERIAL && o.lanes > 1) ||
-        (o.name != NULL && strnlen(o.name, 256) > 255) ||
-        (o.durable && (o.name == NULL || o.name[0] == '\0' || o.overflow != EB_OVERFLOW_BLOCK)) ||
-        (o.idempotent && !o.durable))
-        return EB_EINVAL;
-    if (o.durable && bus->store == NULL)
-        return EB_ENOTSUP;
-    if (o.max_attempts == 0)
-        o.max_attempts = 3;
-    if (o.backoff_initial_ns == 0)
-        o.backoff_initial_ns = 1000000;
-    if (o.backoff_max_ns == 0)
-        o.backoff_max_ns = 1000000000;
-    if (o.backoff_max_ns < o.backoff_initial_ns)
-        return EB_EINVAL;
+    int rc = eb__subscribe_options_check(bus, &o);
+    if (rc != EB_OK)
+        return rc;
     unsigned nlanes = 1;
     if (o.delivery == EB_DELIVERY_KEYED)
         nlanes = o.lanes ? o.lanes : 16;
@@ -2286,7 +2312,6 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
     if (o.delivery == EB_DELIVERY_CONCURRENT)
         for (unsigned i = 0; i < nlanes; i++)
             s->lanes[i].home = 1 + i % bus->nworkers;
-    int rc = EB_OK;
     if (o.durable)
         rc = eb__dsub_open(bus->store, o.name, pattern, pl, o.idempotent, s, &s->dsub);
     if (rc == EB_OK)
@@ -2332,11 +2357,7 @@ EB_API int eb_unsubscribe(eb_subscription *sub)
         eb__dsub_stop(sub->dsub); /* no more replayed events for it */
     reg_unlink(b, sub);
     eb__worker *w = self_worker(b);
-    bool own = false;
-    for (unsigned i = 0; w != NULL && i < w->depth; i++)
-        if (w->stack[i]->sub == sub)
-            own = true;
-    if (!own) {
+    if (!eb__sub_on_stack(sub)) {
         /* Wait until only our reference is left: no lane is scheduled, so no
            handler runs and none will (cancelled is set). */
         /* A stalled event's pin does not count: it never calls a cancelled

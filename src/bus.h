@@ -186,5 +186,16 @@ void eb__bus_replay_target(eb_bus *bus, eb_event *ev, struct eb_subscription *su
 void eb__bus_event_unref(eb_bus *bus, eb_event *ev);
 /* True if the calling thread is a worker of bus (running a handler). */
 bool eb__bus_in_handler(const eb_bus *bus);
+/* Called from a handler about to return a failure that no retry can
+   mend: its delivery is dead-lettered at once (saga.c: a command without
+   an aggregate id). */
+void eb__delivery_give_up(void);
+/* eb_subscribe's checks of its options, which it fills with their
+   defaults: EB_OK, EB_EINVAL or EB_ENOTSUP (saga.c checks before its
+   recovery has effects). */
+int eb__subscribe_options_check(const eb_bus *bus, eb_subscribe_options *o);
+/* True if a handler of sub is on the calling worker's stack: the caller is
+   that handler, or runs nested inside it while it waits (saga.c). */
+bool eb__sub_on_stack(const struct eb_subscription *sub);
 
 #endif /* EB_BUS_H */

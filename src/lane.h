@@ -49,6 +49,8 @@ typedef struct eb__lane {
     struct eb__lane *rq_next, *rq_prev; /* protected by bus->rq_lock */
     eb_event *cur;                      /* delivery in progress or waiting for retry */
     unsigned attempt;                   /* attempt number of cur, from 1 */
+    bool give_up;                       /* the handler's failure is final: no retry
+                                           (eb__delivery_give_up) */
     /* Counters of finished deliveries. One writer at a time (the runner;
        the lane's state exchange hands it over), so bumped with a relaxed
        load and store, not a locked add; read relaxed by the stats. */

@@ -895,6 +895,19 @@ EB_API bool eb_saga_is_new(const eb_saga_ctx *sc)
     return sc != NULL && sc->is_new;
 }
 
+/* Whether ev was sent by (or in reply to) an instance of s: its event key
+   is an instance key and its correlation id that instance's id. */
+static bool is_own_event(const eb_saga *s, const eb_event *ev)
+{
+    size_t kl;
+    const void *k = eb_event_key(ev, &kl);
+    uint8_t corr[16], inst[16];
+    if (k == NULL || kl == 0 || !eb_event_correlation_id(ev, corr))
+        return false;
+    eb__saga_id(s->name, k, kl, false, 0, 0, inst);
+    return memcmp(corr, inst, 16) == 0;
+}
+
 EB_API void eb_saga_instance_id(const eb_saga_ctx *sc, uint8_t id[16])
 {
     if (sc != NULL && id != NULL)
@@ -960,7 +973,14 @@ static int on_saga_event(const eb_event *ev, void *arg)
     }
     const void *key;
     size_t key_len;
-    if (s->key_fn != NULL) {
+    /* The saga's own timeouts (and replies that inherit their correlation)
+       carry the instance key as their event key and the instance id as
+       their correlation id: they go to that instance whatever the key
+       function would read from them, and never start one. */
+    bool own = is_own_event(s, ev);
+    if (own) {
+        key = eb_event_key(ev, &key_len);
+    } else if (s->key_fn != NULL) {
         int krc = s->key_fn(ev, &key, &key_len, s->ctx);
         if (krc == EB_ENOENT || (krc == EB_OK && (key == NULL || key_len == 0 || key_len > 255))) {
             count(&s->ignored, 1);
@@ -995,7 +1015,8 @@ static int on_saga_event(const eb_event *ev, void *arg)
     qbuf_init(&sc.q, q_inl, sizeof(q_inl));
     int rc = s->store->load(s->store, s->name, key, key_len, &rec);
     if (rc == EB_ENOENT) {
-        if (!match_any(s->starts, s->n_starts, topic)) {
+        /* An instance that was removed ignores what it sent. */
+        if (own || !match_any(s->starts, s->n_starts, topic)) {
             count(&s->ignored, 1);
             rc = EB_OK;
             goto out;
@@ -1174,13 +1195,6 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
     s->ctx = def->ctx;
     s->state_size = def->state_size;
     s->publish_flags = opts->publish_flags;
-    int rc =
-        s->store->pending != NULL ? s->store->pending(s->store, s->name, recover_one, s) : EB_OK;
-    if (rc != EB_OK) {
-        saga_free(s);
-        return rc;
-    }
-
     char subname[EB_NAME_MAX + 16];
     snprintf(subname, sizeof(subname), "saga:%s", def->name);
     eb_subscribe_options so;
@@ -1194,6 +1208,16 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
     so.backoff_max_ns = opts->backoff_max_ns;
     so.mailbox_capacity = opts->mailbox_capacity;
     so.name = subname;
+    /* Options eb_subscribe would refuse are refused before the recovery
+       sends anything. */
+    eb_subscribe_options checked = so;
+    int rc = eb__subscribe_options_check(bus, &checked);
+    if (rc == EB_OK && s->store->pending != NULL)
+        rc = s->store->pending(s->store, s->name, recover_one, s);
+    if (rc != EB_OK) {
+        saga_free(s);
+        return rc;
+    }
     rc = eb_subscribe(bus, cover, on_saga_event, s, &so, &s->sub);
     if (rc != EB_OK) {
         saga_free(s);
@@ -1207,6 +1231,12 @@ EB_API int eb_saga_unregister(eb_saga *saga)
 {
     if (saga == NULL)
         return EB_OK;
+    /* From one of its transitions, or a handler nested in one while it
+       waits: eb_unsubscribe would not wait for the saga's transitions (it
+       cannot wait for its caller), and the free below would pull the saga
+       from under them. */
+    if (eb__sub_on_stack(saga->sub))
+        return EB_EDEADLK;
     int rc = eb_unsubscribe(saga->sub);
     saga_free(saga);
     return rc;
@@ -1316,8 +1346,13 @@ static int on_command(const eb_event *ev, void *arg)
         return EB_OK; /* another aggregate's command under our covering pattern */
     size_t id_len;
     const void *id = eb_event_key(ev, &id_len);
-    if (id == NULL || id_len == 0)
-        return EB_EINVAL; /* not sent with eb_command_send: dead-lettered */
+    if (id == NULL || id_len == 0) {
+        /* Not sent with eb_command_send: dead-lettered at once, rather than
+           retried ahead of every command of this lane (max_attempts with
+           backoff: about 90 s with the defaults). */
+        eb__delivery_give_up();
+        return EB_EINVAL;
+    }
     ag_node *n = ag_get(a, id, id_len);
     if (n == NULL)
         return EB_ENOMEM;
@@ -1562,6 +1597,8 @@ EB_API int eb_aggregate_unregister(eb_aggregate *agg)
 {
     if (agg == NULL)
         return EB_OK;
+    if (eb__sub_on_stack(agg->sub))
+        return EB_EDEADLK; /* as eb_saga_unregister */
     eb_command_bus *cb = agg->cb;
     /* Routes first, so new sends get EB_ENOENT instead of going nowhere. */
     pthread_rwlock_wrlock(&cb->lock);
@@ -1581,6 +1618,15 @@ EB_API int eb_aggregate_unregister(eb_aggregate *agg)
 EB_API void eb_command_bus_destroy(eb_command_bus *cb)
 {
     if (cb == NULL)
+        return;
+    /* From one of its aggregates' handlers (or nested in one): nothing, as
+       eb_aggregate_unregister would refuse (EB_EDEADLK). */
+    bool mine = false;
+    pthread_rwlock_rdlock(&cb->lock);
+    for (eb_aggregate *a = cb->aggs; a != NULL && !mine; a = a->next)
+        mine = eb__sub_on_stack(a->sub);
+    pthread_rwlock_unlock(&cb->lock);
+    if (mine)
         return;
     for (;;) {
         pthread_rwlock_rdlock(&cb->lock);

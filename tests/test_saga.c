@@ -1004,3 +1004,324 @@ Test(saga, a_failing_recovery_walk_fails_register_and_subscribes_nothing)
     cr_assert_eq(res.matched, 0, "a saga whose register failed is subscribed");
     eb_bus_destroy(bus);
 }
+
+/* ---- unregistering from inside (audit: a use after free) ---- */
+
+struct unreg_inside {
+    eb_bus *bus;
+    eb_saga *saga;
+    eb_aggregate *agg;
+    eb_command_bus *cb;
+    atomic_int rc;   /* what the unregister returned (1: not yet called) */
+    atomic_int done; /* the transition or command handler returned */
+};
+
+static struct unreg_inside g_ui;
+
+static int ui_wait_for_stop(void)
+{
+    return eb_publish_wait(g_ui.bus, "admin.stop", NULL, 0, NULL, NULL);
+}
+
+static int ui_transition(eb_saga_ctx *sc, const eb_event *ev, void *st, void *ctx)
+{
+    (void)sc;
+    (void)ev;
+    (void)st;
+    (void)ctx;
+    int rc = ui_wait_for_stop();
+    atomic_store(&g_ui.done, 1);
+    return rc == EB_OK ? 0 : rc;
+}
+
+static int ui_handle(eb_aggregate_ctx *ac, const eb_event *cmd, void *st, void *ctx)
+{
+    (void)ac;
+    (void)cmd;
+    (void)st;
+    (void)ctx;
+    int rc = ui_wait_for_stop();
+    atomic_store(&g_ui.done, 1);
+    return rc == EB_OK ? 0 : rc;
+}
+
+/* Runs nested on the waiting transition's (only) worker. */
+static int ui_on_stop(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    (void)ctx;
+    if (g_ui.saga != NULL)
+        atomic_store(&g_ui.rc, eb_saga_unregister(g_ui.saga));
+    else {
+        atomic_store(&g_ui.rc, eb_aggregate_unregister(g_ui.agg));
+        eb_command_bus_destroy(g_ui.cb); /* does nothing here either */
+    }
+    return 0;
+}
+
+/* A handler nested inside one of a saga's (or an aggregate's) waiting
+   transitions once unregistered it: the unsubscribe could not wait for its
+   caller and the saga was freed under the transition. */
+static void unregister_from_inside(bool saga)
+{
+    memset(&g_ui, 0, sizeof g_ui);
+    atomic_init(&g_ui.rc, 1);
+    g_ui.bus = new_bus(1);
+    cr_assert_eq(eb_subscribe(g_ui.bus, "admin.stop", ui_on_stop, NULL, NULL, NULL), EB_OK);
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.key = "k1";
+    o.key_len = 2;
+    if (saga) {
+        const char *topics[] = {"order.placed"};
+        eb_saga_def d = {.name = "s",
+                         .topics = topics,
+                         .n_topics = 1,
+                         .start_topics = topics,
+                         .n_start_topics = 1,
+                         .state_size = 8,
+                         .transition = ui_transition};
+        cr_assert_eq(eb_saga_register(g_ui.bus, &d, NULL, &g_ui.saga), EB_OK);
+        cr_assert_eq(eb_publish(g_ui.bus, "order.placed", "x", 1, &o), EB_OK);
+    } else {
+        cr_assert_eq(eb_command_bus_create(g_ui.bus, &g_ui.cb), EB_OK);
+        const char *cmds[] = {"acct.open"};
+        eb_aggregate_def d = {.name = "acct",
+                              .commands = cmds,
+                              .n_commands = 1,
+                              .state_size = 8,
+                              .handle = ui_handle};
+        cr_assert_eq(eb_aggregate_register(g_ui.cb, &d, NULL, &g_ui.agg), EB_OK);
+        cr_assert_eq(eb_command_send(g_ui.cb, "acct.open", "x", 1, &o), EB_OK);
+    }
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&g_ui.done) == 1);
+    cr_assert(ok, "the transition never returned");
+    cr_assert_eq(atomic_load(&g_ui.rc), EB_EDEADLK, "got %s", eb_err_name(atomic_load(&g_ui.rc)));
+    if (saga)
+        cr_assert_eq(eb_saga_unregister(g_ui.saga), EB_OK, "from outside it works");
+    else
+        eb_command_bus_destroy(g_ui.cb);
+    eb_bus_destroy(g_ui.bus);
+}
+
+Test(saga, unregistering_a_saga_from_a_handler_nested_in_its_transition_returns_edeadlk)
+{
+    unregister_from_inside(true);
+}
+
+Test(saga, unregistering_an_aggregate_from_a_handler_nested_in_its_command_returns_edeadlk)
+{
+    unregister_from_inside(false);
+}
+
+/* ---- the saga's own timeouts (audit) ---- */
+
+struct own_to {
+    atomic_uint transitions;
+    atomic_uint timeouts; /* transitions that received the timeout */
+    bool complete_first;  /* the first transition completes the instance */
+};
+
+static int own_to_transition(eb_saga_ctx *sc, const eb_event *ev, void *st, void *ctx)
+{
+    (void)st;
+    struct own_to *o = ctx;
+    atomic_fetch_add(&o->transitions, 1);
+    if (strcmp(eb_event_topic(ev), "order.timeout") == 0) {
+        atomic_fetch_add(&o->timeouts, 1);
+        eb_saga_complete(sc);
+        return 0;
+    }
+    int rc = eb_saga_schedule_timeout(sc, 20 * T_MS, "order.timeout", NULL, 0);
+    if (o->complete_first)
+        eb_saga_complete(sc);
+    return rc;
+}
+
+/* Reads the order id from the first 4 payload bytes; a timeout has none. */
+static int own_to_key(const eb_event *ev, const void **key, size_t *len, void *ctx)
+{
+    (void)ctx;
+    size_t n;
+    const void *p = eb_event_payload(ev, &n);
+    if (n < 4)
+        return EB_ENOENT;
+    *key = p;
+    *len = 4;
+    return EB_OK;
+}
+
+static void own_timeout_run(struct own_to *o, bool key_fn, eb_saga_stats *st)
+{
+    eb_bus *bus = new_bus(2);
+    const char *topics[] = {"order.#"};
+    eb_saga_def d = {.name = "own",
+                     .topics = topics,
+                     .n_topics = 1,
+                     .start_topics = topics,
+                     .n_start_topics = 1,
+                     .key = key_fn ? own_to_key : NULL,
+                     .state_size = 8,
+                     .transition = own_to_transition,
+                     .ctx = o};
+    eb_saga *saga = NULL;
+    cr_assert_eq(eb_saga_register(bus, &d, NULL, &saga), EB_OK);
+    eb_publish_options po;
+    eb_publish_options_init(&po);
+    po.key = "o-17";
+    po.key_len = 4;
+    cr_assert_eq(eb_publish(bus, "order.placed", "o-17", 4, &po), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, eb_saga_stats_get(saga, st) == EB_OK && st->transitions + st->ignored >= 2);
+    cr_assert(ok, "the timeout never came back");
+    t_sleep_ms(50);
+    cr_assert_eq(eb_saga_stats_get(saga, st), EB_OK);
+    cr_assert_eq(eb_saga_unregister(saga), EB_OK);
+    eb_bus_destroy(bus);
+}
+
+/* A completed and removed instance ignores its timeout: it created a new
+   instance (order.# is also a start topic). */
+Test(saga, a_removed_instance_ignores_its_own_timeout)
+{
+    struct own_to o = {.complete_first = true};
+    eb_saga_stats st;
+    own_timeout_run(&o, false, &st);
+    cr_assert_eq(st.started, 1, "the timeout started a new instance");
+    cr_assert_eq(atomic_load(&o.timeouts), 0);
+    cr_assert_eq(st.ignored, 1);
+}
+
+/* With a key function that reads the payload, the timeout (no payload)
+   still comes back to its instance, by its event key. */
+Test(saga, a_timeout_comes_back_to_its_instance_when_the_saga_has_a_key_function)
+{
+    struct own_to o = {.complete_first = false};
+    eb_saga_stats st;
+    own_timeout_run(&o, true, &st);
+    cr_assert_eq(atomic_load(&o.timeouts), 1, "the timeout was ignored");
+    cr_assert_eq(st.started, 1);
+    cr_assert_eq(st.completed, 1);
+}
+
+/* ---- register checks its options before its recovery (audit) ---- */
+
+static int ps_load(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                   eb_saga_record *rec)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)rec;
+    return EB_ENOENT;
+}
+
+static int ps_create(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                     const eb_saga_record *rec)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)rec;
+    return EB_OK;
+}
+
+static int ps_save(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                   uint64_t expected_version, const eb_saga_record *rec)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)expected_version, (void)rec;
+    return EB_OK;
+}
+
+static int ps_remove(eb_saga_store *st, const char *saga, const void *key, size_t key_len,
+                     uint64_t expected_version)
+{
+    (void)st, (void)saga, (void)key, (void)key_len, (void)expected_version;
+    return EB_OK;
+}
+
+static atomic_int ps_walked;
+
+static int ps_pending(eb_saga_store *st, const char *saga,
+                      int (*fn)(const void *key, size_t key_len, const eb_saga_record *rec,
+                                void *ctx),
+                      void *ctx)
+{
+    (void)st, (void)saga, (void)fn, (void)ctx;
+    atomic_fetch_add(&ps_walked, 1);
+    return EB_OK;
+}
+
+/* Options that eb_subscribe refuses used to be found only after the
+   recovery had re-sent a crashed transition's commands. */
+Test(saga, register_refuses_bad_subscription_options_before_its_recovery_runs)
+{
+    eb_bus *bus = new_bus(1);
+    eb_saga_store st = {.load = ps_load,
+                        .create = ps_create,
+                        .save = ps_save,
+                        .remove = ps_remove,
+                        .pending = ps_pending};
+    const char *topics[] = {"a.b"};
+    eb_saga_def def = {.name = "x",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = topics,
+                       .n_start_topics = 1,
+                       .transition = dup_transition};
+    eb_saga_options o;
+    eb_saga_options_init(&o);
+    o.store = &st;
+    o.mailbox_capacity = 1u << 21;
+    eb_saga *saga = NULL;
+    atomic_store(&ps_walked, 0);
+    cr_assert_eq(eb_saga_register(bus, &def, &o, &saga), EB_EINVAL);
+    o.mailbox_capacity = 0;
+    o.backoff_initial_ns = 2000000000;
+    o.backoff_max_ns = 1000000000;
+    cr_assert_eq(eb_saga_register(bus, &def, &o, &saga), EB_EINVAL);
+    cr_assert_eq(atomic_load(&ps_walked), 0, "the recovery ran");
+    o.backoff_initial_ns = 0;
+    o.backoff_max_ns = 0;
+    cr_assert_eq(eb_saga_register(bus, &def, &o, &saga), EB_OK);
+    cr_assert_eq(atomic_load(&ps_walked), 1);
+    cr_assert_eq(eb_saga_unregister(saga), EB_OK);
+    eb_bus_destroy(bus);
+}
+
+/* A command published without a key (not through eb_command_send) was
+   retried max_attempts times with backoff, ahead of every command of its
+   KEYED lane (about 90 s with the defaults): it is dead-lettered at once. */
+Test(command, a_command_without_an_aggregate_id_is_dead_lettered_at_once)
+{
+    eb_bus *bus = new_bus(2);
+    p2p_ctx c;
+    memset(&c, 0, sizeof(c));
+    eb_command_bus *cb;
+    cr_assert_eq(eb_command_bus_create(bus, &cb), EB_OK);
+    const char *cmds[] = {"acct.deposit"};
+    eb_aggregate_def def = {.name = "acct",
+                            .commands = cmds,
+                            .n_commands = 1,
+                            .state_size = sizeof(uint32_t),
+                            .handle = p2p_handle,
+                            .ctx = &c};
+    eb_aggregate_options ao;
+    eb_aggregate_options_init(&ao);
+    ao.lanes = 1; /* every aggregate id behind the keyless command */
+    eb_aggregate *a = NULL;
+    cr_assert_eq(eb_aggregate_register(cb, &def, &ao, &a), EB_OK);
+    cr_assert_eq(eb_publish(bus, "acct.deposit", NULL, 0, NULL), EB_OK);
+    eb_publish_options po;
+    eb_publish_options_init(&po);
+    for (int i = 0; i < 16; i++) {
+        char id[8];
+        snprintf(id, sizeof id, "a%d", i);
+        po.key = id;
+        po.key_len = strlen(id);
+        cr_assert_eq(eb_command_send(cb, "acct.deposit", NULL, 0, &po), EB_OK);
+    }
+    bool ok = t_wait_ge(&c.handled, 16);
+    eb_bus_stats st;
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    eb_command_bus_destroy(cb);
+    eb_bus_destroy(bus);
+    cr_assert(ok, "%u of 16 commands handled", atomic_load(&c.handled));
+    cr_assert_eq(st.dead_lettered, 1);
+    cr_assert_eq(st.retried, 0, "the keyless command was retried");
+}

@@ -591,7 +591,11 @@ EB_API void eb_event_release(const eb_event *ev);
  *    commands again, with the same ids. Command ids are derived from (saga
  *    name, instance key, transition number, position), so a redelivered
  *    transition produces the same ids; handlers deduplicate by
- *    eb_command_id.
+ *    eb_command_id. With EB_SAGA_REMOVE, a new instance for a key that had
+ *    one numbers its transitions from 1 again, so its command ids repeat
+ *    the removed instance's: deduplicate per instance (forget a key's ids
+ *    once its instance completed), or use EB_SAGA_ARCHIVE, where a key
+ *    has one instance for good.
  *  - One instance per key: a start event for a key that has an instance
  *    is handled by that instance, so duplicate start events create it once.
  *
@@ -711,9 +715,11 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
  * Unsubscribes the saga (returns once no transition of it runs; events
  * still queued for it are cancelled) and frees it, and its private store
  * with every instance in it. NULL is a no-op.
- * Errors: those of eb_unsubscribe (the saga is freed anyway).
+ * Errors: EB_EDEADLK (called from one of this saga's transitions, or from
+ * a handler running nested inside one while it waits: nothing changed);
+ * those of eb_unsubscribe (the saga is freed anyway).
  * Thread-safe: yes, once per saga. May be called from a handler: yes, but
- * not from one of this saga's own transitions.
+ * not from one of this saga's own transitions (EB_EDEADLK).
  */
 EB_API int eb_saga_unregister(eb_saga *saga);
 
@@ -759,7 +765,9 @@ EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *paylo
 /*
  * Queues a timeout: after the save, topic is published with delay_ns
  * (eb_publish_options.delay_ns) and the instance key as its event key, so
- * it comes back to this instance if topic matches the saga's topics. A
+ * it comes back to this instance if topic matches the saga's topics (the
+ * saga knows its own timeouts by their correlation id, the instance id: no
+ * key function is asked, and one never starts an instance). A
  * timeout cannot be cancelled: the transition that receives it decides from
  * the state whether it still matters (an instance that was removed or
  * archived ignores it). A timeout is published with the saga's
@@ -890,7 +898,8 @@ EB_API int eb_command_bus_create(eb_bus *bus, eb_command_bus **out);
  * and frees the command bus. NULL is a no-op. Call before eb_bus_destroy and
  * after the sagas that name it were unregistered.
  * Thread-safe: once, with no other call on it running. May be called from a
- * handler: yes, but not from one of its aggregates' handlers.
+ * handler: yes, but not from one of its aggregates' handlers (or one nested
+ * inside one while it waits): there it does nothing.
  */
 EB_API void eb_command_bus_destroy(eb_command_bus *cb);
 
@@ -959,9 +968,11 @@ EB_API int eb_aggregate_register(eb_command_bus *cb, const eb_aggregate_def *def
 
 /*
  * Unsubscribes the aggregate type, frees its topics for other aggregates,
- * and frees every aggregate of it. Errors: those of eb_unsubscribe (freed
- * anyway). NULL is a no-op. Thread-safe: yes, once. May be called from a
- * handler: yes, not from one of its own.
+ * and frees every aggregate of it. Errors: EB_EDEADLK (called from one of
+ * its command handlers, or from a handler running nested inside one while
+ * it waits: nothing changed); those of eb_unsubscribe (freed anyway). NULL
+ * is a no-op. Thread-safe: yes, once. May be called from a handler: yes,
+ * not from one of its own (EB_EDEADLK).
  */
 EB_API int eb_aggregate_unregister(eb_aggregate *agg);
 
