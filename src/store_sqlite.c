@@ -1950,6 +1950,12 @@ static int check_and_migrate(eb_store *s)
         return EB_OK;
     if (s->opts.read_only)
         return EB_ECORRUPT; /* an empty file, or one we would have to migrate */
+    if (s->opts.no_create && app == 0) {
+        /* An SQLite file with nothing in it is an empty file: no_create
+           leaves it as it is (the schema was written into it). */
+        slog(s, EB_LOG_ERROR, "store %s: an empty SQLite file, not an eventbus store", s->path);
+        return EB_ENOENT;
+    }
     rc = sqlite3_exec(s->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     for (int64_t v = ver; v < EB_STORE_SCHEMA_VERSION && rc == SQLITE_OK; v++)
         rc = sqlite3_exec(s->wdb, MIGRATIONS[v], NULL, NULL, NULL);

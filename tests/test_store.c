@@ -311,6 +311,20 @@ Test(store, open_without_create_refuses_a_missing_file)
     cr_assert_eq(stat(d.path, &st), 0);
     cr_assert_eq(st.st_size, 0);
     cr_assert_eq(eb_store_open(d.dir, NULL, &s), EB_EIO, "a directory");
+    /* Nor an SQLite file with nothing in it (the CLI's purge wrote the
+       schema into one and said it purged 0 rows). */
+    unlink(d.path);
+    t_sql(d.path, "PRAGMA journal_mode=WAL");
+    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_ENOENT);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(d.path, &db), SQLITE_OK);
+    sqlite3_stmt *q;
+    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &q, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_assert_eq(sqlite3_column_int(q, 0), 0, "the schema was written");
+    sqlite3_finalize(q);
+    sqlite3_close(db);
     t_dir_rm(&d);
     cr_assert_eq(eb_store_open(NULL, NULL, &s), EB_EINVAL);
     cr_assert_eq(eb_store_open("/tmp/x.db", NULL, NULL), EB_EINVAL);

@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <time.h>
 
 #define PROG "eventbus-cli"
@@ -74,7 +75,9 @@ static const char usage_text[] =
     "  deadletters [list] [--limit N] dead letters by id\n"
     "  deadletters requeue ID|all     remove dead letters and publish their events\n"
     "                                 again (done by the bus attached to the file,\n"
-    "                                 or the next one to attach)\n"
+    "                                 or the next one to attach), as new events:\n"
+    "                                 new ids, to every subscription they match,\n"
+    "                                 not only the one that failed\n"
     "  deadletters purge ID|all       delete dead letters\n"
     "  sagas [--saga NAME] [--limit N]\n"
     "                                 stored saga instances\n"
@@ -880,14 +883,15 @@ static int cmd_events(cli *c, int argc, char **argv)
                 return usage_error("--topic needs a pattern", NULL);
             q.topic = v;
         } else if (opt_match(argc, argv, &i, "--after", &v)) {
-            if (!parse_u64(v, &q.after_seq))
+            if (!parse_u64(v, &q.after_seq) || q.after_seq > INT64_MAX)
                 return usage_error("--after needs a sequence number", v);
         } else if (opt_match(argc, argv, &i, "--since", &v)) {
             if (!parse_unix_s(v, &q.since_ns))
                 return usage_error("--since needs Unix seconds", v);
         } else if (opt_match(argc, argv, &i, "--until", &v)) {
-            if (!parse_unix_s(v, &q.until_ns))
-                return usage_error("--until needs Unix seconds", v);
+            /* 0 would be the store's "no bound", not "before 1970". */
+            if (!parse_unix_s(v, &q.until_ns) || q.until_ns == 0)
+                return usage_error("--until needs Unix seconds after 0", v);
         } else if (opt_match(argc, argv, &i, "--limit", &v)) {
             if (!parse_size(v, &q.limit))
                 return usage_error("--limit needs a count", v);
@@ -951,7 +955,7 @@ static int cmd_tail(cli *c, int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         const char *v;
         if (opt_match(argc, argv, &i, "--from", &v)) {
-            if (!parse_u64(v, &from))
+            if (!parse_u64(v, &from) || from > INT64_MAX)
                 return usage_error("--from needs a sequence number", v);
             has_from = true;
         } else if (opt_match(argc, argv, &i, "--topic", &v)) {
@@ -987,9 +991,19 @@ static int cmd_tail(cli *c, int argc, char **argv)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0; /* no SA_RESTART: the sleep returns early on a signal */
+    sa.sa_flags = 0;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* The signals stay blocked except inside pselect, which unblocks them
+       atomically: one that arrives while the log is read ends the next
+       sleep at once instead of being missed until the interval is over. */
+    sigset_t stops, open_mask;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGINT);
+    sigaddset(&stops, SIGTERM);
+    sigprocmask(SIG_BLOCK, &stops, &open_mask);
+    sigdelset(&open_mask, SIGINT);
+    sigdelset(&open_mask, SIGTERM);
 
     if (!c->json) {
         for (int i = 0; i < 7; i++) {
@@ -1016,7 +1030,7 @@ static int cmd_tail(cli *c, int argc, char **argv)
         if (l.n - before == TAIL_BATCH)
             continue; /* more may be waiting: read on without sleeping */
         struct timespec ts = {(time_t)(interval_ms / 1000), (long)(interval_ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL); /* EINTR on a signal: the loop test sees it */
+        pselect(0, NULL, NULL, NULL, &ts, &open_mask); /* EINTR on a signal */
     }
     return EXIT_OK;
 }

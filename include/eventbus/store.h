@@ -340,7 +340,11 @@ EB_API int eb_store_deadletters(eb_store *store, size_t limit,
  * Requeues dead letter id (0: all of them): removes it and schedules its
  * event (topic, key, payload) to be published again at once as a new
  * durable event, by whichever process has a bus attached to the file (this
- * one or the next to attach). *count (may be NULL) gets how many.
+ * one or the next to attach). *count (may be NULL) gets how many. New:
+ * a new id and log sequence, delivered to every subscription it matches
+ * then, not only to the one that dead-lettered it (an idempotent one sees
+ * a new id too): handlers that must not run twice should not rely on
+ * requeue reaching only the failed subscription.
  * Errors: EB_ENOENT (no such id), EB_EINVAL, EB_ENOTSUP, EB_EIO.
  * Thread-safe: yes.
  */

@@ -295,6 +295,12 @@ run --json "$store" events --since "$future"
 check_json "events --since an hour ahead is an empty array" 'd == [] and raw == "[]\n"'
 run --json "$store" events --until 1.5
 check_json "events --until 1.5 is an empty array" 'd == []'
+run "$store" events --until 0
+check_err "events --until 0 is bad usage (0 would mean no bound)" 2 "--until needs"
+run "$store" events --after 9223372036854775808
+check_err "events --after beyond INT64_MAX is bad usage" 2 "--after needs"
+run "$store" tail --from 18446744073709551615
+check_err "tail --from beyond INT64_MAX is bad usage" 2 "--from needs"
 run --json "$store" events --since 1 --until "$future.25"
 check_json "events --since 1 --until an hour ahead selects all" 'len(d) == 11'
 run "$store" events --topic nothing.here
@@ -479,8 +485,10 @@ else
          and [e['seq'] for e in d] == [$((last + 1)), $((last + 3)), $((last + 5))]" "$work/tail.out"
 fi
 
-for sig in TERM INT; do
-    "$cli" "$store" tail --interval-ms 20 >"$work/tail.out" 2>"$work/err" &
+for sig in TERM INT INT:3600000; do
+    ms=20
+    case $sig in *:*) ms=${sig#*:} sig=${sig%%:*} ;; esac
+    "$cli" "$store" tail --interval-ms "$ms" >"$work/tail.out" 2>"$work/err" &
     tail_pid=$!
     bg_pids+=("$tail_pid")
     sleep 0.4
@@ -497,5 +505,5 @@ for sig in TERM INT; do
     wait "$tail_pid"
     rc=$?
     cp "$work/tail.out" "$work/out"
-    check "tail without --count stops on SIG$sig with status 0" 0 "^ +SEQ  TIME"
+    check "tail without --count stops on SIG$sig with status 0 (polling every $ms ms)" 0 "^ +SEQ  TIME"
 done
