@@ -307,11 +307,12 @@ static int usage(const char *argv0)
     fprintf(stderr,
             "usage: %s [--orders N] [--workers N] [--fail-rate P] [--lost-rate P]\n"
             "          [--timeout-ms N] [--store PATH]\n"
-            "  --orders N      orders to place (default 10000)\n"
-            "  --workers N     bus worker threads (default: one per CPU)\n"
+            "  --orders N      orders to place, 1..10000000 (default 10000)\n"
+            "  --workers N     bus worker threads, at most 256 (default: one per CPU)\n"
             "  --fail-rate P   share of payments declined, 0..1 (default 0.2)\n"
             "  --lost-rate P   share of payments never answered, 0..1 (default 0.01)\n"
-            "  --timeout-ms N  how long an order waits for its payment (default 500)\n"
+            "  --timeout-ms N  how long an order waits for its payment, 1..3600000\n"
+            "                  (default 500)\n"
             "  --store PATH    keep saga state (and dead letters) in this SQLite store file\n",
             argv0);
     return 2;
@@ -341,17 +342,21 @@ int main(int argc, char **argv)
         if (v == NULL)
             return usage(argv[0]);
         char *end = NULL;
-        if (strcmp(a, "--orders") == 0)
-            d.orders = (uint32_t)strtoul(v, &end, 10);
-        else if (strcmp(a, "--workers") == 0)
-            workers = (unsigned)strtoul(v, &end, 10);
-        else if (strcmp(a, "--fail-rate") == 0)
+        unsigned long long n = 0;
+        if (strcmp(a, "--orders") == 0) {
+            n = strtoull(v, &end, 10);
+            d.orders = n > 10000000 ? 0 : (uint32_t)n; /* 0: refused below */
+        } else if (strcmp(a, "--workers") == 0) {
+            n = strtoull(v, &end, 10);
+            workers = n > 256 ? 257 : (unsigned)n; /* 257: refused below */
+        } else if (strcmp(a, "--fail-rate") == 0)
             d.fail_rate = strtod(v, &end);
         else if (strcmp(a, "--lost-rate") == 0)
             d.lost_rate = strtod(v, &end);
-        else if (strcmp(a, "--timeout-ms") == 0)
-            d.timeout_ns = strtoll(v, &end, 10) * 1000000LL;
-        else if (strcmp(a, "--store") == 0) {
+        else if (strcmp(a, "--timeout-ms") == 0) {
+            long long ms = strtoll(v, &end, 10);
+            d.timeout_ns = ms > 0 && ms <= 3600000 ? ms * 1000000LL : 0; /* 0: refused below */
+        } else if (strcmp(a, "--store") == 0) {
             store_path = v;
             end = (char *)v + strlen(v);
         } else
@@ -360,8 +365,9 @@ int main(int argc, char **argv)
             return usage(argv[0]);
         i++;
     }
-    if (d.orders == 0 || d.orders > 10000000 || d.fail_rate < 0 || d.lost_rate < 0 ||
-        d.fail_rate + d.lost_rate > 1 || d.timeout_ns <= 0 || workers > 256)
+    /* !(x >= 0) also refuses NaN. */
+    if (d.orders == 0 || d.orders > 10000000 || !(d.fail_rate >= 0) || !(d.lost_rate >= 0) ||
+        !(d.fail_rate + d.lost_rate <= 1) || d.timeout_ns <= 0 || workers > 256)
         return usage(argv[0]);
     /* Enough stock for every order on average, with some slack. */
     d.initial_stock = (int64_t)d.orders * 3 / SKUS + 10;
