@@ -65,7 +65,9 @@ typedef struct eb_store_options {
                                  mode: SQLite may have to create the file's
                                  -shm beside it, so in a directory the process
                                  cannot write the open can fail (EB_EIO) */
-    bool no_create;           /* refuse a missing (or empty) file with EB_ENOENT */
+    bool no_create;           /* refuse a missing or empty file (no bytes, or an
+                                 SQLite file with nothing in it) with EB_ENOENT,
+                                 leaving it as it is */
     unsigned max_pending;     /* durable events and writes queued for the writer
                                  before callers outside handlers wait; 0: 65536 */
     uint32_t max_page_count;  /* > 0: cap the file at this many pages (PRAGMA
