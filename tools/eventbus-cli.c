@@ -1029,8 +1029,19 @@ static int cmd_tail(cli *c, int argc, char **argv)
             break;
         if (l.n - before == TAIL_BATCH)
             continue; /* more may be waiting: read on without sleeping */
-        struct timespec ts = {(time_t)(interval_ms / 1000), (long)(interval_ms % 1000) * 1000000L};
-        pselect(0, NULL, NULL, NULL, &ts, &open_mask); /* EINTR on a signal */
+        /* In slices of at most 100 ms: a handler run late (TSan defers
+           them past the call that took the signal) still ends the sleep. */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t left_ms = (int64_t)interval_ms;
+        int64_t until = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + left_ms;
+        while (!tail_stop && left_ms > 0) {
+            int64_t slice = left_ms < 100 ? left_ms : 100;
+            struct timespec ts = {(time_t)(slice / 1000), (long)(slice % 1000) * 1000000L};
+            pselect(0, NULL, NULL, NULL, &ts, &open_mask); /* EINTR on a signal */
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left_ms = until - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+        }
     }
     return EXIT_OK;
 }
