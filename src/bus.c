@@ -1705,7 +1705,9 @@ static int schedule_event(eb_bus *b, eb_event *ev, int64_t delay_ns)
     ev->flags &= (uint16_t)~EB__EV_SAME_TOPIC;
     bool earlier = false;
     int64_t now = eb__now_mono_ns();
-    int64_t at = delay_ns > INT64_MAX - now ? INT64_MAX - 1 : now + delay_ns;
+    int64_t at = eb__ns_after(now, delay_ns);
+    if (at == INT64_MAX)
+        at--; /* INT64_MAX is the heap's "no timer" */
     if (eb__timers_push(&b->timers, at, EV_TIMER_TAG(ev), 0, &earlier) != 0)
         return EB_ENOMEM;
     atomic_fetch_add_explicit(&b->scheduled, 1, memory_order_relaxed);

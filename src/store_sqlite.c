@@ -30,11 +30,12 @@
  * order, each event once. Rows another process appends reach it the same
  * way: the writer, when it finds the log above its last sequence (at each
  * transaction's start, and once a second while idle: log_refresh), puts a
- * cursor over them on the FIFO for every started subscription. The dispatcher tracks the sequences
- * it pushes to the subscription (ascending), runners mark them done, and the checkpoint is the
- * low-water mark. The writer snapshots checkpoints before it takes a batch, so the dead letters and
- * processed ids a runner queued before it marked an event done are always in the same or an earlier
- * transaction.
+ * cursor over them on the FIFO for every started subscription. The
+ * dispatcher tracks the sequences it pushes to the subscription
+ * (ascending), runners mark them done, and the checkpoint is the low-water
+ * mark. The writer snapshots checkpoints before it takes a batch, so the
+ * dead letters and processed ids a runner queued before it marked an event
+ * done are always in the same or an earlier transaction.
  *
  * Lock order: store lock -> dsub lock (the writer snapshots checkpoints);
  * rlock is a leaf. No bus lock is taken under them; bus calls made by the
