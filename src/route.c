@@ -20,6 +20,8 @@
 #include "route.h"
 #include "sync.h"
 
+#include <eventbus/eventbus.h>
+
 #include <ck_hs.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -232,6 +234,17 @@ bool eb__topic_matches(const char *pattern, size_t plen, const char *topic, size
     uint8_t memo[(WORDS_MAX + 1) * (WORDS_MAX + 1)];
     memset(memo, 0, (np + 1) * (nt + 1));
     return words_match(p, np, 0, t, nt, 0, memo);
+}
+
+EB_API int eb_topic_matches(const char *pattern, const char *topic)
+{
+    if (pattern == NULL || topic == NULL)
+        return EB_EINVAL;
+    size_t pl = strnlen(pattern, EB_TOPIC_MAX + 1);
+    size_t tl = strnlen(topic, EB_TOPIC_MAX + 13);
+    if (pl > EB_TOPIC_MAX || tl > EB_TOPIC_MAX + 12)
+        return EB_EINVAL;
+    return eb__topic_matches(pattern, pl, topic, tl) ? 1 : 0;
 }
 
 int eb__pattern_is_wild(const char *pattern, size_t len)

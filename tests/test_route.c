@@ -40,6 +40,9 @@ static void check_cases(const struct route_case *cases, size_t n)
         unsigned m = match_once(bus, cases[i].pattern, cases[i].topic);
         cr_assert_eq(m, cases[i].match ? 1u : 0u, "pattern \"%s\" vs topic \"%s\": expected %s",
                      cases[i].pattern, cases[i].topic, cases[i].match ? "a match" : "no match");
+        /* eb_topic_matches answers as routing does. */
+        cr_assert_eq(eb_topic_matches(cases[i].pattern, cases[i].topic), cases[i].match ? 1 : 0,
+                     "eb_topic_matches(\"%s\", \"%s\")", cases[i].pattern, cases[i].topic);
     }
     eb_bus_destroy(bus);
 }
@@ -295,22 +298,27 @@ static int fail_handler(const eb_event *ev, void *ctx)
     return EB_EIO;
 }
 
+/* Patterns, and whether each matches the dead-letter topic of
+   orders.created. */
+static const char *const dl_patterns[] = {"#",
+                                          "*.orders.created",
+                                          "#.created",
+                                          "#.orders.created",
+                                          "*.#",
+                                          "$deadletter.#",
+                                          "$deadletter.orders.created",
+                                          "$deadletter.*.created",
+                                          "$deadletter.*",
+                                          "$other.#"};
+static const unsigned dl_expect[] = {0, 0, 0, 0, 0, 1, 1, 1, 0, 0};
+#define NP_DL (sizeof dl_patterns / sizeof dl_patterns[0])
+
 Test(route, deadletter_topics_are_matched_only_by_patterns_that_spell_out_the_first_word)
 {
     eb_bus *bus = t_bus_new(2);
-    static const char *patterns[] = {"#",
-                                     "*.orders.created",
-                                     "#.created",
-                                     "#.orders.created",
-                                     "*.#",
-                                     "$deadletter.#",
-                                     "$deadletter.orders.created",
-                                     "$deadletter.*.created",
-                                     "$deadletter.*",
-                                     "$other.#"};
-    /* dead-letter event deliveries expected per pattern */
-    static const unsigned expect_dl[] = {0, 0, 0, 0, 0, 1, 1, 1, 0, 0};
-    enum { NP = sizeof patterns / sizeof patterns[0] };
+    const char *const *patterns = dl_patterns;
+    const unsigned *expect_dl = dl_expect;
+    enum { NP = NP_DL };
     t_counter c[NP];
     for (int i = 0; i < NP; i++) {
         t_counter_init(&c[i]);
@@ -339,4 +347,28 @@ Test(route, deadletter_topics_are_matched_only_by_patterns_that_spell_out_the_fi
     cr_assert_eq(atomic_load(&c[0].calls), 2, "# saw orders.created and the sync event");
     cr_assert_eq(atomic_load(&c[2].calls), 1, "#.created saw orders.created");
     eb_bus_destroy(bus);
+}
+
+Test(route, topic_matches_keeps_the_dollar_rule_and_refuses_bad_arguments)
+{
+    for (size_t i = 0; i < NP_DL; i++)
+        cr_assert_eq(eb_topic_matches(dl_patterns[i], "$deadletter.orders.created"),
+                     (int)dl_expect[i], "pattern \"%s\"", dl_patterns[i]);
+    cr_assert_eq(eb_topic_matches(NULL, "a"), EB_EINVAL);
+    cr_assert_eq(eb_topic_matches("a", NULL), EB_EINVAL);
+    char pat[EB_TOPIC_MAX + 2];
+    memset(pat, 'p', EB_TOPIC_MAX + 1);
+    pat[EB_TOPIC_MAX + 1] = '\0';
+    cr_assert_eq(eb_topic_matches(pat, "p"), EB_EINVAL, "a pattern of EB_TOPIC_MAX + 1 bytes");
+    pat[EB_TOPIC_MAX] = '\0';
+    cr_assert_eq(eb_topic_matches(pat, pat), 1, "a pattern of EB_TOPIC_MAX bytes");
+    /* A dead-letter topic may be 12 bytes longer than a published one. */
+    char top[12 + EB_TOPIC_MAX + 2];
+    memcpy(top, "$deadletter.", 12);
+    memcpy(top + 12, pat, EB_TOPIC_MAX + 1); /* with its NUL */
+    cr_assert_eq(eb_topic_matches("$deadletter.#", top), 1);
+    top[12 + EB_TOPIC_MAX] = 'p';
+    top[12 + EB_TOPIC_MAX + 1] = '\0';
+    cr_assert_eq(eb_topic_matches("$deadletter.#", top), EB_EINVAL,
+                 "a topic of EB_TOPIC_MAX + 13 bytes");
 }

@@ -735,9 +735,11 @@ static void json_list_end(FILE *f, size_t count)
 typedef struct lister {
     cli *c;
     table t;
-    size_t n;     /* rows seen */
-    size_t limit; /* tail: stop after this many (0: no limit) */
-    uint64_t last_seq;
+    size_t n;          /* rows seen */
+    size_t limit;      /* tail: stop after this many (0: no limit) */
+    const char *topic; /* tail: the pattern to print (NULL: every event) */
+    size_t read;       /* tail: rows read, printed or not */
+    uint64_t last_seq; /* tail: the last row read */
 } lister;
 
 /* Ends a list: prints the table, or closes the JSON array. */
@@ -923,6 +925,10 @@ static const unsigned tail_widths[7] = {8, 24, 36, 24, 12, 6, 0};
 static int on_tail_event(const eb_stored_event *ev, void *ctx)
 {
     lister *l = ctx;
+    l->read++;
+    l->last_seq = ev->seq;
+    if (l->topic != NULL && eb_topic_matches(l->topic, ev->topic) != 1)
+        return 0;
     if (l->c->json) {
         event_json(stdout, ev);
         fputc('\n', stdout);
@@ -941,7 +947,6 @@ static int on_tail_event(const eb_stored_event *ev, void *ctx)
         if (rc != EB_OK)
             return rc;
     }
-    l->last_seq = ev->seq;
     l->n++;
     return l->limit != 0 && l->n >= l->limit ? 1 : 0;
 }
@@ -975,8 +980,10 @@ static int cmd_tail(cli *c, int argc, char **argv)
     int status = open_store(c, false);
     if (status != EXIT_OK)
         return status;
+    if (topic != NULL && eb_topic_matches(topic, "") < 0)
+        return report(c, "reading events", EB_EINVAL); /* as events says it */
 
-    lister l = {.c = c, .limit = count};
+    lister l = {.c = c, .limit = count, .topic = topic};
     if (has_from) {
         l.last_seq = from > 0 ? from - 1 : 0;
     } else {
@@ -1015,11 +1022,11 @@ static int cmd_tail(cli *c, int argc, char **argv)
         fflush(stdout);
     }
     while (!tail_stop) {
-        size_t before = l.n;
-        /* The cursor is the last event printed: each poll asks for what
-           the log gained after it. */
-        eb_store_query q = {.after_seq = l.last_seq, .topic = topic};
-        q.limit = count != 0 ? count - l.n : TAIL_BATCH;
+        size_t before = l.read;
+        /* The cursor is the last row read, printed or not: each poll asks
+           for what the log gained after it, and the pattern is matched
+           here, so rows that do not match are read once, not every poll. */
+        eb_store_query q = {.after_seq = l.last_seq, .limit = TAIL_BATCH};
         int rc = eb_store_events(c->store, &q, on_tail_event, &l);
         if (rc < 0)
             return report(c, "reading events", rc);
@@ -1027,7 +1034,7 @@ static int cmd_tail(cli *c, int argc, char **argv)
             return finish_output(EXIT_ERROR);
         if (count != 0 && l.n >= count)
             break;
-        if (l.n - before == TAIL_BATCH)
+        if (l.read - before == TAIL_BATCH)
             continue; /* more may be waiting: read on without sleeping */
         /* In slices of at most 100 ms: a handler run late (TSan defers
            them past the call that took the signal) still ends the sleep. */

@@ -329,6 +329,16 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
                         const eb_subscribe_options *opts, eb_subscription **out);
 
 /*
+ * Whether topic matches pattern by the rules of eb_subscribe, the '$'
+ * reservation included: returns 1 if it does, 0 if not, EB_EINVAL if either
+ * is NULL, pattern is longer than EB_TOPIC_MAX bytes or topic longer than
+ * EB_TOPIC_MAX + 12 (a dead-letter topic). For filtering events read back
+ * from a store, testing a pattern, and the like; routing a publish does not
+ * call it. Thread-safe: yes (no state). May be called from a handler: yes.
+ */
+EB_API int eb_topic_matches(const char *pattern, const char *topic);
+
+/*
  * Removes a subscription. Returns once the handler is not running and will
  * not be called again; deliveries still queued for it complete as
  * EB_ECANCELED (their waiters are told). From inside that subscription's own

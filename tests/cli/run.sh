@@ -310,6 +310,9 @@ long=$(printf 'x%.0s' $(seq 300))
 run "$store" events --topic "$long"
 check_err "events with a pattern over 255 bytes fails with EB_EINVAL" 1 \
     "^eventbus-cli: reading events: invalid argument \(EB_EINVAL\)$"
+run "$store" tail --topic "$long" --count 1
+check_err "tail with a pattern over 255 bytes fails with EB_EINVAL" 1 \
+    "^eventbus-cli: reading events: invalid argument \(EB_EINVAL\)$"
 
 # ---- subscriptions ------------------------------------------------------------
 
