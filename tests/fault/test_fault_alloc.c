@@ -1749,6 +1749,42 @@ Test(fault_regress, a_failed_store_open_leaves_no_file_it_created)
     cr_assert(!left, "the failed open left the file it created");
 }
 
+typedef struct flush_run {
+    eb_store *store;
+    int rc, rc_after;
+    bool hit;
+} flush_run;
+
+static void *flush_scenario(void *arg)
+{
+    flush_run *f = arg;
+    fault_arm(1); /* the barrier's job: the flush's only allocation */
+    f->rc = eb_store_flush(f->store, t_wait_budget_ns());
+    fault_disarm();
+    f->hit = fault_hit();
+    f->rc_after = eb_store_flush(f->store, t_wait_budget_ns());
+    return NULL;
+}
+
+/* eb_store_flush without memory for its barrier returns EB_ENOMEM (its
+   documented error) and leaves the store as it was: the next flush works. */
+Test(fault_regress, a_flush_without_memory_returns_enomem_and_the_store_goes_on)
+{
+    static flush_run f;
+    memset(&f, 0, sizeof f);
+    fx_dir d;
+    cr_assert(fx_dir_new(&d));
+    int rc;
+    f.store = fx_store_open(d.path, &rc);
+    cr_assert_eq(rc, EB_OK, "%s", eb_err_name(rc));
+    cr_assert_eq(fault_run(flush_scenario, &f), 0);
+    eb_store_close(f.store);
+    fx_dir_rm(&d);
+    cr_assert(f.hit);
+    cr_assert_eq(f.rc, EB_ENOMEM, "%s", eb_err_name(f.rc));
+    cr_assert_eq(f.rc_after, EB_OK, "%s", eb_err_name(f.rc_after));
+}
+
 /* Every realloc of a durable subscribe failing in turn (the queue growth
    of its start job among them): whenever eb_subscribe returns EB_OK,
    durable events are delivered to the subscription. */

@@ -8,7 +8,11 @@
  *  - a database locked by another process (fault_lock_holder, a separately
  *    exec'd program holding BEGIN EXCLUSIVE): after busy_timeout_ms durable
  *    publishes and outbox operations fail with EB_EBUSY, memory-only
- *    delivery is unaffected, and work resumes once the lock is released.
+ *    delivery is unaffected, and work resumes once the lock is released;
+ *  - the same lock held while durable publishes fill the writer's queue
+ *    (max_pending): each publish call then reports the full queue with its
+ *    documented code and publishes nothing, and every accepted event is
+ *    logged and delivered once the lock is gone.
  */
 #include "fault_common.h"
 
@@ -363,6 +367,89 @@ Test(sqlite, a_database_locked_by_another_process_is_busy_and_work_resumes_after
     cr_assert_eq(seen_count(&dur, 3, NULL), 1);
     cr_assert_eq(seen_count(&dur, 4, NULL), 1);
     cr_assert_eq(log_events(s), 2);
+    eb_store_close(s);
+    fx_dir_rm(&d);
+}
+
+/* One durable event with id as its payload, on topic "d", through call
+   (0: eb_publish, 1: eb_publish_wait, 2: eb_publish_async). */
+static int pub_durable(eb_bus *bus, uint32_t id, unsigned flags, int64_t timeout_ns, int call)
+{
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.flags = flags;
+    o.timeout_ns = timeout_ns;
+    if (call == 0)
+        return eb_publish(bus, "d", &id, 4, &o);
+    if (call == 1)
+        return eb_publish_wait(bus, "d", &id, 4, &o, NULL);
+    eb_ticket *t = NULL;
+    int rc = eb_publish_async(bus, "d", &id, 4, &o, &t);
+    if (rc == EB_OK)
+        eb_ticket_release(t);
+    return rc;
+}
+
+/* max_pending bounds the writer's queue. While another process holds the
+   lock the writer cannot commit, durable publishes fill the queue, and then
+   each publish call reports the full queue with its documented code, having
+   published nothing; once the lock is gone every accepted event is logged
+   and delivered once. */
+Test(sqlite, a_full_store_queue_refuses_durable_publishes_with_their_codes_and_keeps_what_it_took)
+{
+    fx_dir d;
+    cr_assert(fx_dir_new(&d));
+    eb_store_options so;
+    eb_store_options_init(&so);
+    so.synchronous = EB_STORE_SYNC_OFF;
+    so.busy_timeout_ms = 60000;
+    so.max_pending = 4;
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &so, &s), EB_OK);
+    seen dur, mem;
+    eb_bus *bus = bus_recording(s, &dur, &mem);
+
+    lock l = lock_take(d.path);
+    /* The writer takes the first event and waits for the lock in its
+       commit; what follows stays queued. */
+    uint32_t id = 1;
+    cr_assert_eq(pub_durable(bus, id, EB_PUBLISH_DURABLE_LAZY, 0, 0), EB_OK);
+    bool ok;
+    eb_store_stats st;
+    T_WAIT_FOR(ok, eb_store_stats_get(s, &st) == EB_OK && st.pending == 0);
+    cr_assert(ok, "the writer did not take the first event");
+    int rc = EB_OK;
+    while (rc == EB_OK && id < 64)
+        rc = pub_durable(bus, ++id, EB_PUBLISH_DURABLE_LAZY, 0, 0);
+    uint32_t accepted = id - 1;
+    cr_assert_eq(rc, EB_EAGAIN, "publish %u with timeout 0: %s", id, eb_err_name(rc));
+    cr_assert_eq(accepted, 1u + 4u, "max_pending 4 held %u", accepted - 1);
+    const int64_t t = 50 * T_MS;
+    rc = pub_durable(bus, 1001, EB_PUBLISH_DURABLE_LAZY, t, 0);
+    cr_assert_eq(rc, EB_ETIMEDOUT, "%s", eb_err_name(rc));
+    cr_assert_eq(pub_durable(bus, 1002, EB_PUBLISH_DURABLE_LAZY, t, 2), EB_ETIMEDOUT);
+    /* eb_publish_wait keeps EB_ETIMEDOUT for "published, not finished". */
+    cr_assert_eq(pub_durable(bus, 1003, EB_PUBLISH_DURABLE_LAZY, t, 1), EB_EAGAIN);
+    cr_assert_eq(pub_durable(bus, 1004, EB_PUBLISH_DURABLE, t, 1), EB_EAGAIN);
+    cr_assert_eq(pub_durable(bus, 1005, EB_PUBLISH_DURABLE, 0, 1), EB_EAGAIN);
+    /* Memory-only publishing is not held up by the full store queue. */
+    for (uint32_t i = 0; i < 100; i++)
+        cr_assert_eq(pub(bus, "m", 2000 + i, 4, 0), EB_OK);
+    T_WAIT_FOR(ok, seen_count(&mem, 2099, NULL) == 1);
+    cr_assert(ok, "memory-only delivery stopped");
+
+    lock_release(&l);
+    cr_assert_eq(eb_store_flush(s, t_wait_budget_ns()), EB_OK);
+    for (uint32_t i = 1; i <= accepted; i++)
+        cr_assert(seen_wait(&dur, i), "accepted event %u never arrived", i);
+    cr_assert(t_quiesce(bus));
+    eb_bus_destroy(bus);
+    for (uint32_t i = 1; i <= accepted; i++)
+        cr_assert_eq(seen_count(&dur, i, NULL), 1, "event %u", i);
+    for (uint32_t i = 1001; i <= 1005; i++)
+        cr_assert_eq(seen_count(&dur, i, NULL), 0, "refused event %u was delivered", i);
+    cr_assert_eq(seen_count(&dur, accepted + 1, NULL), 0, "the refused event was delivered");
+    cr_assert_eq(log_events(s), accepted);
     eb_store_close(s);
     fx_dir_rm(&d);
 }
