@@ -377,16 +377,22 @@ static int map_rc(int rc)
     }
 }
 
-/* Records a failed SQLite call on db and returns its EB_ code. */
-static int sql_fail(eb_store *s, sqlite3 *db, int rc, const char *what)
+/* Records (eb_store_last_error) and logs a failure of `what` with SQLite's
+   result code rc and its message; returns the EB_ code for rc. */
+static int fail_with(eb_store *s, int rc, const char *what, const char *msg)
 {
-    const char *msg = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     pthread_mutex_lock(&s->errlock);
     s->err_code = rc;
     snprintf(s->err_msg, sizeof(s->err_msg), "%s: %s", what, msg);
     pthread_mutex_unlock(&s->errlock);
     slog(s, EB_LOG_ERROR, "store %s: %s failed: %s (SQLite %d)", s->path, what, msg, rc);
     return map_rc(rc);
+}
+
+/* Records a failed SQLite call on db and returns its EB_ code. */
+static int sql_fail(eb_store *s, sqlite3 *db, int rc, const char *what)
+{
+    return fail_with(s, rc, what, db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
 }
 
 static int64_t now_ns(void)
@@ -1937,12 +1943,17 @@ static int check_and_migrate(eb_store *s)
         if (rc == SQLITE_OK) {
             rc = sqlite3_step(st);
             const char *r = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
-            bool ok = r != NULL && strcmp(r, "ok") == 0;
-            if (rc == SQLITE_ROW && !ok)
-                slog(s, EB_LOG_ERROR, "store %s: integrity check: %s", s->path, r ? r : "?");
+            if (rc == SQLITE_ROW && (r == NULL || strcmp(r, "ok") != 0)) {
+                /* The check's own finding is the message, not errmsg's
+                   "not an error". */
+                char found[200]; /* err_msg holds "integrity check: " and this */
+                snprintf(found, sizeof found, "%s", r != NULL ? r : "no result");
+                sqlite3_finalize(st);
+                return fail_with(s, SQLITE_CORRUPT, "integrity check", found);
+            }
             sqlite3_finalize(st);
             if (rc == SQLITE_ROW)
-                rc = ok ? SQLITE_OK : SQLITE_CORRUPT;
+                rc = SQLITE_OK;
         }
         if (rc != SQLITE_OK)
             return sql_fail(s, s->wdb, rc, "integrity check");

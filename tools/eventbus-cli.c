@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/select.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define PROG "eventbus-cli"
@@ -165,7 +166,10 @@ static int open_store(cli *c, bool writable)
         return EXIT_OK;
     c->store = NULL;
     char what[600];
-    if (rc == EB_ENOENT)
+    struct stat sb;
+    if (rc == EB_ENOENT && stat(c->path, &sb) == 0) /* no_create refuses empty files too */
+        snprintf(what, sizeof what, "store file '%s' is empty (no store in it)", c->path);
+    else if (rc == EB_ENOENT)
         snprintf(what, sizeof what, "store file '%s' does not exist", c->path);
     else
         snprintf(what, sizeof what, "cannot open store '%s'", c->path);

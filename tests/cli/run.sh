@@ -219,6 +219,25 @@ else
     fail "a file that is not a store was changed"
 fi
 
+: >"$work/empty.db"
+run "$work/empty.db" stats
+check_err "an empty file is called empty, not missing" 1 \
+    "^eventbus-cli: store file '.*empty.db' is empty \(no store in it\): no such entry \(EB_ENOENT\)$"
+
+# A store whose fourth page is overwritten: the refusal quotes SQLite's
+# integrity check.
+cp "$store" "$work/damaged.db"
+python3 - "$work/damaged.db" <<'PY'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    page = int.from_bytes(f.read(18)[16:18], "big") or 65536
+    f.seek(3 * page)
+    f.write(b"\xff" * 64)
+PY
+run "$work/damaged.db" stats
+check_err "a damaged store is refused with the integrity check's finding" 1 \
+    "^eventbus-cli: store: store .*damaged.db: integrity check failed: \*\*\* in database main \*\*\*"
+
 # ---- stats -------------------------------------------------------------------
 
 cp "$store" "$work/store.before"
