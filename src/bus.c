@@ -786,11 +786,17 @@ static bool dispatch_side(eb_bus *b, bool *progress)
         b->sb_i = 0;
         b->side = NULL;
         b->side_n = b->side_cap = 0;
-        atomic_store_explicit(&b->side_count, 0, memory_order_relaxed);
+        /* side_busy before side_count drops (release): a handler that sees
+           the count at 0 (acquire, intake_push) sees side_busy too and
+           joins the side list, behind its events we just took. Set after
+           the count, a handler publishing in between went to the intake
+           below the gate and was routed before its earlier side events
+           (found by an audit: 1–19 inversions in 5 M events). */
+        atomic_store_explicit(&b->side_busy, true, memory_order_relaxed);
+        atomic_store_explicit(&b->side_count, 0, memory_order_release);
         pthread_mutex_unlock(&b->side_lock);
         /* Entries committed before we took the list are below this. */
         b->sb_gate = eb__ring_produced(&b->intake);
-        atomic_store_explicit(&b->side_busy, true, memory_order_relaxed);
     }
     if (b->sb_i == b->sb_n)
         return true;

@@ -657,3 +657,105 @@ Test(stress, subscribing_and_unsubscribing_while_publishing_loses_nothing)
     cr_assert_eq(atomic_load(&c.late_calls), 0, "%u calls after unsubscribe returned",
                  atomic_load(&c.late_calls));
 }
+
+/* ---- a handler's own events while the side list is taken ------------------- */
+
+/* Handlers publish runs of numbered events while due delayed events spill
+   into the side list (an intake of 3): the dispatcher keeps taking the side
+   list while handlers publish. Each handler call's events must reach the
+   SERIAL observer in the order it published them. The list used to be
+   taken by clearing its count before marking it busy: a handler publishing
+   in between went to the intake ahead of its own earlier side events. */
+struct side_order {
+    eb_bus *bus;
+    atomic_int stop;
+    atomic_uint calls;      /* handler calls: numbers them */
+    atomic_ullong accepted; /* their events the bus accepted (not once closing) */
+    /* The observer is SERIAL: one call at a time. */
+    uint32_t last_call, last_i;
+    uint64_t seen, inversions;
+};
+
+static int side_order_observe(const eb_event *ev, void *ctx)
+{
+    struct side_order *so = ctx;
+    size_t len;
+    const uint32_t *v = eb_event_payload(ev, &len);
+    if (len == 8) {
+        if (v[0] == so->last_call && v[1] <= so->last_i)
+            so->inversions++;
+        so->last_call = v[0];
+        so->last_i = v[1];
+        so->seen++;
+    }
+    return 0;
+}
+
+static int side_order_publisher(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct side_order *so = ctx;
+    uint32_t call = atomic_fetch_add(&so->calls, 1) + 1;
+    for (uint32_t i = 0; i < 64; i++) {
+        uint32_t v[2] = {call, i};
+        if (eb_publish(so->bus, "side.x", v, sizeof v, NULL) == EB_OK)
+            atomic_fetch_add(&so->accepted, 1);
+    }
+    return 0;
+}
+
+static int side_order_sink(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    (void)ctx;
+    return 0;
+}
+
+static void *side_order_delayed(void *arg)
+{
+    struct side_order *so = arg;
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.delay_ns = 1;
+    for (unsigned n = 1; !atomic_load(&so->stop); n++) {
+        eb_publish(so->bus, "side.d", NULL, 0, &o);
+        if (n % 64 == 0)
+            sched_yield();
+    }
+    return NULL;
+}
+
+static void *side_order_trigger(void *arg)
+{
+    struct side_order *so = arg;
+    while (!atomic_load(&so->stop))
+        eb_publish(so->bus, "side.trig", NULL, 0, NULL);
+    return NULL;
+}
+
+Test(stress, a_handlers_events_keep_their_order_while_the_side_list_is_taken)
+{
+    static struct side_order so;
+    memset(&so, 0, sizeof so);
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.intake_capacity = 3;
+    cr_assert_eq(eb_bus_create(&cfg, &so.bus), EB_OK);
+    cr_assert_eq(eb_subscribe(so.bus, "side.x", side_order_observe, &so, NULL, NULL), EB_OK);
+    cr_assert_eq(eb_subscribe(so.bus, "side.d", side_order_sink, NULL, NULL, NULL), EB_OK);
+    cr_assert_eq(eb_subscribe(so.bus, "side.trig", side_order_publisher, &so, NULL, NULL), EB_OK);
+    pthread_t d, t;
+    cr_assert_eq(pthread_create(&d, NULL, side_order_delayed, &so), 0);
+    cr_assert_eq(pthread_create(&t, NULL, side_order_trigger, &so), 0);
+    t_sleep_ms(1500 * stress_scale());
+    atomic_store(&so.stop, 1);
+    pthread_join(d, NULL);
+    pthread_join(t, NULL);
+    eb_bus_destroy(so.bus); /* delivers everything first */
+    cr_assert_eq(so.seen, atomic_load(&so.accepted), "%llu of %llu accepted events",
+                 (unsigned long long)so.seen, (unsigned long long)atomic_load(&so.accepted));
+    cr_assert_gt(so.seen, 0);
+    cr_assert_eq(so.inversions, 0, "%llu events arrived before an earlier one of the same call",
+                 (unsigned long long)so.inversions);
+}
