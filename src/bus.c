@@ -594,6 +594,7 @@ static bool push_from(eb_bus *b, eb_event *ev, eb__match *m, unsigned i)
     for (; i < n; i++) {
         struct eb_subscription *s = m->subs[i];
         if (atomic_load_explicit(&s->cancelled, memory_order_relaxed)) {
+            eb__count(&b->cancelled, 1);
             delivery_abort(b, ev, EB_ECANCELED);
             continue;
         }
@@ -992,7 +993,7 @@ static void cancel_backoffs(eb_bus *b, struct eb_subscription *s)
 {
     for (unsigned i = 0; i < s->nlanes; i++) {
         eb__lane *l = &s->lanes[i];
-        if (!atomic_load_explicit(&l->in_backoff, memory_order_acquire))
+        if (!atomic_load_explicit(&l->in_backoff, memory_order_seq_cst))
             continue;
         uint64_t gen = atomic_load_explicit(&l->timer_gen, memory_order_acquire);
         if (!atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
@@ -1025,8 +1026,10 @@ static void ctl_apply(eb_bus *b)
             if (routed)
                 eb__route_remove(b->route, s->pattern, s->pattern_len, s);
             s->routed = false;
-            /* Release: lanes that see cancelled discard their deliveries. */
-            atomic_store_explicit(&s->cancelled, true, memory_order_release);
+            /* Lanes that see cancelled discard their deliveries. seq_cst:
+               Dekker with arm_backoff (store in_backoff, load cancelled),
+               so a backoff armed now is cancelled by one side or both. */
+            atomic_store_explicit(&s->cancelled, true, memory_order_seq_cst);
             cancel_backoffs(b, s);
             if (routed)
                 sub_unref(b, s);
@@ -1091,22 +1094,44 @@ static void arm_backoff(eb_bus *b, eb__worker *w, eb__lane *l)
     unsigned shift = l->attempt - 2; /* attempt is the next one, >= 2 */
     uint64_t delay = s->backoff_initial_ns;
     while (shift-- > 0 && delay < s->backoff_max_ns)
-        delay *= 2;
+        delay = delay > UINT64_MAX / 2 ? UINT64_MAX : delay * 2;
     if (delay > s->backoff_max_ns)
         delay = s->backoff_max_ns;
+    if (delay > INT64_MAX)
+        delay = INT64_MAX; /* about 292 years: never, in effect */
     /* Equal jitter: half fixed, half random, so retries of many lanes that
        failed together spread out but never come back too early. */
     delay = delay / 2 + rng_next(&w->rng) % (delay / 2 + 1);
+    int64_t at = eb__ns_after(eb__now_mono_ns(), (int64_t)delay);
+    if (at == INT64_MAX)
+        at--; /* INT64_MAX is the heap's "no timer" */
     uint64_t gen = atomic_load_explicit(&l->timer_gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&l->timer_gen, gen, memory_order_release);
+    /* The timer entry's reference before anyone can see in_backoff: an
+       unsubscribe that requeues the lane at once (cancel_backoffs) may
+       otherwise let the subscription be freed under this call. */
+    sub_ref(s);
     atomic_store_explicit(&l->in_backoff, true, memory_order_seq_cst);
     bool earlier = false;
-    sub_ref(s);
-    if (eb__timers_push(&b->timers, eb__now_mono_ns() + (int64_t)delay, l, gen, &earlier) != 0) {
+    if (eb__timers_push(&b->timers, at, l, gen, &earlier) != 0) {
         /* No memory for a timer: retry without waiting rather than stall. */
-        sub_unref(b, s);
         if (atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
             runq_push(b, l);
+        sub_unref(b, s);
+        return;
+    }
+    /* Dekker with ctl_apply (store cancelled, then load in_backoff in
+       cancel_backoffs): an unsubscribe that did not see this backoff is
+       seen here. Its cancel_backoffs may have run before the entry was in
+       the heap: then this takes the entry out, and the lane goes back on
+       the run queue to finish its deliveries as cancelled, instead of the
+       unsubscribe waiting out the whole backoff. */
+    eb__fence_seq_cst();
+    if (atomic_load_explicit(&s->cancelled, memory_order_seq_cst)) {
+        if (atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
+            runq_push(b, l);
+        if (eb__timers_remove(&b->timers, l, gen))
+            sub_unref(b, s); /* the entry's reference */
         return;
     }
     if (earlier)
@@ -1209,6 +1234,19 @@ static void deadletter(eb_bus *b, eb__worker *w, eb__lane *l, eb_event *ev, int 
     }
 }
 
+/* The delivery in progress failed for good (its last attempt, a final
+   failure, or retries an unsubscribe cut short): counted, dead-lettered,
+   finished with rc. */
+static void give_up_delivery(eb_bus *b, eb__worker *w, eb__lane *l, int rc, bool logged)
+{
+    eb__count(&l->failed, 1);
+    eb__count(&w->failed, 1);
+    deadletter(b, w, l, l->cur, rc);
+    if (logged)
+        eb__dsub_done(l->sub->dsub, l->cur, false); /* dead-lettered counts as done */
+    lane_finish(b, w, l, rc);
+}
+
 /* Runs up to LANE_BATCH deliveries of l; the caller popped l from the run
    queue, so no other thread runs it. */
 static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
@@ -1226,9 +1264,19 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
             l->cur = p;
             l->attempt = 1;
         }
-        /* Acquire: pairs with the release in ctl_apply. */
+        /* Acquire: pairs with the store in ctl_apply. */
         if (atomic_load_explicit(&s->cancelled, memory_order_acquire)) {
-            lane_finish(b, w, l, EB_ECANCELED);
+            if (l->attempt > 1) {
+                /* It failed, and the unsubscribe cuts its retries short:
+                   dead-lettered with its last error, as a failure seen
+                   after the unsubscribe is (below). */
+                l->attempt--;
+                give_up_delivery(b, w, l, l->last_rc,
+                                 s->dsub != NULL && (l->cur->flags & EB__EV_LOGGED));
+            } else {
+                eb__count(&w->cancelled, 1);
+                lane_finish(b, w, l, EB_ECANCELED);
+            }
             continue;
         }
         bool logged = s->dsub != NULL && (l->cur->flags & EB__EV_LOGGED);
@@ -1245,6 +1293,12 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
         if (n % RUN_CLOCK_EVERY == 0)
             since = eb__now_coarse_ns();
         atomic_store_explicit(&l->run_since, since, memory_order_relaxed);
+        if (l->attempt > 1) {
+            /* Counted when the retry runs: one an unsubscribe cut short
+               (above) was never retried. */
+            eb__count(&l->retried, 1);
+            eb__count(&w->retried, 1);
+        }
         int rc = s->fn(l->cur, s->ctx);
         atomic_store_explicit(&l->run_since, 0, memory_order_relaxed);
         bool final = l->give_up; /* the handler said no retry can mend it */
@@ -1262,18 +1316,12 @@ static void run_lane(eb_bus *b, eb__worker *w, eb__lane *l)
             rc = EB_EHANDLER;
         if (!final && l->attempt < s->max_attempts &&
             !atomic_load_explicit(&s->cancelled, memory_order_acquire)) {
-            eb__count(&l->retried, 1);
-            eb__count(&w->retried, 1);
             l->attempt++;
+            l->last_rc = rc;
             backoff = true;
             break;
         }
-        eb__count(&l->failed, 1);
-        eb__count(&w->failed, 1);
-        deadletter(b, w, l, l->cur, rc);
-        if (logged)
-            eb__dsub_done(s->dsub, l->cur, false); /* dead-lettered counts as done */
-        lane_finish(b, w, l, rc);
+        give_up_delivery(b, w, l, rc, logged);
     }
     release_flush(b, w);
     w->depth--;
@@ -2764,12 +2812,14 @@ EB_API int eb_bus_stats_get(eb_bus *b, eb_bus_stats *out)
     st.dispatched = atomic_load_explicit(&b->dispatched, memory_order_relaxed);
     st.unrouted = atomic_load_explicit(&b->unrouted, memory_order_relaxed);
     st.dropped = atomic_load_explicit(&b->dropped, memory_order_relaxed);
+    st.cancelled = atomic_load_explicit(&b->cancelled, memory_order_relaxed);
     for (unsigned i = 0; i < b->nworkers; i++) {
         eb__worker *w = &b->workers[i];
         st.delivered += atomic_load_explicit(&w->delivered, memory_order_relaxed);
         st.failed += atomic_load_explicit(&w->failed, memory_order_relaxed);
         st.retried += atomic_load_explicit(&w->retried, memory_order_relaxed);
         st.dead_lettered += atomic_load_explicit(&w->dead_lettered, memory_order_relaxed);
+        st.cancelled += atomic_load_explicit(&w->cancelled, memory_order_relaxed);
     }
     st.intake_depth = eb__ring_size(&b->intake);
     st.intake_capacity = eb__ring_capacity(&b->intake);

@@ -43,7 +43,7 @@ typedef struct eb__worker {
     eb__lane *stack[EB__MAX_NEST + 1];
     unsigned depth;
     /* Counters, written by this worker only (relaxed), summed by stats. */
-    _Atomic uint64_t delivered, failed, retried, dead_lettered;
+    _Atomic uint64_t delivered, failed, retried, dead_lettered, cancelled;
     uint64_t rng;  /* xorshift state for backoff jitter */
     bool spinning; /* counted in bus->spinners */
     /* References of finished inline events of one carrier not dropped yet
@@ -101,9 +101,9 @@ struct eb_bus {
     /* The full lane the pending event waits for. Only compared, never
        dereferenced, outside the token (the lane may be freed meanwhile). */
     _Atomic(eb__lane *) stall_lane;
-    atomic_bool stall_relief;                       /* the stall lane made room since the stall */
-    atomic_bool pend_retry;                         /* pending for lack of memory: retry any time */
-    _Atomic uint64_t dispatched, unrouted, dropped; /* one writer: token holder */
+    atomic_bool stall_relief; /* the stall lane made room since the stall */
+    atomic_bool pend_retry;   /* pending for lack of memory: retry any time */
+    _Atomic uint64_t dispatched, unrouted, dropped, cancelled; /* one writer: token holder */
 
     /* Control queue: subscriptions to add to / remove from routing. */
     pthread_mutex_t ctl_lock;

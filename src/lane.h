@@ -49,6 +49,7 @@ typedef struct eb__lane {
     struct eb__lane *rq_next, *rq_prev; /* protected by bus->rq_lock */
     eb_event *cur;                      /* delivery in progress or waiting for retry */
     unsigned attempt;                   /* attempt number of cur, from 1 */
+    int last_rc;                        /* cur's last failure, while it waits to retry */
     bool give_up;                       /* the handler's failure is final: no retry
                                            (eb__delivery_give_up) */
     /* Counters of finished deliveries. One writer at a time (the runner;

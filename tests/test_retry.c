@@ -582,3 +582,92 @@ Test(retry, a_failing_dead_letter_subscriber_does_not_loop_for_ever)
     cr_assert(settled);
     cr_assert_leq(calls, 4, "the dead-letter subscriber was called %u times", calls);
 }
+
+/* ---- retries an unsubscribe cuts short, and backoffs out of range ---- */
+
+struct failing {
+    atomic_uint calls;
+};
+
+static int fail_eio(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct failing *)ctx)->calls, 1);
+    return EB_EIO;
+}
+
+static eb_subscription *sub_fail_eio(eb_bus *bus, const char *topic, struct failing *f,
+                                     unsigned attempts, uint64_t backoff_ns)
+{
+    atomic_init(&f->calls, 0);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = attempts;
+    o.backoff_initial_ns = backoff_ns;
+    o.backoff_max_ns = backoff_ns;
+    eb_subscription *sub = NULL;
+    cr_assert_eq(eb_subscribe(bus, topic, fail_eio, f, &o, &sub), EB_OK);
+    return sub;
+}
+
+/* A delivery that failed and waits to retry when its subscription goes is
+   dead-lettered with its last error and the attempts it made (as one that
+   fails after the unsubscribe is), not dropped as cancelled; and the retry
+   that never ran is not counted as retried. */
+Test(retry, a_retry_cut_short_by_unsubscribe_is_dead_lettered_with_its_last_error)
+{
+    struct dl_record cb;
+    memset(&cb, 0, sizeof cb);
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.on_deadletter = on_deadletter;
+    cfg.deadletter_ctx = &cb;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    struct dl_sub dl;
+    memset(&dl, 0, sizeof dl);
+    t_sub(bus, "$deadletter.#", dl_sub_handler, &dl, EB_DELIVERY_SERIAL, 0);
+    struct failing f;
+    eb_subscription *sub = sub_fail_eio(bus, "cut.short", &f, 5, 600 * T_SEC);
+    eb_ticket *t = NULL;
+    cr_assert_eq(eb_publish_async(bus, "cut.short", "p", 1, NULL, &t), EB_OK);
+    cr_assert(t_wait_ge(&f.calls, 1));
+    t_sleep_ms(20); /* in its backoff now */
+    cr_assert_eq(eb_unsubscribe(sub), EB_OK);
+    eb_publish_result r;
+    cr_assert_eq(eb_ticket_wait(t, t_wait_budget_ns(), &r), EB_OK);
+    eb_ticket_release(t);
+    cr_assert(t_wait_ge(&dl.calls, 1), "no $deadletter event");
+    eb_bus_stats st;
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&f.calls), 1);
+    cr_assert_eq(r.failed, 1);
+    cr_assert_eq(r.first_error, EB_EIO, "%s", eb_err_name(r.first_error));
+    cr_assert_eq(atomic_load(&cb.calls), 1);
+    cr_assert_eq(cb.error, EB_EIO);
+    cr_assert_eq(cb.attempts, 1);
+    cr_assert_str_eq(cb.topic, "cut.short");
+    cr_assert(dl.has_info);
+    cr_assert_eq(dl.info.attempts, 1);
+    cr_assert_eq(st.retried, 0, "a retry that never ran was counted");
+    cr_assert_eq(st.failed, 1);
+    cr_assert_eq(st.dead_lettered, 1);
+}
+
+/* A backoff of 2^63 ns or more is "never" in effect: the retry waits. It
+   used to wrap into the past and run at once. */
+Test(retry, a_backoff_beyond_int64_max_waits_instead_of_retrying_at_once)
+{
+    eb_bus *bus = t_bus_new(2);
+    struct failing f;
+    eb_subscription *sub = sub_fail_eio(bus, "far", &f, 3, UINT64_MAX);
+    cr_assert_eq(eb_publish(bus, "far", NULL, 0, NULL), EB_OK);
+    cr_assert(t_wait_ge(&f.calls, 1));
+    t_sleep_ms(100);
+    cr_assert_eq(atomic_load(&f.calls), 1, "the retry ran at once");
+    cr_assert_eq(eb_unsubscribe(sub), EB_OK); /* cuts the backoff short */
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&f.calls), 1);
+}

@@ -507,3 +507,109 @@ Test(unsubscribe, unsubscribing_a_lane_in_a_long_backoff_returns_at_once)
     eb_bus_destroy(bus);
     cr_assert_eq(atomic_load(&p.calls), 1, "a retry ran after unsubscribe");
 }
+
+/* eb_unsubscribe just as a failing handler returns, while its worker arms
+   the retry's backoff: the call returns at once (it used to wait out the
+   whole backoff when it came between the lane being marked in backoff and
+   its timer being armed, and could free the subscription under the arming
+   worker). Many rounds with a varying gap. */
+struct failing_now {
+    atomic_int returning;
+};
+
+static int fail_signalling(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_store(&((struct failing_now *)ctx)->returning, 1);
+    return EB_EIO;
+}
+
+Test(unsubscribe, unsubscribing_as_a_failing_handler_returns_never_waits_out_its_backoff)
+{
+    eb_bus *bus = t_bus_new(2);
+    static struct failing_now f;
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = 3;
+    o.backoff_initial_ns = o.backoff_max_ns = 600 * T_SEC;
+    int64_t end = t_now_ns() + 700 * T_MS, worst = 0;
+    unsigned rounds = 0, seed = 1;
+    while (t_now_ns() < end) {
+        eb_subscription *sub = NULL;
+        cr_assert_eq(eb_subscribe(bus, "race", fail_signalling, &f, &o, &sub), EB_OK);
+        atomic_store(&f.returning, 0);
+        cr_assert_eq(eb_publish(bus, "race", NULL, 0, NULL), EB_OK);
+        while (!atomic_load(&f.returning))
+            ;
+        seed = seed * 1103515245u + 12345u;
+        for (volatile unsigned i = 0, n = (seed >> 16) % 3000; i < n; i++)
+            ;
+        int64_t t0 = t_now_ns();
+        cr_assert_eq(eb_unsubscribe(sub), EB_OK);
+        int64_t took = t_now_ns() - t0;
+        if (took > worst)
+            worst = took;
+        rounds++;
+    }
+    eb_bus_destroy(bus);
+    cr_assert_gt(rounds, 0);
+    cr_assert_lt(worst, t_wait_budget_ns(), "an unsubscribe took %lld ms (%u rounds)",
+                 (long long)(worst / T_MS), rounds);
+}
+
+/* Deliveries an unsubscribe ends before their first call complete as
+   EB_ECANCELED and eb_bus_stats counts each of them as cancelled. */
+struct gate_first {
+    atomic_int entered, open;
+    atomic_uint calls;
+};
+
+static int gated_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct gate_first *g = ctx;
+    if (atomic_fetch_add(&g->calls, 1) == 0) {
+        atomic_store(&g->entered, 1);
+        while (!atomic_load(&g->open))
+            t_sleep_ms(1);
+    }
+    return 0;
+}
+
+Test(unsubscribe, deliveries_cancelled_by_an_unsubscribe_are_counted_as_cancelled)
+{
+    eb_bus *bus = t_bus_new(2);
+    static struct gate_first g;
+    memset(&g, 0, sizeof g);
+    static struct unsub_call u;
+    memset(&u, 0, sizeof u);
+    cr_assert_eq(eb_subscribe(bus, "gated", gated_handler, &g, NULL, &u.sub), EB_OK);
+    enum { N = 10 };
+    eb_ticket *t[N];
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(eb_publish_async(bus, "gated", NULL, 0, NULL, &t[i]), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, atomic_load(&g.entered));
+    cr_assert(ok);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, unsubscribe_thread, &u), 0);
+    t_sleep_ms(50); /* the unsubscribe is applied while the first call runs */
+    atomic_store(&g.open, 1);
+    pthread_join(th, NULL);
+    cr_assert_eq(atomic_load(&u.rc), EB_OK);
+    unsigned cancelled = 0;
+    for (int i = 0; i < N; i++) {
+        eb_publish_result r;
+        cr_assert_eq(eb_ticket_wait(t[i], t_wait_budget_ns(), &r), EB_OK);
+        eb_ticket_release(t[i]);
+        if (r.first_error == EB_ECANCELED)
+            cancelled++;
+    }
+    eb_bus_stats st;
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&g.calls), 1);
+    cr_assert_eq(cancelled, N - 1);
+    cr_assert_eq(st.cancelled, N - 1);
+    cr_assert_eq(st.delivered, 1);
+}

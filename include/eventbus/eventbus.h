@@ -238,7 +238,8 @@ typedef struct eb_bus_stats {
                                mailbox or dropped (dead letters included) */
     uint64_t delivered;     /* handler calls that returned 0 */
     uint64_t failed;        /* deliveries that failed their last attempt */
-    uint64_t retried;       /* handler calls that failed and were retried */
+    uint64_t retried;       /* handler calls that failed and were retried
+                               (counted when the retry runs) */
     uint64_t dead_lettered; /* deliveries dead-lettered */
     uint64_t dropped;       /* deliveries dropped by an overflow policy */
     uint64_t unrouted;      /* events that matched no subscription */
@@ -248,6 +249,9 @@ typedef struct eb_bus_stats {
     uint32_t subscriptions; /* live subscriptions */
     uint64_t max_lag;       /* largest per-subscription lag (see below) */
     uint64_t scheduled;     /* delayed events waiting for their time */
+    uint64_t cancelled;     /* deliveries ended by an unsubscribe before their
+                               first call (EB_ECANCELED); one that failed and
+                               waited to retry is dead-lettered instead */
 } eb_bus_stats;
 
 /*
@@ -341,7 +345,10 @@ EB_API int eb_topic_matches(const char *pattern, const char *topic);
 /*
  * Removes a subscription. Returns once the handler is not running and will
  * not be called again; deliveries still queued for it complete as
- * EB_ECANCELED (their waiters are told). From inside that subscription's own
+ * EB_ECANCELED (their waiters are told; eb_bus_stats counts them as
+ * cancelled), except one that failed and waits to retry, or fails after
+ * the call began: that is dead-lettered with its last error, as after its
+ * last attempt (attempts: the calls made). From inside that subscription's own
  * handler (or from a handler running nested on its worker while that
  * handler waits) it returns at once and no further call starts after the
  * handler returns; a durable subscription's name is then free once the handler
@@ -355,7 +362,8 @@ EB_API int eb_unsubscribe(eb_subscription *sub);
 typedef struct eb_subscription_stats {
     uint64_t delivered; /* handler calls that returned 0 */
     uint64_t failed;    /* deliveries that failed their last attempt */
-    uint64_t retried;   /* failed calls that were retried */
+    uint64_t retried;   /* failed calls that were retried (counted when the
+                           retry runs) */
     uint64_t dropped;   /* deliveries dropped by the overflow policy */
     uint64_t lag;       /* deliveries routed to it and not yet finished */
 } eb_subscription_stats;
