@@ -397,13 +397,18 @@ static void lane_finish(eb_bus *b, eb__worker *w, eb__lane *l, int rc)
 
 /* ---- intake ----------------------------------------------------------- */
 
-/* Puts an internal event (dead letter) where the dispatcher will find it,
-   without ever blocking: the ring if it has room, else the side list. */
+/* Puts an internal event (a dead letter, a due delayed event) where the
+   dispatcher will find it, without ever blocking: the ring if it has room
+   and no side events are pending, else the side list, behind them (a due
+   event that found the ring full went there, and the next must not
+   overtake it). */
 static int side_push(eb_bus *b, eb_event *ev);
 
 static int enqueue_internal(eb_bus *b, eb_event *ev)
 {
-    if (eb__ring_push_mp(&b->intake, ev)) {
+    if (atomic_load_explicit(&b->side_count, memory_order_acquire) == 0 &&
+        !atomic_load_explicit(&b->side_busy, memory_order_acquire) &&
+        eb__ring_push_mp(&b->intake, ev)) {
         wake_if_idle(b);
         return EB_OK;
     }
@@ -1143,6 +1148,12 @@ static bool timers_fire(eb_bus *b)
     if (eb__timers_next(&b->timers) == INT64_MAX)
         return false;
     int64_t now = eb__now_mono_ns();
+    /* One worker at a time: due events reach the intake in the heap's
+       order (two workers popping one each could push them swapped). The
+       others skip; the one firing takes every entry due. */
+    if (eb__timers_next(&b->timers) > now ||
+        atomic_exchange_explicit(&b->firing, true, memory_order_acquire))
+        return false;
     eb__timer_entry e;
     bool any = false;
     unsigned unhold = 0;
@@ -1175,6 +1186,7 @@ static bool timers_fire(eb_bus *b)
         sub_unref(b, s);
     }
     eb__timers_unhold(&b->timers, unhold);
+    atomic_store_explicit(&b->firing, false, memory_order_release);
     return any;
 }
 
@@ -1639,6 +1651,12 @@ static bool topic_ok(const char *t, size_t *len)
     return *len <= EB_TOPIC_MAX;
 }
 
+/* A topic a caller may publish: a valid one outside $deadletter. */
+static bool publish_topic_ok(const char *t, size_t *len)
+{
+    return topic_ok(t, len) && !eb__topic_is_deadletter(t, *len);
+}
+
 /* Pushes ev on the intake, waiting as opts allow. */
 /*
  * One attempt to put an entry on the intake. A carrier of n events also
@@ -1752,14 +1770,50 @@ static int64_t opts_delay(const eb_publish_options *o)
     return o->delay_ns;
 }
 
-/* Accepts ev for dispatch after delay_ns: it waits in the timer heap. */
-static int schedule_event(eb_bus *b, eb_event *ev, int64_t delay_ns)
+/* When a durable event delayed by delay (opts_delay, > 0) falls due, in
+   Unix time: at_ns itself when given, so that events given one at_ns share
+   one due time. */
+static int64_t durable_due(const eb_publish_options *o, int64_t delay)
+{
+    return o->at_ns > 0 ? o->at_ns : eb__ns_after(eb__now_real_ns(), delay);
+}
+
+/* Offsets between the clocks that differ by less than this are one. */
+#define CLOCK_OFFSET_SLACK_NS 1000000
+
+/*
+ * When a memory-only event published with opts falls due, on the monotonic
+ * clock; 0: not delayed (publish now). A Unix time (at_ns) is converted with
+ * one offset between the two clocks per bus, renewed only when they drift
+ * further apart than CLOCK_OFFSET_SLACK_NS (the system clock was set or
+ * slewed): events given one at_ns get one deadline, and the timer heap keeps
+ * equal deadlines in the order they came, so one thread's events keep their
+ * order. Reading both clocks per call gave each its own jitter (an audit saw
+ * 780 inversions among 2000 events with one at_ns). An at_ns already past
+ * goes through the heap too, behind earlier events with the same at_ns.
+ */
+static int64_t memory_due(eb_bus *b, const eb_publish_options *o)
+{
+    if (o->at_ns > 0) {
+        int64_t off = eb__now_real_ns() - eb__now_mono_ns();
+        int64_t cur = atomic_load_explicit(&b->clock_offset, memory_order_relaxed);
+        if (cur == 0 || off - cur > CLOCK_OFFSET_SLACK_NS || cur - off > CLOCK_OFFSET_SLACK_NS) {
+            atomic_store_explicit(&b->clock_offset, off, memory_order_relaxed);
+            cur = off;
+        }
+        /* off is real time minus uptime: positive on any real system */
+        return o->at_ns - cur > 0 ? o->at_ns - cur : 1;
+    }
+    return o->delay_ns > 0 ? eb__ns_after(eb__now_mono_ns(), o->delay_ns) : 0;
+}
+
+/* Accepts ev for dispatch at `at` (monotonic ns, from memory_due): it waits
+   in the timer heap. */
+static int schedule_event(eb_bus *b, eb_event *ev, int64_t at)
 {
     /* It reaches the intake on its own, among other events: no memo. */
     ev->flags &= (uint16_t)~EB__EV_SAME_TOPIC;
     bool earlier = false;
-    int64_t now = eb__now_mono_ns();
-    int64_t at = eb__ns_after(now, delay_ns);
     if (at == INT64_MAX)
         at--; /* INT64_MAX is the heap's "no timer" */
     if (eb__timers_push(&b->timers, at, EV_TIMER_TAG(ev), 0, &earlier) != 0)
@@ -1874,7 +1928,8 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
         eb_publish_options_init(&defaults);
         opts = &defaults;
     }
-    if (b == NULL || !topic_ok(topic, &tl) || (payload == NULL && len > 0) || !opts_ok(opts))
+    if (b == NULL || !publish_topic_ok(topic, &tl) || (payload == NULL && len > 0) ||
+        !opts_ok(opts))
         return EB_EINVAL;
     int64_t delay = opts_delay(opts);
     unsigned durable = opts->flags & DURABLE_FLAGS;
@@ -1893,7 +1948,7 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
         eb__event_ref(ev, 1); /* the ticket's reference */
     if (durable && delay > 0) {
         /* The store keeps its own copy; ours goes (the payload with it). */
-        rc = eb__store_schedule(b->store, ev, eb__ns_after(eb__now_real_ns(), delay),
+        rc = eb__store_schedule(b->store, ev, durable_due(opts, delay),
                                 durable == EB_PUBLISH_DURABLE);
         if (rc == EB_OK) {
             eb__event_unref(ev, &b->depot);
@@ -1903,7 +1958,8 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     } else if (durable) {
         rc = durable_append(b, &ev, 1, durable, opts->timeout_ns);
     } else {
-        rc = delay > 0 ? schedule_event(b, ev, delay) : intake_push(b, ev, 0, opts->timeout_ns);
+        int64_t due = memory_due(b, opts);
+        rc = due > 0 ? schedule_event(b, ev, due) : intake_push(b, ev, 0, opts->timeout_ns);
     }
     if (rc != EB_OK) {
         if (track)
@@ -1954,7 +2010,7 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
         }
         size_t ok = 0;
         if (delay > 0) {
-            int64_t due = eb__ns_after(eb__now_real_ns(), delay);
+            int64_t due = durable_due(opts, delay);
             for (; ok < k; ok++) {
                 int src = eb__store_schedule(b->store, evs[ok], due, durable == EB_PUBLISH_DURABLE);
                 if (src != EB_OK) {
@@ -1993,7 +2049,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
         size_t tl;
         /* A batch often repeats one topic string: measured once. */
         if (msgs[i].topic == NULL || msgs[i].topic != checked) {
-            if (!topic_ok(msgs[i].topic, &tl))
+            if (!publish_topic_ok(msgs[i].topic, &tl))
                 return EB_EINVAL;
             checked = msgs[i].topic;
         }
@@ -2006,9 +2062,10 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
     if (accepted != NULL)
         *accepted = 0;
     unsigned durable = opts->flags & DURABLE_FLAGS;
-    int64_t delay = opts_delay(opts);
     if (durable && bus->store == NULL)
         return EB_ENOTSUP;
+    /* Memory-only events: due now (0) or at this monotonic time. */
+    int64_t due = durable ? 0 : memory_due(bus, opts);
     int rc = publish_enter(bus);
     if (rc != EB_OK)
         return rc;
@@ -2022,7 +2079,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
        (see eb__carrier); delayed events leave it one by one for the timer
        heap and zero-copy ones have payloads of their own: blocks of their
        own for those. */
-    bool inline_ok = !durable && delay == 0 && opts->payload_free == NULL;
+    bool inline_ok = !durable && due == 0 && opts->payload_free == NULL;
     const eb_event *cause = handler_cause();
     bool ext = needs_ext(opts, false, cause);
     if (inline_ok && n > 1 && !atomic_load_explicit(&bus->carriers_made, memory_order_relaxed) &&
@@ -2081,7 +2138,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             }
             /* A run of one topic is routed once per carrier (dispatch_held);
                delayed events travel one by one (schedule_event). */
-            if (delay == 0 && prev != NULL && tl == prev_len &&
+            if (due == 0 && prev != NULL && tl == prev_len &&
                 (m->topic == prev || memcmp(m->topic, prev, tl) == 0)) {
                 ev->flags |= EB__EV_SAME_TOPIC;
                 c->same |= (uint64_t)1 << c->n;
@@ -2099,7 +2156,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
         }
         unsigned cn = c->n;
         eb__carrier_seal(c);
-        if (cn > 0 && delay == 0) {
+        if (cn > 0 && due == 0) {
             int prc = intake_push(bus, EB__CARRIER_TAG(c), cn, opts->timeout_ns);
             if (prc == EB_OK) {
                 /* The carrier is the dispatcher's now (it may already be
@@ -2119,7 +2176,7 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
             /* Delayed: each event waits in the timer heap on its own. */
             unsigned k = 0;
             int prc = EB_OK;
-            while (k < cn && (prc = schedule_event(bus, c->ev[k], delay)) == EB_OK)
+            while (k < cn && (prc = schedule_event(bus, c->ev[k], due)) == EB_OK)
                 k++;
             for (unsigned i = k; i < cn; i++)
                 unbuild_event(bus, c->ev[i]);

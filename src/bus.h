@@ -104,6 +104,9 @@ struct eb_bus {
     atomic_bool stall_relief; /* the stall lane made room since the stall */
     atomic_bool pend_retry;   /* pending for lack of memory: retry any time */
     _Atomic uint64_t dispatched, unrouted, dropped, cancelled; /* one writer: token holder */
+    atomic_bool firing; /* a worker is moving due timer entries (timers_fire) */
+    /* Real minus monotonic time, as memory_due last took it (0: not yet). */
+    _Atomic int64_t clock_offset;
 
     /* Control queue: subscriptions to add to / remove from routing. */
     pthread_mutex_t ctl_lock;

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct eb__route eb__route;
 
@@ -54,6 +55,14 @@ void eb__match_unpin(eb__match *m);
 /* Matches one topic against one pattern (the table's rules, without the
    table): for filters outside the dispatcher, e.g. log replay. */
 bool eb__topic_matches(const char *pattern, size_t plen, const char *topic, size_t tlen);
+
+/* Whether topic's first word is "$deadletter": the bus's own dead letters,
+   which no caller may publish (EB_EINVAL). */
+static inline bool eb__topic_is_deadletter(const char *topic, size_t len)
+{
+    return len >= 11 && topic[0] == '$' && memcmp(topic, "$deadletter", 11) == 0 &&
+           (len == 11 || topic[11] == '.');
+}
 
 /* True if the pattern contains '*' or '#' words. */
 int eb__pattern_is_wild(const char *pattern, size_t len);

@@ -155,11 +155,9 @@ static bool word_is(const word *w, char c)
 
 bool eb__topic_match(const char *pattern, const char *topic)
 {
-    /* The routing table's own matcher (fuzzed against a reference one).
-       Longer inputs never match (saga.h): no valid topic or pattern is that
-       long, and the matcher's word arrays are sized for valid ones. */
-    size_t pl = strnlen(pattern, EB_TOPIC_MAX + 1), tl = strnlen(topic, EB_TOPIC_MAX + 1);
-    return pl <= EB_TOPIC_MAX && tl <= EB_TOPIC_MAX && eb__topic_matches(pattern, pl, topic, tl);
+    /* The routing table's own matcher (fuzzed against a reference one),
+       with its length limits (saga.h). */
+    return eb_topic_matches(pattern, topic) == 1;
 }
 
 int eb__cover_pattern(const char *const *patterns, size_t n, char *out)
@@ -239,6 +237,13 @@ static char **copy_strings(const char *const *s, size_t n)
 static bool topic_ok(const char *topic)
 {
     return topic != NULL && strlen(topic) <= EB_TOPIC_MAX;
+}
+
+/* A topic a caller may publish (send, emit, schedule): outside $deadletter,
+   which eb_publish refuses; checked before anything is saved. */
+static bool publish_topic_ok(const char *topic)
+{
+    return topic_ok(topic) && !eb__topic_is_deadletter(topic, strlen(topic));
 }
 
 static bool name_ok(const char *name)
@@ -765,7 +770,8 @@ EB_API int eb_command_bus_create(eb_bus *bus, eb_command_bus **out)
 EB_API int eb_command_send(eb_command_bus *cb, const char *topic, const void *payload, size_t len,
                            const eb_publish_options *opts)
 {
-    if (cb == NULL || !topic_ok(topic) || opts == NULL || opts->key == NULL || opts->key_len == 0)
+    if (cb == NULL || !publish_topic_ok(topic) || opts == NULL || opts->key == NULL ||
+        opts->key_len == 0)
         return EB_EINVAL;
     if (!cmd_routed(cb, topic))
         return EB_ENOENT;
@@ -847,7 +853,7 @@ static int saga_queue(eb_saga_ctx *sc, int64_t delay_ns, const char *topic, cons
 EB_API int eb_saga_send(eb_saga_ctx *sc, const char *topic, const void *payload, size_t len,
                         const void *key, size_t key_len)
 {
-    if (sc == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key == NULL ||
+    if (sc == NULL || !publish_topic_ok(topic) || (payload == NULL && len > 0) || key == NULL ||
         key_len == 0 || key_len > 255)
         return EB_EINVAL;
     if (sc->saga->commands != NULL && !cmd_routed(sc->saga->commands, topic))
@@ -858,7 +864,7 @@ EB_API int eb_saga_send(eb_saga_ctx *sc, const char *topic, const void *payload,
 EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *payload, size_t len,
                            const void *key, size_t key_len)
 {
-    if (sc == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
+    if (sc == NULL || !publish_topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
         (key == NULL && key_len > 0))
         return EB_EINVAL;
     return saga_queue(sc, 0, topic, payload, len, key, key_len);
@@ -867,7 +873,7 @@ EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *paylo
 EB_API int eb_saga_schedule_timeout(eb_saga_ctx *sc, int64_t delay_ns, const char *topic,
                                     const void *payload, size_t len)
 {
-    if (sc == NULL || delay_ns <= 0 || !topic_ok(topic) || (payload == NULL && len > 0))
+    if (sc == NULL || delay_ns <= 0 || !publish_topic_ok(topic) || (payload == NULL && len > 0))
         return EB_EINVAL;
     return saga_queue(sc, delay_ns, topic, payload, len, sc->key, sc->key_len);
 }
@@ -1421,7 +1427,7 @@ static int on_command(const eb_event *ev, void *arg)
 EB_API int eb_aggregate_emit(eb_aggregate_ctx *ac, const char *topic, const void *payload,
                              size_t len, const void *key, size_t key_len)
 {
-    if (ac == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
+    if (ac == NULL || !publish_topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
         (key == NULL && key_len > 0))
         return EB_EINVAL;
     return qbuf_push(&ac->q, NULL, 0, topic, payload, len, key, key_len);
@@ -1668,8 +1674,8 @@ EB_API int eb_scope_begin(eb_bus *bus, eb_scope **out)
 EB_API int eb_scope_publish(eb_scope *scope, const char *topic, const void *payload, size_t len,
                             const void *key, size_t key_len)
 {
-    if (scope == NULL || !topic_ok(topic) || (payload == NULL && len > 0) || key_len > 255 ||
-        (key == NULL && key_len > 0))
+    if (scope == NULL || !publish_topic_ok(topic) || (payload == NULL && len > 0) ||
+        key_len > 255 || (key == NULL && key_len > 0))
         return EB_EINVAL;
     int rc = qbuf_push(&scope->q, NULL, 0, topic, payload, len, key, key_len);
     if (rc == EB_OK)

@@ -17,8 +17,9 @@
 
 /* True if topic matches pattern under the bus's rules, including the rule
    that a topic whose first word starts with '$' is matched only by a
-   pattern whose first word is spelled out. Both are NUL-terminated and at
-   most EB_TOPIC_MAX bytes (longer inputs never match). */
+   pattern whose first word is spelled out. Both are NUL-terminated; longer
+   inputs than a pattern of EB_TOPIC_MAX bytes and a topic of EB_TOPIC_MAX +
+   12 (a dead-letter topic, which a saga may react to) never match. */
 bool eb__topic_match(const char *pattern, const char *topic);
 
 /*

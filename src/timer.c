@@ -11,6 +11,7 @@ int eb__timers_init(eb__timers *t)
 {
     t->heap = NULL;
     t->n = t->cap = t->held = 0;
+    t->inserted = 0;
     atomic_init(&t->next, INT64_MAX);
     return pthread_mutex_init(&t->lock, NULL) == 0 ? 0 : -1;
 }
@@ -28,10 +29,16 @@ static void swap(eb__timer_entry *a, eb__timer_entry *b)
     *b = x;
 }
 
+/* Whether entry a pops before entry b: by deadline, then insertion. */
+static bool before(const eb__timer_entry *a, const eb__timer_entry *b)
+{
+    return a->deadline < b->deadline || (a->deadline == b->deadline && a->order < b->order);
+}
+
 /* Moves entry i up to its place; returns where it ended. */
 static unsigned sift_up(eb__timers *t, unsigned i)
 {
-    while (i > 0 && t->heap[(i - 1) / 2].deadline > t->heap[i].deadline) {
+    while (i > 0 && before(&t->heap[i], &t->heap[(i - 1) / 2])) {
         swap(&t->heap[(i - 1) / 2], &t->heap[i]);
         i = (i - 1) / 2;
     }
@@ -42,9 +49,9 @@ static void sift_down(eb__timers *t, unsigned i)
 {
     for (;;) {
         unsigned l = 2 * i + 1, r = l + 1, m = i;
-        if (l < t->n && t->heap[l].deadline < t->heap[m].deadline)
+        if (l < t->n && before(&t->heap[l], &t->heap[m]))
             m = l;
-        if (r < t->n && t->heap[r].deadline < t->heap[m].deadline)
+        if (r < t->n && before(&t->heap[r], &t->heap[m]))
             m = r;
         if (m == i)
             return;
@@ -58,7 +65,7 @@ static void sift_down(eb__timers *t, unsigned i)
 static void insert_unlock(eb__timers *t, int64_t deadline, void *what, uint64_t gen, bool *earlier)
 {
     unsigned i = t->n++;
-    t->heap[i] = (eb__timer_entry){deadline, what, gen};
+    t->heap[i] = (eb__timer_entry){deadline, what, gen, t->inserted++};
     *earlier = sift_up(t, i) == 0;
     atomic_store_explicit(&t->next, t->heap[0].deadline, memory_order_relaxed);
     pthread_mutex_unlock(&t->lock);

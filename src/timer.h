@@ -1,5 +1,7 @@
 /*
- * timer — a min-heap of deadlines, used to re-arm lanes after a retry backoff.
+ * timer — a min-heap of deadlines, used to re-arm lanes after a retry backoff
+ * and to hold delayed events. Entries with equal deadlines pop in the order
+ * they were inserted (delayed events given one time keep their order).
  * Thread-safe: every function takes the heap's own mutex (a leaf lock: no
  * other lock is taken while it is held, and no callback runs under it).
  */
@@ -15,12 +17,14 @@ typedef struct eb__timer_entry {
     int64_t deadline; /* CLOCK_MONOTONIC ns */
     void *what;
     uint64_t gen;
+    uint64_t order; /* insertion count: equal deadlines pop in insertion order */
 } eb__timer_entry;
 
 typedef struct eb__timers {
     pthread_mutex_t lock;
     eb__timer_entry *heap; /* protected by lock */
     unsigned n, cap;       /* protected by lock */
+    uint64_t inserted;     /* entries ever inserted (their order); protected by lock */
     /* Slots of popped entries kept for eb__timers_rearm (held <= cap - n);
        protected by lock. */
     unsigned held;

@@ -372,3 +372,42 @@ Test(route, topic_matches_keeps_the_dollar_rule_and_refuses_bad_arguments)
     cr_assert_eq(eb_topic_matches("$deadletter.#", top), EB_EINVAL,
                  "a topic of EB_TOPIC_MAX + 13 bytes");
 }
+
+/* $deadletter.<topic> events come only from the bus (eb_event_deadletter_info
+   describes them): publishing on the first word "$deadletter" is refused
+   with EB_EINVAL by every publish call, and other '$' topics are allowed. */
+Test(route, publishing_on_a_deadletter_topic_is_refused)
+{
+    eb_bus *bus = t_bus_new(1);
+    t_counter c;
+    t_counter_init(&c);
+    t_sub(bus, "$deadletter.#", t_count_handler, &c, EB_DELIVERY_SERIAL, 0);
+    static const char *const refused[] = {"$deadletter", "$deadletter.a", "$deadletter.a.b"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        const char *t = refused[i];
+        cr_assert_eq(eb_publish(bus, t, "x", 1, NULL), EB_EINVAL, "%s", t);
+        eb_publish_result r;
+        cr_assert_eq(eb_publish_wait(bus, t, "x", 1, NULL, &r), EB_EINVAL, "%s", t);
+        eb_ticket *tk = NULL;
+        cr_assert_eq(eb_publish_async(bus, t, "x", 1, NULL, &tk), EB_EINVAL, "%s", t);
+        cr_assert_null(tk);
+        eb_message m[2] = {{.topic = "ok"}, {.topic = t}};
+        size_t accepted = 77;
+        cr_assert_eq(eb_publish_batch(bus, m, 2, NULL, &accepted), EB_EINVAL, "%s", t);
+        cr_assert_eq(accepted, 77, "a refused batch wrote *accepted");
+        eb_scope *sc = NULL;
+        cr_assert_eq(eb_scope_begin(bus, &sc), EB_OK);
+        cr_assert_eq(eb_scope_publish(sc, t, "x", 1, NULL, 0), EB_EINVAL, "%s", t);
+        eb_scope_abort(sc);
+    }
+    /* Other '$' topics, and words that only begin like it, are the caller's. */
+    eb_publish_result r = t_pub_wait(bus, "$deadletterx.a", NULL, 0);
+    cr_assert_eq(r.matched, 0);
+    r = t_pub_wait(bus, "$other.a", NULL, 0);
+    cr_assert_eq(r.matched, 0);
+    eb_bus_stats st;
+    cr_assert_eq(eb_bus_stats_get(bus, &st), EB_OK);
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&c.calls), 0);
+    cr_assert_eq(st.published, 2);
+}

@@ -42,7 +42,14 @@ Test(saga, topic_match_and_cover_follow_amqp_rules)
     char longer[300];
     memset(longer, 'a', 299);
     longer[299] = '\0';
-    cr_expect(!eb__topic_match("#", longer), "a topic over 255 bytes never matches");
+    cr_expect(!eb__topic_match("#", longer), "a topic over 267 bytes never matches");
+    /* A dead letter's topic may be 12 bytes longer than a published one. */
+    char dl[12 + EB_TOPIC_MAX + 1];
+    memcpy(dl, "$deadletter.", 12);
+    memset(dl + 12, 'a', EB_TOPIC_MAX);
+    dl[12 + EB_TOPIC_MAX] = '\0';
+    cr_expect(eb__topic_match("$deadletter.#", dl), "a dead letter of a 255-byte topic");
+    cr_expect(!eb__topic_match(longer, "a"), "a pattern over 255 bytes never matches");
     const char *const many[] = {dots, "a"};
     cr_expect_eq(eb__cover_pattern(many, 2, cover), EB_OK);
     cr_expect_str_eq(cover, "#");

@@ -116,3 +116,36 @@ Test(timers, an_entry_moved_into_a_hole_goes_up_when_it_is_due_first)
     cr_assert_eq(pop_all_in_order(&t, seen), 7);
     eb__timers_fini(&t);
 }
+
+/* Entries with equal deadlines pop in the order they were pushed, among
+   others with other deadlines and after removals (delayed events given one
+   time keep their publish order). */
+Test(timers, equal_deadlines_pop_in_insertion_order)
+{
+    eb__timers t;
+    cr_assert_eq(eb__timers_init(&t), 0);
+    bool earlier;
+    for (int i = 0; i < N; i++) {
+        /* Three deadlines, interleaved: 10, 20, 30, 10, 20, ... */
+        int64_t d = 10 * (1 + i % 3);
+        cr_assert_eq(eb__timers_push(&t, d, &obj[i], (uint64_t)i, &earlier), 0);
+    }
+    cr_assert(eb__timers_remove(&t, &obj[4], 4));
+    cr_assert(eb__timers_remove(&t, &obj[33], 33));
+    eb__timer_entry e;
+    int64_t last_d = 0;
+    int last_i = -1;
+    unsigned n = 0;
+    while (eb__timers_pop_due(&t, INT64_MAX - 1, &e)) {
+        int i = (int)((int *)e.what - obj);
+        if (e.deadline == last_d)
+            cr_assert_gt(i, last_i, "entry %d popped after %d with one deadline", i, last_i);
+        else
+            cr_assert_gt(e.deadline, last_d);
+        last_d = e.deadline;
+        last_i = i;
+        n++;
+    }
+    cr_assert_eq(n, N - 2);
+    eb__timers_fini(&t);
+}

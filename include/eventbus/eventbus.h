@@ -16,10 +16,11 @@
  *  - Ordering: events are dispatched one at a time in intake-ring order and
  *    stamped with a bus-wide sequence number. Every lane sees events in that
  *    order, so all SERIAL observers see the same relative order, and events
- *    published by one thread arrive in the order that thread published them.
- *    SERIAL: one delivery at a time, in order. KEYED: in order per key,
- *    concurrent across keys. CONCURRENT: no order, as parallel as the pool.
- *    A lane retrying a delivery holds back the later events of that lane.
+ *    published by one thread arrive in the order that thread published them
+ *    (delayed ones when they fall due: those due at one time, such as one
+ *    at_ns, in the order published). SERIAL: one delivery at a time, in order. KEYED: in order per
+ * key, concurrent across keys. CONCURRENT: no order, as parallel as the pool. A lane retrying a
+ * delivery holds back the later events of that lane.
  *  - Progress: a full lane mailbox pauses dispatch (backpressure) until the
  *    lane drains; a full intake ring blocks publishers, or returns EB_EAGAIN /
  *    EB_ETIMEDOUT when they asked not to wait. A handler that waits (nested
@@ -146,9 +147,11 @@ typedef struct eb_deadletter_info {
 } eb_deadletter_info;
 
 /*
- * Called on a worker thread for each delivery that failed its last attempt,
- * with the original event, before the $deadletter.<topic> event is published.
- * Must not block for long; may publish.
+ * Called on a worker thread for each delivery that failed its last attempt
+ * (or whose retries an unsubscribe cut short), with the original event,
+ * before the $deadletter.<topic> event is published. Not for a failed
+ * delivery of a $deadletter.<topic> event itself: that is not dead-lettered
+ * again. Must not block for long; may publish.
  */
 typedef void (*eb_deadletter_fn)(const eb_event *ev, const eb_deadletter_info *info, void *ctx);
 
@@ -161,7 +164,9 @@ typedef struct eb_bus_config {
                                  eb_bus_stats_get reports the result */
     eb_log_fn log;            /* NULL: no logging */
     void *log_ctx;
-    eb_log_level log_level;         /* lowest level passed to log; default WARN */
+    eb_log_level log_level;         /* lowest level passed to log; default WARN
+                                       (eb_bus_config_init; a zeroed field is
+                                       EB_LOG_DEBUG) */
     eb_deadletter_fn on_deadletter; /* NULL: none */
     void *deadletter_ctx;
     unsigned mailbox_capacity; /* default per-lane mailbox, events; 0: 255;
@@ -280,8 +285,11 @@ typedef enum eb_delivery {
     EB_DELIVERY_KEYED,      /* in order per event key, concurrent across keys
                                (lane = hash(key) mod lanes; events without a
                                key share one lane) */
-    EB_DELIVERY_CONCURRENT  /* no ordering, as parallel as the pool (events
-                               spread round robin over the lanes) */
+    EB_DELIVERY_CONCURRENT  /* no ordering, as parallel as the pool: events
+                               are dealt round robin to the lanes, each of
+                               which runs one delivery at a time, so a slow
+                               delivery holds back the later events dealt to
+                               its lane (not those of the other lanes) */
 } eb_delivery;
 
 typedef enum eb_overflow {
@@ -295,7 +303,10 @@ typedef struct eb_subscribe_options {
     unsigned lanes;              /* KEYED: 0 = 16; CONCURRENT: 0 = workers; at
                                     most 1024; SERIAL: must be 0 or 1 */
     unsigned max_attempts;       /* 0 = 3; 1 = no retry; at most 1000 */
-    uint64_t backoff_initial_ns; /* 0 = 1 ms; delay before the 2nd attempt */
+    uint64_t backoff_initial_ns; /* 0 = 1 ms; delay d before the 2nd attempt,
+                                    doubled for each further one; each delay
+                                    is taken at random from [d/2, d] (equal
+                                    jitter). Above INT64_MAX: INT64_MAX */
     uint64_t backoff_max_ns;     /* 0 = 1 s; cap of the doubling delay */
     unsigned mailbox_capacity;   /* per lane; 0 = the bus default; at most 2^20 - 1 */
     eb_overflow overflow;
@@ -318,8 +329,10 @@ EB_API void eb_subscribe_options_init(eb_subscribe_options *opts);
  * Subscribes fn to every topic matching pattern (AMQP 0-9-1 topic rules, as
  * RabbitMQ implements them: words separated by '.', '*' matches exactly one
  * word, '#' zero or more words; the empty topic has zero words). Topics whose
- * first word begins with '$' are reserved for the bus ($deadletter.<topic>):
- * a pattern matches them only if its own first word is spelled out literally.
+ * first word begins with '$' are set apart: a pattern matches them only if
+ * its own first word is spelled out literally (so '#' does not see dead
+ * letters). The first word "$deadletter" is the bus's own: publish calls
+ * refuse it (EB_EINVAL); other '$' words are the caller's to use.
  * Events published after this call returns are routed to the subscription.
  * On EB_OK, if out is not NULL, *out is the handle for eb_unsubscribe; the
  * bus frees the subscription at unsubscribe or destroy.
@@ -574,7 +587,8 @@ EB_API void eb_event_release(const eb_event *ev);
 
 /*
  * Bad input: a NULL bus, topic, pattern or handler; a topic or pattern
- * longer than EB_TOPIC_MAX bytes; a payload pointer of NULL with a non-zero
+ * longer than EB_TOPIC_MAX bytes; publishing on a topic whose first word is
+ * "$deadletter" (the bus's own dead letters); a payload pointer of NULL with a non-zero
  * length; a key longer than 255 bytes or NULL with a non-zero length; unknown
  * flags; options with out-of-range values — all are refused with EB_EINVAL
  * and change nothing. A publish on a bus that is shutting down returns
