@@ -2770,13 +2770,16 @@ static bool wait_drained(eb_bus *b, int64_t deadline)
    its subscription and how long it has run, and what is still queued. */
 static void report_busy(eb_bus *b, int64_t waited_ns)
 {
+    /* One line per subscription (its running calls and the longest), so
+       that a wide CONCURRENT one cannot hide the others. */
     struct {
         char name[256];
         char pattern[EB_TOPIC_MAX + 1];
         bool named;
+        unsigned calls;
         int64_t ms;
     } busy[BUSY_REPORT_MAX];
-    unsigned nbusy = 0, more = 0;
+    unsigned nbusy = 0, more = 0, calls = 0;
     uint64_t queued = 0;
     int64_t now = eb__now_coarse_ns();
     /* A subscription in the registry is alive while reg_lock is held (it
@@ -2787,38 +2790,49 @@ static void report_busy(eb_bus *b, int64_t waited_ns)
         eb_subscription_stats ss;
         eb_subscription_stats_get(s, &ss);
         queued += ss.lag;
+        unsigned running = 0;
+        int64_t oldest = INT64_MAX;
         for (unsigned i = 0; i < s->nlanes; i++) {
             int64_t since = atomic_load_explicit(&s->lanes[i].run_since, memory_order_relaxed);
-            if (since == 0)
-                continue;
-            if (nbusy == BUSY_REPORT_MAX) {
-                more++;
-                continue;
+            if (since != 0) {
+                running++;
+                oldest = since < oldest ? since : oldest;
             }
-            snprintf(busy[nbusy].name, sizeof busy[nbusy].name, "%s", s->name);
-            snprintf(busy[nbusy].pattern, sizeof busy[nbusy].pattern, "%s", s->pattern);
-            busy[nbusy].named = s->named;
-            busy[nbusy].ms = now > since ? (now - since) / 1000000 : 0;
-            nbusy++;
         }
+        if (running == 0)
+            continue;
+        calls += running;
+        if (nbusy == BUSY_REPORT_MAX) {
+            more++;
+            continue;
+        }
+        snprintf(busy[nbusy].name, sizeof busy[nbusy].name, "%s", s->name);
+        snprintf(busy[nbusy].pattern, sizeof busy[nbusy].pattern, "%s", s->pattern);
+        busy[nbusy].named = s->named;
+        busy[nbusy].calls = running;
+        busy[nbusy].ms = now > oldest ? (now - oldest) / 1000000 : 0;
+        nbusy++;
     }
     pthread_mutex_unlock(&b->reg_lock);
     logf_(b, EB_LOG_WARN,
           "shutdown timed out after %lld ms: %u handler(s) still running, %llu delivery(ies) "
           "not finished, %u event(s) on the intake; the bus stays closed and allocated",
-          (long long)(waited_ns / 1000000), nbusy + more, (unsigned long long)queued,
+          (long long)(waited_ns / 1000000), calls, (unsigned long long)queued,
           eb__ring_size(&b->intake));
     for (unsigned i = 0; i < nbusy; i++) {
+        char also[48] = "";
+        if (busy[i].calls > 1)
+            snprintf(also, sizeof also, " (%u calls running, the longest)", busy[i].calls);
         if (busy[i].named)
             logf_(b, EB_LOG_WARN,
-                  "shutdown: handler of subscription '%s' (pattern '%s') running for %lld ms",
-                  busy[i].name, busy[i].pattern, (long long)busy[i].ms);
+                  "shutdown: handler of subscription '%s' (pattern '%s') running for %lld ms%s",
+                  busy[i].name, busy[i].pattern, (long long)busy[i].ms, also);
         else
-            logf_(b, EB_LOG_WARN, "shutdown: handler of subscription '%s' running for %lld ms",
-                  busy[i].pattern, (long long)busy[i].ms);
+            logf_(b, EB_LOG_WARN, "shutdown: handler of subscription '%s' running for %lld ms%s",
+                  busy[i].pattern, (long long)busy[i].ms, also);
     }
     if (more > 0)
-        logf_(b, EB_LOG_WARN, "shutdown: and %u more handler(s) running", more);
+        logf_(b, EB_LOG_WARN, "shutdown: and %u more subscription(s) with handlers running", more);
 }
 
 EB_API int eb_bus_shutdown(eb_bus *b, int64_t timeout_ns)

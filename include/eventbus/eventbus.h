@@ -220,10 +220,12 @@ EB_API void eb_bus_destroy(eb_bus *bus);
  * EB_OK: the bus was destroyed; the handle is invalid.
  * EB_ETIMEDOUT: deliveries were still running or queued at the deadline.
  *   The bus stays closed but is not freed, and the handle stays valid; the
- *   log callback (cfg.log, at WARN) names every subscription whose handler
- *   is still running (name, pattern, how long it has run: since the start
- *   of that call or of one of the 15 calls of its lane before it) and how
- *   much is still queued. Call eb_bus_shutdown again later, or
+ *   log callback (cfg.log, at WARN) names the subscriptions whose handlers
+ *   are still running, one line each for the first 8 (name, pattern, how
+ *   many calls, how long the longest has run: since the start of that call
+ *   or of one of the 15 calls of its lane before it), counts the rest, and
+ *   says how much is still queued. A handler that unsubscribed its own
+ *   subscription is left out (it is no longer registered). Call eb_bus_shutdown again later, or
  *   eb_bus_destroy to wait for good. Meanwhile the workers go on delivering
  *   (a handler may still publish: EB_ECLOSED), calls on the handle other
  *   than publishing and subscribing work as before, and the bus still uses

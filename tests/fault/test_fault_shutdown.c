@@ -190,6 +190,39 @@ Test(shutdown, a_second_call_after_the_handler_returned_finishes_within_its_time
     cr_assert_eq(eb_bus_shutdown(bus, t_wait_budget_ns()), EB_OK);
 }
 
+/* The report has one line per subscription: ten calls of a wide CONCURRENT
+   subscription no longer fill its lines (eight) and hide a SERIAL one. */
+Test(shutdown, the_report_names_every_stuck_subscription_once)
+{
+    fx_log log;
+    fx_log_init(&log);
+    eb_bus *bus = bus_with_log(12, &log, NULL);
+    stuck wide, other;
+    stuck_init(&wide);
+    stuck_init(&other);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.name = "wide";
+    o.delivery = EB_DELIVERY_CONCURRENT;
+    o.lanes = 10;
+    cr_assert_eq(eb_subscribe(bus, "w", stuck_handler, &wide, &o, NULL), EB_OK);
+    sub_named(bus, "s", "other", stuck_handler, &other, EB_OVERFLOW_BLOCK);
+    for (uint32_t i = 0; i < 10; i++)
+        cr_assert_eq(t_pub_u32(bus, "w", i), EB_OK);
+    cr_assert_eq(t_pub_u32(bus, "s", 0), EB_OK);
+    cr_assert(t_wait_ge(&wide.calls, 10));
+    cr_assert(t_wait_ge(&other.calls, 1));
+    cr_assert_eq(eb_bus_shutdown(bus, 20 * T_MS), EB_ETIMEDOUT);
+    cr_assert(fx_log_has(&log, "11 handler(s) still running"), "log:\n%s", log.text);
+    cr_assert(fx_log_has(&log, "'wide' (pattern 'w') running for"), "log:\n%s", log.text);
+    cr_assert(fx_log_has(&log, "(10 calls running, the longest)"), "log:\n%s", log.text);
+    cr_assert(fx_log_has(&log, "'other' (pattern 's') running for"), "log:\n%s", log.text);
+    t_gate_open(&wide.gate);
+    t_gate_open(&other.gate);
+    cr_assert_eq(eb_bus_shutdown(bus, -1), EB_OK);
+    cr_assert_eq(atomic_load(&wide.done), 10);
+}
+
 Test(shutdown, an_idle_bus_shuts_down_at_once_even_with_a_zero_timeout)
 {
     eb_bus *bus = t_bus_new(2);
