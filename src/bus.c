@@ -1112,35 +1112,36 @@ static void arm_backoff(eb_bus *b, eb__worker *w, eb__lane *l)
         at--; /* INT64_MAX is the heap's "no timer" */
     uint64_t gen = atomic_load_explicit(&l->timer_gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&l->timer_gen, gen, memory_order_release);
-    /* The timer entry's reference before anyone can see in_backoff: an
-       unsubscribe that requeues the lane at once (cancel_backoffs) may
-       otherwise let the subscription be freed under this call. */
-    sub_ref(s);
+    /* Two references before anyone can see in_backoff: the timer entry's,
+       and this call's own until it returns. An unsubscribe may requeue the
+       lane and take the entry out at once (cancel_backoffs), and the lane
+       may then finish and the subscription be freed under this call. */
+    sub_ref_n(s, 2);
     atomic_store_explicit(&l->in_backoff, true, memory_order_seq_cst);
     bool earlier = false;
     if (eb__timers_push(&b->timers, at, l, gen, &earlier) != 0) {
         /* No memory for a timer: retry without waiting rather than stall. */
         if (atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
             runq_push(b, l);
-        sub_unref(b, s);
+        sub_unref_n(b, s, 2);
         return;
     }
     /* Dekker with ctl_apply (store cancelled, then load in_backoff in
        cancel_backoffs): an unsubscribe that did not see this backoff is
        seen here. Its cancel_backoffs may have run before the entry was in
        the heap: then this takes the entry out, and the lane goes back on
-       the run queue to finish its deliveries as cancelled, instead of the
-       unsubscribe waiting out the whole backoff. */
+       the run queue to finish its deliveries, instead of the unsubscribe
+       waiting out the whole backoff. */
     eb__fence_seq_cst();
     if (atomic_load_explicit(&s->cancelled, memory_order_seq_cst)) {
         if (atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
             runq_push(b, l);
         if (eb__timers_remove(&b->timers, l, gen))
             sub_unref(b, s); /* the entry's reference */
-        return;
-    }
-    if (earlier)
+    } else if (earlier) {
         wake_pool(b);
+    }
+    sub_unref(b, s); /* this call's */
 }
 
 static bool timers_fire(eb_bus *b)
