@@ -6,7 +6,8 @@
  *  3 roundtrip   publish-and-wait latency, 1 and 2 publishers, with the
  *                spin ping-pong floor and the mutex+condvar round trip
  *  4 batch       eb_publish_batch vs moodycamel bulk enqueue/dequeue
- *  5 routing     publish cost with 0/1k/100k non-matching subscriptions
+ *  5 routing     throughput (publish to delivery) with 0/1k/100k
+ *                non-matching subscriptions
  *  6 payload     16 B / 256 B / 4 KiB, copy vs zero-copy
  *  7 allocs      malloc-family calls per event in steady state
  *  8 idle        CPU used by an idle bus

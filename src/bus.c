@@ -1994,12 +1994,23 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
                          const eb_publish_options *opts, unsigned durable, size_t *done)
 {
     enum { CHUNK = 1024 };
-    eb_event *evs[CHUNK];
+    eb_event *stack[CHUNK], **evs = stack;
     const eb_event *cause = handler_cause();
     int64_t delay = opts_delay(opts);
+    /* A waited batch due now is one transaction, however long: all of it is
+       committed, or none (a scope is a unit of work). Lazy and delayed ones
+       go in chunks: the writer commits them as it goes. */
+    bool whole = durable == EB_PUBLISH_DURABLE && delay == 0;
+    size_t chunk = CHUNK;
+    if (whole && n > CHUNK) {
+        evs = malloc(n * sizeof(*evs));
+        if (evs == NULL)
+            return EB_ENOMEM;
+        chunk = n;
+    }
     int rc = EB_OK;
     while (*done < n && rc == EB_OK) {
-        size_t k = 0, want = n - *done < CHUNK ? n - *done : CHUNK;
+        size_t k = 0, want = n - *done < chunk ? n - *done : chunk;
         for (; k < want; k++) {
             const eb_message *m = &msgs[*done + k];
             evs[k] = build_event(b, NULL, m->topic, strlen(m->topic), m->payload, m->len, m->key,
@@ -2020,7 +2031,9 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
                 }
                 eb__event_unref(evs[ok], &b->depot);
             }
-        } else if (k > 0) {
+        } else if (k > 0 && (rc == EB_OK || !whole)) {
+            /* (A one-transaction batch that could not build every event
+               publishes none of them.) */
             int arc = durable_append(b, evs, k, durable, opts->timeout_ns);
             if (arc == EB_OK)
                 ok = k;
@@ -2031,6 +2044,8 @@ static int durable_batch(eb_bus *b, const eb_message *msgs, size_t n,
             unbuild_event(b, evs[i]);
         *done += ok;
     }
+    if (evs != stack)
+        free(evs);
     return rc;
 }
 

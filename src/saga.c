@@ -1711,8 +1711,8 @@ EB_API int eb_scope_commit(eb_scope *scope, const eb_publish_options *opts, size
         scope->left -= accepted;
     }
     free(msgs);
-    if (published != NULL)
-        *published = rc == EB_EINVAL ? 0 : accepted;
+    if (published != NULL && rc != EB_EINVAL) /* EB_EINVAL: untouched, as on any bad input */
+        *published = accepted;
     if (rc == EB_OK)
         eb_scope_abort(scope); /* everything left; only the memory remains */
     return rc;

@@ -746,13 +746,19 @@ Test(scope, aborted_scope_shows_nothing_and_committed_scope_everything)
     for (unsigned i = 0; i < 100; i++)
         cr_assert_eq(eb_scope_publish(s, "uow.item", &i, sizeof(i), "k", 1), EB_OK);
     cr_expect_eq(atomic_load(&c.seen), 0, "a scope leaked before its commit");
-    size_t published = 0;
+    size_t published = 77;
     /* The scope publishes its own copies: a free function for them is
        refused (it was called on pointers into the scope's buffer). */
     eb_publish_options zc;
     eb_publish_options_init(&zc);
     zc.payload_free = free;
     cr_assert_eq(eb_scope_commit(s, &zc, &published), EB_EINVAL);
+    /* Bad input leaves the out-parameter alone, from the batch's check too. */
+    eb_publish_options bad;
+    eb_publish_options_init(&bad);
+    bad.flags = 0x80;
+    cr_assert_eq(eb_scope_commit(s, &bad, &published), EB_EINVAL);
+    cr_assert_eq(published, 77, "a refused commit wrote *published");
     cr_assert_eq(eb_scope_commit(s, NULL, &published), EB_OK);
     cr_expect_eq(published, 100);
     cr_assert_eq(eb_publish_wait(bus, "uow.marker", NULL, 0, NULL, &r), EB_OK);

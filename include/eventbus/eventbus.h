@@ -411,8 +411,9 @@ typedef struct eb_publish_options {
                                       EB_PUBLISH_DURABLE) */
     unsigned flags;                /* EB_PUBLISH_* below, or 0 */
     eb_free_fn payload_free;       /* non-NULL: zero-copy, the bus owns payload */
-    const uint8_t *correlation_id; /* 16 bytes, or NULL: inherited from the
-                                      event being handled, else none */
+    const uint8_t *correlation_id; /* 16 bytes, or NULL: the correlation id of
+                                      the event being handled, or its id if it
+                                      has none; outside a handler none */
     const uint8_t *causation_id;   /* 16 bytes, or NULL: the id of the event
                                       being handled, else none */
     int64_t delay_ns;              /* > 0: dispatch no earlier than this long after the
@@ -521,7 +522,10 @@ typedef struct eb_message {
  * freed by it. Every message is validated first: EB_EINVAL publishes nothing.
  * Otherwise the messages are accepted in order until one cannot be, and
  * *accepted (may be NULL) gets how many were (their payloads now belong to
- * the bus; the rest stay the caller's).
+ * the bus; the rest stay the caller's). With EB_PUBLISH_DURABLE and no
+ * delay the batch is one transaction, however long: all accepted, or none.
+ * Lazy and delayed durable batches are handed to the store in chunks (of
+ * 1024 events) and can stop between two.
  * Errors: EB_EINVAL, EB_ECLOSED, EB_EAGAIN, EB_ETIMEDOUT, EB_ENOMEM
  * as for eb_publish, and with a durable flag its durable errors (EB_ENOTSUP,
  * EB_EIO, EB_EBUSY), returned with the accepted prefix.
@@ -533,6 +537,9 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
 /*
  * Waits until every delivery of the ticket's event finished (timeout_ns: <0
  * forever, 0 poll) and fills *result (may be NULL). May be called again.
+ * From a handler, a wait, a poll too, first runs one step of other work on
+ * its worker (a lane's batch of deliveries, say), so that a handler polling
+ * in a loop makes progress even on a bus with one worker.
  * Errors: EB_EINVAL (NULL ticket), EB_ETIMEDOUT, EB_EDEADLK (called from a
  * handler whose own lane holds a delivery of this event).
  * Thread-safe: yes. May be called from a handler: yes.
@@ -1058,8 +1065,10 @@ EB_API int eb_scope_publish(eb_scope *scope, const char *topic, const void *payl
 /*
  * Publishes the scope's events in order with eb_publish_batch (opts as
  * there; NULL: defaults) and, on EB_OK, frees the scope. *published (may be
- * NULL) gets how many events were accepted. On failure the accepted prefix
- * is published (the in-memory bus cannot take back events it accepted) and
+ * NULL) gets how many events were accepted. With EB_PUBLISH_DURABLE (no
+ * delay) the scope is one transaction: all of it is committed, or none. On
+ * other failures the accepted prefix is published (the in-memory bus
+ * cannot take back events it accepted) and
  * the scope stays open with the events not yet accepted: commit again or
  * abort. Errors: those of eb_publish_batch; EB_EINVAL also for an
  * opts->payload_free (the scope publishes its own copies of the payloads).

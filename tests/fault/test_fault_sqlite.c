@@ -454,6 +454,75 @@ Test(sqlite, a_full_store_queue_refuses_durable_publishes_with_their_codes_and_k
     fx_dir_rm(&d);
 }
 
+/* A waited durable batch (and so a scope committed with EB_PUBLISH_DURABLE)
+   is one transaction however long: committed whole, or on a full file not
+   at all. It went to the store in chunks of 1024, each its own commit, so a
+   failure left the first chunks committed and delivered. */
+static uint64_t store_commits(eb_store *s)
+{
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    return st.commits;
+}
+
+static void durable_scope_of(eb_bus *bus, uint32_t first, uint32_t n, int want_rc)
+{
+    static char buf[1000];
+    eb_scope *sc = NULL;
+    cr_assert_eq(eb_scope_begin(bus, &sc), EB_OK);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t id = first + i;
+        memcpy(buf, &id, 4);
+        cr_assert_eq(eb_scope_publish(sc, "d", buf, sizeof buf, NULL, 0), EB_OK);
+    }
+    eb_publish_options o = t_bounded_opts();
+    o.flags = EB_PUBLISH_DURABLE;
+    size_t published = 99;
+    int rc = eb_scope_commit(sc, &o, &published);
+    cr_assert_eq(rc, want_rc, "commit: %s", eb_err_name(rc));
+    if (rc == EB_OK) {
+        cr_assert_eq(published, n);
+    } else {
+        cr_assert_eq(published, 0, "%zu of the scope's events were committed", published);
+        eb_scope_abort(sc);
+    }
+}
+
+Test(sqlite, a_durable_batch_is_one_transaction_committed_whole_or_not_at_all)
+{
+    fx_dir d;
+    cr_assert(fx_dir_new(&d));
+    eb_store *s = store_open(d.path, 0, 0);
+    seen dur, mem;
+    eb_bus *bus = bus_recording(s, &dur, &mem);
+    uint64_t c0 = store_commits(s);
+    durable_scope_of(bus, 1, 2000, EB_OK);
+    cr_assert_eq(store_commits(s) - c0, 1, "2000 events took %llu commits",
+                 (unsigned long long)(store_commits(s) - c0));
+    cr_assert_eq(log_events(s), 2000);
+    cr_assert(seen_wait(&dur, 2000));
+    cr_assert(t_quiesce(bus));
+    eb_bus_destroy(bus);
+    eb_store_close(s);
+    fx_dir_rm(&d);
+
+    /* A file capped below the batch's size: none of it. */
+    cr_assert(fx_dir_new(&d));
+    s = store_open(d.path, 0, 450); /* 1.8 MiB; the batch is about 2 MB */
+    bus = bus_recording(s, &dur, &mem);
+    durable_scope_of(bus, 1, 2000, EB_EIO);
+    cr_assert_eq(log_events(s), 0);
+    cr_assert_eq(pub(bus, "d", 5000, 4, EB_PUBLISH_DURABLE), EB_OK, "the store goes on");
+    cr_assert(seen_wait(&dur, 5000));
+    cr_assert(t_quiesce(bus));
+    eb_bus_destroy(bus);
+    for (uint32_t i = 1; i <= 2000; i++)
+        cr_assert_eq(seen_count(&dur, i, NULL), 0, "event %u of the failed batch was delivered", i);
+    cr_assert_eq(log_events(s), 1);
+    eb_store_close(s);
+    fx_dir_rm(&d);
+}
+
 Test(sqlite, opening_a_new_file_locked_by_another_process_is_busy_and_leaves_it_alone)
 {
     fx_dir d;
