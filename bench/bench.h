@@ -70,6 +70,11 @@ struct bn_sink *bn_sink_new(void);
 void bn_sink_free(struct bn_sink *s);
 /* Records one delivery: count + checksum of the payload. Any thread. */
 void bn_observe(struct bn_sink *s, const void *payload, size_t len);
+/* Marks s as an ordered observer (SERIAL delivery, one consumer): each
+   producer's events must reach it in the order sent (bn_fill's sequence),
+   or bn_sink_disorder counts them. */
+void bn_sink_set_ordered(struct bn_sink *s);
+uint64_t bn_sink_disorder(const struct bn_sink *s);
 /* Records a delivery that was wrong (e.g. a topic that does not match). */
 void bn_sink_bad(struct bn_sink *s);
 uint64_t bn_sink_count(const struct bn_sink *s);

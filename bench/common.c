@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdalign.h>
+#include <stdbool.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -197,6 +198,13 @@ struct slot {
 
 struct bn_sink {
     struct slot slot[SLOTS];
+    /* Ordered sinks (bn_sink_set_ordered): the next sequence number each
+       producer may send. Plain memory: an ordered observer runs one call at
+       a time, each after the last (the implementation under test must give
+       that happens-before, or this check is the least of its problems). */
+    bool ordered;
+    alignas(64) uint64_t next[BN_MAX_PRODUCERS];
+    _Atomic uint64_t disorder; /* events that came before an earlier one */
 };
 
 static _Atomic unsigned run_gen = 1;
@@ -238,8 +246,27 @@ void bn_sink_free(struct bn_sink *s)
     free(s);
 }
 
+void bn_sink_set_ordered(struct bn_sink *s)
+{
+    s->ordered = true;
+}
+
+uint64_t bn_sink_disorder(const struct bn_sink *s)
+{
+    return atomic_load_explicit(&s->disorder, memory_order_acquire);
+}
+
 void bn_observe(struct bn_sink *s, const void *payload, size_t len)
 {
+    if (s->ordered) {
+        /* bn_fill's first word: (producer << 48) ^ seq ^ the constant. */
+        uint64_t x = ((const uint64_t *)payload)[0] ^ 0x5bd1e995a5a5a5a5ULL;
+        unsigned p = (unsigned)(x >> 48) % BN_MAX_PRODUCERS;
+        uint64_t q = x & ((UINT64_C(1) << 48) - 1);
+        if (q < s->next[p])
+            atomic_fetch_add_explicit(&s->disorder, 1, memory_order_relaxed);
+        s->next[p] = q + 1;
+    }
     uint64_t h = bn_hash(payload, len);
     struct slot *sl = &s->slot[thread_slot()];
     /* Single writer per slot: load + store, no RMW. Release on count pairs

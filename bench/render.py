@@ -609,7 +609,7 @@ def write_md(data, json_name, md_path, plots_rel):
         out.append(xs)
     out.append("- Every run checks that each observer received every event exactly once (count "
                "and checksum of the payloads: every word up to 256 B, one word per cache line "
-               "above); a run that fails its check is reported as FAILED, never as a number, and "
+               "above), in each producer's order where delivery is ordered; a run that fails its check is reported as FAILED, never as a number, and "
                "a target whose figures did not all measure says \"not measured\".")
     out.append("- Ratios (\"eventbus advantage\") are computed from the medians of the same run: "
                "> 1 means eventbus is better (more throughput, less latency or cost).\n")

@@ -206,12 +206,14 @@ static int check_sinks(struct run *r, struct tp_ctx *ctx, uint64_t want, struct 
         uint64_t c = bn_sink_count(ctx->sinks[k]);
         uint64_t s = bn_sink_sum(ctx->sinks[k]);
         uint64_t bad = bn_sink_bad_count(ctx->sinks[k]);
-        if (c != want || s != sum || bad != 0) {
+        uint64_t dis = bn_sink_disorder(ctx->sinks[k]);
+        if (c != want || s != sum || bad != 0 || dis != 0) {
             snprintf(out->err, sizeof(out->err),
                      "%s: %s: observer %u saw %llu of %llu events, checksum %s, %llu wrong "
-                     "deliveries",
+                     "deliveries, %llu out of their producer's order",
                      r->peer->name, when, k, (unsigned long long)c, (unsigned long long)want,
-                     s == sum ? "ok" : "MISMATCH", (unsigned long long)bad);
+                     s == sum ? "ok" : "MISMATCH", (unsigned long long)bad,
+                     (unsigned long long)dis);
             return -1;
         }
     }
@@ -229,8 +231,11 @@ void tp_run(const struct tp_peer *peer, const struct tp_cfg *cfg, struct tp_out 
     }
     struct tp_ctx ctx = {.cfg = cfg};
     bn_sink_new_run();
-    for (unsigned k = 0; k < cfg->observers; k++)
+    for (unsigned k = 0; k < cfg->observers; k++) {
         ctx.sinks[k] = bn_sink_new();
+        if (!cfg->concurrent)
+            bn_sink_set_ordered(ctx.sinks[k]);
+    }
     struct run *r = calloc(1, sizeof(*r));
     struct prod *pr = calloc(cfg->producers, sizeof(*pr));
     if (r == NULL || pr == NULL)
