@@ -385,6 +385,14 @@ static void check_bus(const sub *subs, size_t nsubs, const line *lines, size_t n
         o.timeout_ns = WAIT_NS;
         eb_publish_result res;
         int rc = eb_publish_wait(bus, t.s, NULL, 0, &o, &res);
+        if (eb__topic_is_deadletter(t.s, t.n)) {
+            /* The bus's own dead letters: no caller may publish them. */
+            if (rc != EB_EINVAL) {
+                put_text("topic", t);
+                fail("a publish on $deadletter was not refused");
+            }
+            continue;
+        }
         if (rc != EB_OK) {
             fprintf(stderr, "fuzz_route: eb_publish_wait returned %s\n", eb_err_name(rc));
             put_text("topic", t);
