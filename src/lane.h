@@ -48,10 +48,13 @@ typedef struct eb__lane {
     /* Runner side: touched only by the one worker running the lane. */
     struct eb__lane *rq_next, *rq_prev; /* protected by bus->rq_lock */
     eb_event *cur;                      /* delivery in progress or waiting for retry */
-    unsigned attempt;                   /* attempt number of cur, from 1 */
-    int last_rc;                        /* cur's last failure, while it waits to retry */
-    bool give_up;                       /* the handler's failure is final: no retry
-                                           (eb__delivery_give_up) */
+    /* Packed into the 8 bytes attempt and give_up took before last_rc:
+       the lane's layout is part of the fan-out's speed (a field that moved
+       the counters measured ×0.95). */
+    uint16_t attempt; /* attempt number of cur, from 1 (at most 1000) */
+    bool give_up;     /* the handler's failure is final: no retry
+                         (eb__delivery_give_up) */
+    int last_rc;      /* cur's last failure, while it waits to retry */
     /* Counters of finished deliveries. One writer at a time (the runner;
        the lane's state exchange hands it over), so bumped with a relaxed
        load and store, not a locked add; read relaxed by the stats. */
