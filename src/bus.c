@@ -1153,13 +1153,20 @@ static bool timers_fire(eb_bus *b)
        order (two workers popping one each could push them swapped). The
        others skip; the one firing takes every entry due. */
     if (eb__timers_next(&b->timers) > now ||
-        atomic_exchange_explicit(&b->firing, true, memory_order_acquire))
+        atomic_exchange_explicit(&b->firing, true, memory_order_seq_cst))
         return false;
     eb__timer_entry e;
     bool any = false;
     unsigned unhold = 0;
+    /* The lane entries' references are dropped once firing is clear: the
+       last one may free a durable subscription, which waits for a commit,
+       and the other workers would spin meanwhile (has_work). At most
+       UNREF_MAX per call; the rest wait for the next. */
+    enum { UNREF_MAX = 32 };
+    struct eb_subscription *unref[UNREF_MAX];
+    unsigned nunref = 0;
     /* Each entry's slot stays held until we know it is not needed again. */
-    while (eb__timers_pop_due_held(&b->timers, now, &e)) {
+    while (nunref < UNREF_MAX && eb__timers_pop_due_held(&b->timers, now, &e)) {
         any = true;
         if (IS_EV_TIMER(e.what)) {
             /* A delayed event is due: into the intake (or the side list),
@@ -1184,10 +1191,12 @@ static bool timers_fire(eb_bus *b)
         if (e.gen == atomic_load_explicit(&l->timer_gen, memory_order_acquire) &&
             atomic_exchange_explicit(&l->in_backoff, false, memory_order_acq_rel))
             runq_push(b, l);
-        sub_unref(b, s);
+        unref[nunref++] = s;
     }
     eb__timers_unhold(&b->timers, unhold);
     atomic_store_explicit(&b->firing, false, memory_order_release);
+    for (unsigned i = 0; i < nunref; i++)
+        sub_unref(b, unref[i]);
     return any;
 }
 
@@ -1507,6 +1516,13 @@ static bool try_finish(eb_bus *b)
     bool done = atomic_load_explicit(&b->busy_lanes, memory_order_seq_cst) == 0 &&
                 b->pend_ev == NULL && b->held_i == b->held_n &&
                 atomic_load_explicit(&b->ctl_pending, memory_order_seq_cst) == 0 &&
+                /* No delayed event due and none being moved to the intake
+                   (the heap's lock orders this after any pop, and the
+                   mover set firing before its pop); one not due yet when
+                   the pool stops is dropped (bus_free), as at the start of
+                   the shutdown. Then the side list and the ring. */
+                !eb__timers_due(&b->timers, eb__now_mono_ns()) &&
+                !atomic_load_explicit(&b->firing, memory_order_seq_cst) &&
                 atomic_load_explicit(&b->side_count, memory_order_seq_cst) == 0 &&
                 b->sb_i == b->sb_n &&
                 /* Before the ring: the writer pushes, then settles the count. */
@@ -1781,29 +1797,53 @@ static int64_t durable_due(const eb_publish_options *o, int64_t delay)
 
 /* Offsets between the clocks that differ by less than this are one. */
 #define CLOCK_OFFSET_SLACK_NS 1000000
+/* A sample of the offset whose two monotonic reads lie further apart than
+   this was preempted between them: not used. */
+#define CLOCK_SAMPLE_MAX_NS 20000
 
-/*
- * When a memory-only event published with opts falls due, on the monotonic
- * clock; 0: not delayed (publish now). A Unix time (at_ns) is converted with
- * one offset between the two clocks per bus, renewed only when they drift
- * further apart than CLOCK_OFFSET_SLACK_NS (the system clock was set or
- * slewed): events given one at_ns get one deadline, and the timer heap keeps
- * equal deadlines in the order they came, so one thread's events keep their
- * order. Reading both clocks per call gave each its own jitter (an audit saw
- * 780 inversions among 2000 events with one at_ns). An at_ns already past
- * goes through the heap too, behind earlier events with the same at_ns.
- */
-static int64_t memory_due(eb_bus *b, const eb_publish_options *o)
+/* Real minus monotonic time, kept per bus: a sample (real time read between
+   two monotonic reads, against their midpoint, so off by at most half of
+   CLOCK_SAMPLE_MAX_NS) replaces the kept offset only when they differ by
+   more than CLOCK_OFFSET_SLACK_NS, that is when the system clock was set
+   or slewed that far. */
+static int64_t clock_offset(eb_bus *b)
 {
-    if (o->at_ns > 0) {
-        int64_t off = eb__now_real_ns() - eb__now_mono_ns();
-        int64_t cur = atomic_load_explicit(&b->clock_offset, memory_order_relaxed);
+    int64_t cur = atomic_load_explicit(&b->clock_offset, memory_order_relaxed);
+    for (int tries = 0; tries < 4; tries++) {
+        int64_t m1 = eb__now_mono_ns(), r = eb__now_real_ns(), m2 = eb__now_mono_ns();
+        if (m2 - m1 > CLOCK_SAMPLE_MAX_NS)
+            continue;
+        int64_t off = r - (m1 + (m2 - m1) / 2);
         if (cur == 0 || off - cur > CLOCK_OFFSET_SLACK_NS || cur - off > CLOCK_OFFSET_SLACK_NS) {
             atomic_store_explicit(&b->clock_offset, off, memory_order_relaxed);
             cur = off;
         }
-        /* off is real time minus uptime: positive on any real system */
-        return o->at_ns - cur > 0 ? o->at_ns - cur : 1;
+        return cur;
+    }
+    /* Preempted four times over: the kept offset, or a rough one. */
+    return cur != 0 ? cur : eb__now_real_ns() - eb__now_mono_ns();
+}
+
+/*
+ * When a memory-only event published with opts falls due, on the monotonic
+ * clock; 0: not delayed (publish now). A Unix time (at_ns) is converted with
+ * the bus's one clock offset (clock_offset), so events given one at_ns get
+ * one deadline, and the timer heap keeps equal deadlines in the order they
+ * came: one thread's events keep their order (unless the system clock is
+ * set between two of them). Reading both clocks per call gave each its own
+ * jitter (an audit saw 780 inversions among 2000 events with one at_ns). An
+ * at_ns already past goes through the heap too, behind earlier events with
+ * the same at_ns (a due one is delivered even once a shutdown has begun).
+ */
+static int64_t memory_due(eb_bus *b, const eb_publish_options *o)
+{
+    if (o->at_ns > 0) {
+        int64_t off = clock_offset(b);
+        /* at - off, saturating (off < 0 only if the clock is set before
+           1970 plus the uptime); at least 1, "due now". */
+        int64_t due =
+            off >= 0 ? o->at_ns - off : eb__ns_after(o->at_ns, off == INT64_MIN ? INT64_MAX : -off);
+        return due > 0 ? due : 1;
     }
     return o->delay_ns > 0 ? eb__ns_after(eb__now_mono_ns(), o->delay_ns) : 0;
 }
@@ -2676,7 +2716,9 @@ static void drop_unfired(eb_bus *b, eb_event *ev)
 static void drop_scheduled(eb_bus *b)
 {
     eb__timer_entry *v;
-    unsigned n = eb__timers_take_tagged(&b->timers, &v);
+    /* Only those not due yet: a due one (an at_ns already past, say) is
+       accepted for now and is delivered like any event on the intake. */
+    unsigned n = eb__timers_take_tagged(&b->timers, eb__now_mono_ns(), &v);
     for (unsigned i = 0; i < n; i++)
         drop_unfired(b, EV_TIMER_UNTAG(v[i].what));
     free(v);

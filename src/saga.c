@@ -1690,8 +1690,11 @@ EB_API int eb_scope_commit(eb_scope *scope, const eb_publish_options *opts, size
     if (scope == NULL || (opts != NULL && opts->payload_free != NULL))
         return EB_EINVAL;
     eb_message *msgs = NULL;
-    if (scope->left > 0 && (msgs = malloc(scope->left * sizeof(*msgs))) == NULL)
+    if (scope->left > 0 && (msgs = malloc(scope->left * sizeof(*msgs))) == NULL) {
+        if (published != NULL)
+            *published = 0; /* valid input: says none, as eb_publish_batch would */
         return EB_ENOMEM;
+    }
     size_t off = scope->start, k = 0;
     qent e;
     while (k < scope->left && qbuf_next(scope->q.p, scope->q.len, &off, &e)) {

@@ -150,13 +150,18 @@ bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen)
     return found;
 }
 
-unsigned eb__timers_take_tagged(eb__timers *t, eb__timer_entry **out)
+static bool taken(const eb__timer_entry *e, int64_t after)
+{
+    return ((uintptr_t)e->what & 1) != 0 && e->deadline > after;
+}
+
+unsigned eb__timers_take_tagged(eb__timers *t, int64_t after, eb__timer_entry **out)
 {
     *out = NULL;
     pthread_mutex_lock(&t->lock);
     unsigned n = 0;
     for (unsigned i = 0; i < t->n; i++)
-        n += ((uintptr_t)t->heap[i].what & 1) != 0;
+        n += taken(&t->heap[i], after);
     eb__timer_entry *v = n > 0 ? malloc(n * sizeof(*v)) : NULL;
     if (v == NULL) {
         pthread_mutex_unlock(&t->lock);
@@ -164,7 +169,7 @@ unsigned eb__timers_take_tagged(eb__timers *t, eb__timer_entry **out)
     }
     unsigned keep = 0, k = 0;
     for (unsigned i = 0; i < t->n; i++) {
-        if ((uintptr_t)t->heap[i].what & 1)
+        if (taken(&t->heap[i], after))
             v[k++] = t->heap[i];
         else
             t->heap[keep++] = t->heap[i];
@@ -176,6 +181,14 @@ unsigned eb__timers_take_tagged(eb__timers *t, eb__timer_entry **out)
     pthread_mutex_unlock(&t->lock);
     *out = v;
     return n;
+}
+
+bool eb__timers_due(eb__timers *t, int64_t now)
+{
+    pthread_mutex_lock(&t->lock);
+    bool due = t->n > 0 && t->heap[0].deadline <= now;
+    pthread_mutex_unlock(&t->lock);
+    return due;
 }
 
 unsigned eb__timers_count(eb__timers *t)

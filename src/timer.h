@@ -55,10 +55,14 @@ static inline int64_t eb__timers_next(eb__timers *t)
 /* Removes the entry (what, gen) if it is still in the heap (not popped);
    returns whether it was. */
 bool eb__timers_remove(eb__timers *t, const void *what, uint64_t gen);
-/* Removes every entry whose `what` has bit 0 set, whatever its deadline,
-   into a malloc'd array (*out, free it) and returns how many; 0 with *out
-   NULL when there are none or no memory (they stay). */
-unsigned eb__timers_take_tagged(eb__timers *t, eb__timer_entry **out);
+/* Removes every entry whose `what` has bit 0 set and whose deadline is
+   after `after` (not due by then) into a malloc'd array (*out, free it) and
+   returns how many; 0 with *out NULL when there are none or no memory
+   (they stay). */
+unsigned eb__timers_take_tagged(eb__timers *t, int64_t after, eb__timer_entry **out);
+/* Whether an entry is due at now (checked under the heap's lock, so that a
+   caller ordered after a pop by the lock sees it popped). */
+bool eb__timers_due(eb__timers *t, int64_t now);
 /* Number of pending entries (for drain checks). */
 unsigned eb__timers_count(eb__timers *t);
 

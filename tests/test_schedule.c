@@ -276,3 +276,27 @@ Test(schedule, events_with_one_delay_arrive_in_publish_order)
 {
     check_same_due(false, false);
 }
+
+/* An event whose at_ns has passed is due: accepted, it is delivered, also
+   when eb_bus_destroy follows at once (the shutdown releases only events
+   not due yet). It went through the timer heap and the shutdown dropped it
+   (a review: 193-200 of 200 rounds lost). */
+Test(schedule, an_event_whose_at_ns_has_passed_is_delivered_by_destroy)
+{
+    for (int round = 0; round < 50; round++) {
+        eb_bus *bus = t_bus_new(2);
+        t_counter c;
+        t_counter_init(&c);
+        t_sub(bus, "past", t_count_handler, &c, EB_DELIVERY_SERIAL, 0);
+        eb_publish_options o;
+        eb_publish_options_init(&o);
+        o.at_ns = t_realtime_ns() - T_SEC;
+        uint32_t v = 7;
+        cr_assert_eq(eb_publish(bus, "past", &v, sizeof v, &o), EB_OK);
+        o.at_ns = 1; /* the earliest Unix time there is */
+        cr_assert_eq(eb_publish(bus, "past", &v, sizeof v, &o), EB_OK);
+        eb_bus_destroy(bus);
+        cr_assert_eq(atomic_load(&c.calls), 2, "round %d: %u of 2 delivered", round,
+                     atomic_load(&c.calls));
+    }
+}
