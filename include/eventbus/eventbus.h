@@ -18,7 +18,8 @@
  *    order, so all SERIAL observers see the same relative order, and events
  *    published by one thread arrive in the order that thread published them
  *    (delayed ones when they fall due: those due at one time, such as one
- *    at_ns, in the order published). SERIAL: one delivery at a time, in order. KEYED: in order per
+ *    at_ns, in the order published, unless the system clock is set between
+ *    the calls). SERIAL: one delivery at a time, in order. KEYED: in order per
  * key, concurrent across keys. CONCURRENT: no order, as parallel as the pool. A lane retrying a
  * delivery holds back the later events of that lane.
  *  - Progress: a full lane mailbox pauses dispatch (backpressure) until the
