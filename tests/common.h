@@ -255,6 +255,35 @@ static inline eb_subscription *t_sub(eb_bus *bus, const char *pattern, eb_handle
     return sub;
 }
 
+/* A handler that always fails with EB_EIO, counting its calls. */
+typedef struct t_failing {
+    atomic_uint calls;
+} t_failing;
+
+static inline int t_fail_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    atomic_fetch_add(&((t_failing *)ctx)->calls, 1);
+    return EB_EIO;
+}
+
+/* Subscribes t_fail_handler (counting in f, zeroed) on topic with these
+   retries. */
+static inline eb_subscription *t_sub_failing(eb_bus *bus, const char *topic, t_failing *f,
+                                             unsigned attempts, uint64_t backoff_ns,
+                                             uint64_t backoff_max_ns)
+{
+    atomic_init(&f->calls, 0);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.max_attempts = attempts;
+    o.backoff_initial_ns = backoff_ns;
+    o.backoff_max_ns = backoff_max_ns;
+    eb_subscription *sub = NULL;
+    cr_assert_eq(eb_subscribe(bus, topic, t_fail_handler, f, &o, &sub), EB_OK);
+    return sub;
+}
+
 /* Publishes a 4-byte integer payload, fire and forget, waiting for space. */
 static inline int t_pub_u32(eb_bus *bus, const char *topic, uint32_t v)
 {

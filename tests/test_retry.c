@@ -144,6 +144,20 @@ static void on_deadletter(const eb_event *ev, const eb_deadletter_info *info, vo
     atomic_fetch_add(&d->calls, 1);
 }
 
+/* A bus of 2 workers whose dead-letter callback records into cb (zeroed). */
+static eb_bus *bus_with_dl_callback(struct dl_record *cb)
+{
+    memset(cb, 0, sizeof *cb);
+    eb_bus_config cfg;
+    eb_bus_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.on_deadletter = on_deadletter;
+    cfg.deadletter_ctx = cb;
+    eb_bus *bus = NULL;
+    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    return bus;
+}
+
 /* A subscriber of dead letters: records eb_event_deadletter_info. */
 struct dl_sub {
     atomic_uint calls;
@@ -181,14 +195,7 @@ static int dl_sub_handler(const eb_event *ev, void *ctx)
 Test(retry, an_always_failing_handler_is_dead_lettered_after_max_attempts)
 {
     struct dl_record cb;
-    memset(&cb, 0, sizeof cb);
-    eb_bus_config cfg;
-    eb_bus_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.on_deadletter = on_deadletter;
-    cfg.deadletter_ctx = &cb;
-    eb_bus *bus = NULL;
-    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    eb_bus *bus = bus_with_dl_callback(&cb);
 
     struct dl_sub all, exact;
     memset(&all, 0, sizeof all);
@@ -267,14 +274,7 @@ Test(retry, an_always_failing_handler_is_dead_lettered_after_max_attempts)
 Test(retry, dead_letter_info_names_the_pattern_when_the_subscription_has_no_name)
 {
     struct dl_record cb;
-    memset(&cb, 0, sizeof cb);
-    eb_bus_config cfg;
-    eb_bus_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.on_deadletter = on_deadletter;
-    cfg.deadletter_ctx = &cb;
-    eb_bus *bus = NULL;
-    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    eb_bus *bus = bus_with_dl_callback(&cb);
     struct dl_sub all;
     memset(&all, 0, sizeof all);
     t_sub(bus, "$deadletter.#", dl_sub_handler, &all, EB_DELIVERY_SERIAL, 0);
@@ -585,31 +585,6 @@ Test(retry, a_failing_dead_letter_subscriber_does_not_loop_for_ever)
 
 /* ---- retries an unsubscribe cuts short, and backoffs out of range ---- */
 
-struct failing {
-    atomic_uint calls;
-};
-
-static int fail_eio(const eb_event *ev, void *ctx)
-{
-    (void)ev;
-    atomic_fetch_add(&((struct failing *)ctx)->calls, 1);
-    return EB_EIO;
-}
-
-static eb_subscription *sub_fail_eio(eb_bus *bus, const char *topic, struct failing *f,
-                                     unsigned attempts, uint64_t backoff_ns)
-{
-    atomic_init(&f->calls, 0);
-    eb_subscribe_options o;
-    eb_subscribe_options_init(&o);
-    o.max_attempts = attempts;
-    o.backoff_initial_ns = backoff_ns;
-    o.backoff_max_ns = backoff_ns;
-    eb_subscription *sub = NULL;
-    cr_assert_eq(eb_subscribe(bus, topic, fail_eio, f, &o, &sub), EB_OK);
-    return sub;
-}
-
 /* A delivery that failed and waits to retry when its subscription goes is
    dead-lettered with its last error and the attempts it made (as one that
    fails after the unsubscribe is), not dropped as cancelled; and the retry
@@ -617,19 +592,12 @@ static eb_subscription *sub_fail_eio(eb_bus *bus, const char *topic, struct fail
 Test(retry, a_retry_cut_short_by_unsubscribe_is_dead_lettered_with_its_last_error)
 {
     struct dl_record cb;
-    memset(&cb, 0, sizeof cb);
-    eb_bus_config cfg;
-    eb_bus_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.on_deadletter = on_deadletter;
-    cfg.deadletter_ctx = &cb;
-    eb_bus *bus = NULL;
-    cr_assert_eq(eb_bus_create(&cfg, &bus), EB_OK);
+    eb_bus *bus = bus_with_dl_callback(&cb);
     struct dl_sub dl;
     memset(&dl, 0, sizeof dl);
     t_sub(bus, "$deadletter.#", dl_sub_handler, &dl, EB_DELIVERY_SERIAL, 0);
-    struct failing f;
-    eb_subscription *sub = sub_fail_eio(bus, "cut.short", &f, 5, 600 * T_SEC);
+    t_failing f;
+    eb_subscription *sub = t_sub_failing(bus, "cut.short", &f, 5, 600 * T_SEC, 600 * T_SEC);
     eb_ticket *t = NULL;
     cr_assert_eq(eb_publish_async(bus, "cut.short", "p", 1, NULL, &t), EB_OK);
     cr_assert(t_wait_ge(&f.calls, 1));
@@ -661,8 +629,8 @@ Test(retry, a_retry_cut_short_by_unsubscribe_is_dead_lettered_with_its_last_erro
 Test(retry, a_backoff_beyond_int64_max_waits_instead_of_retrying_at_once)
 {
     eb_bus *bus = t_bus_new(2);
-    struct failing f;
-    eb_subscription *sub = sub_fail_eio(bus, "far", &f, 3, UINT64_MAX);
+    t_failing f;
+    eb_subscription *sub = t_sub_failing(bus, "far", &f, 3, UINT64_MAX, UINT64_MAX);
     cr_assert_eq(eb_publish(bus, "far", NULL, 0, NULL), EB_OK);
     cr_assert(t_wait_ge(&f.calls, 1));
     t_sleep_ms(100);

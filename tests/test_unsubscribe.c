@@ -421,37 +421,11 @@ Test(unsubscribe, a_handler_may_subscribe_and_the_new_subscription_gets_later_ev
 
 /* ---- a pending retry is cancelled ---- */
 
-struct pending_retry {
-    atomic_uint calls;
-};
-
-static int fail_always(const eb_event *ev, void *ctx)
-{
-    (void)ev;
-    atomic_fetch_add(&((struct pending_retry *)ctx)->calls, 1);
-    return EB_EIO;
-}
-
-/* Subscribes fail_always (counting in p) on topic with these retries. */
-static eb_subscription *sub_failing(eb_bus *bus, const char *topic, struct pending_retry *p,
-                                    unsigned attempts, uint64_t backoff_ns, uint64_t backoff_max_ns)
-{
-    atomic_init(&p->calls, 0);
-    eb_subscribe_options o;
-    eb_subscribe_options_init(&o);
-    o.max_attempts = attempts;
-    o.backoff_initial_ns = backoff_ns;
-    o.backoff_max_ns = backoff_max_ns;
-    eb_subscription *sub = NULL;
-    cr_assert_eq(eb_subscribe(bus, topic, fail_always, p, &o, &sub), EB_OK);
-    return sub;
-}
-
 Test(unsubscribe, unsubscribe_cancels_a_pending_retry)
 {
     eb_bus *bus = t_bus_new(2);
-    struct pending_retry p;
-    eb_subscription *sub = sub_failing(bus, "pr", &p, 5, 2 * T_SEC, 4 * T_SEC);
+    t_failing p;
+    eb_subscription *sub = t_sub_failing(bus, "pr", &p, 5, 2 * T_SEC, 4 * T_SEC);
     eb_ticket *t = NULL;
     cr_assert_eq(eb_publish_async(bus, "pr", NULL, 0, NULL, &t), EB_OK);
     cr_assert(t_wait_ge(&p.calls, 1));
@@ -490,10 +464,10 @@ static void *unsubscribe_thread(void *arg)
 Test(unsubscribe, unsubscribing_a_lane_in_a_long_backoff_returns_at_once)
 {
     eb_bus *bus = t_bus_new(2);
-    struct pending_retry p;
+    t_failing p;
     static struct unsub_call u;
     memset(&u, 0, sizeof u);
-    u.sub = sub_failing(bus, "lb", &p, 3, 600 * T_SEC, 600 * T_SEC);
+    u.sub = t_sub_failing(bus, "lb", &p, 3, 600 * T_SEC, 600 * T_SEC);
     cr_assert_eq(t_pub_u32(bus, "lb", 1), EB_OK);
     cr_assert(t_wait_ge(&p.calls, 1));
     t_sleep_ms(20); /* the lane is in its backoff now */
