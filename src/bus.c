@@ -54,7 +54,7 @@
 #define MAX_ATTEMPTS 1000
 #define MAX_MAILBOX ((1u << 20) - 1)
 #define MAX_INTAKE ((1u << 24) - 1)
-#define DL_PREFIX "$deadletter."
+#define DL_PREFIX EB__DL_WORD "."
 
 static __thread eb__worker *tls_worker;
 

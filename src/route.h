@@ -56,12 +56,17 @@ void eb__match_unpin(eb__match *m);
    table): for filters outside the dispatcher, e.g. log replay. */
 bool eb__topic_matches(const char *pattern, size_t plen, const char *topic, size_t tlen);
 
-/* Whether topic's first word is "$deadletter": the bus's own dead letters,
+/* The first word of the bus's own dead-letter topics ($deadletter.<topic>). */
+#define EB__DL_WORD "$deadletter"
+#define EB__DL_WORD_LEN (sizeof(EB__DL_WORD) - 1)
+
+/* Whether topic's first word is EB__DL_WORD: the bus's own dead letters,
    which no caller may publish (EB_EINVAL). */
 static inline bool eb__topic_is_deadletter(const char *topic, size_t len)
 {
-    return len >= 11 && topic[0] == '$' && memcmp(topic, "$deadletter", 11) == 0 &&
-           (len == 11 || topic[11] == '.');
+    return len >= EB__DL_WORD_LEN && topic[0] == '$' &&
+           memcmp(topic, EB__DL_WORD, EB__DL_WORD_LEN) == 0 &&
+           (len == EB__DL_WORD_LEN || topic[EB__DL_WORD_LEN] == '.');
 }
 
 /* True if the pattern contains '*' or '#' words. */

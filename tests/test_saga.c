@@ -774,6 +774,7 @@ Test(scope, aborted_scope_shows_nothing_and_committed_scope_everything)
 typedef struct p2p_ctx {
     atomic_uint handled;
     atomic_int send_rc;
+    atomic_int dl_rc[3]; /* send, publish, timeout on $deadletter: refused */
     atomic_uint ran;
 } p2p_ctx;
 
@@ -792,6 +793,9 @@ static int p2p_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void
     (void)ev;
     (void)state;
     atomic_store(&c->send_rc, eb_saga_send(sc, "nobody.listens", NULL, 0, "x", 1));
+    atomic_store(&c->dl_rc[0], eb_saga_send(sc, "$deadletter.x", NULL, 0, "x", 1));
+    atomic_store(&c->dl_rc[1], eb_saga_publish(sc, "$deadletter.x", NULL, 0, NULL, 0));
+    atomic_store(&c->dl_rc[2], eb_saga_schedule_timeout(sc, T_SEC, "$deadletter.x", NULL, 0));
     atomic_fetch_add(&c->ran, 1);
     return 0;
 }
@@ -831,6 +835,7 @@ Test(command, second_handler_for_a_topic_is_refused_and_unhandled_commands_fail)
     cr_expect_eq(eb_command_send(cb, "acct.audit", NULL, 0, &po), EB_ENOENT);
     cr_expect_eq(eb_command_send(cb, "nobody.listens", NULL, 0, &po), EB_ENOENT);
     cr_expect_eq(eb_command_send(cb, "acct.deposit", NULL, 0, NULL), EB_EINVAL);
+    cr_expect_eq(eb_command_send(cb, "$deadletter.acct", NULL, 0, &po), EB_EINVAL);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(eb_command_send(cb, "acct.deposit", NULL, 0, &po), EB_OK);
     cr_assert(t_wait_ge(&c.handled, 3));
@@ -861,6 +866,9 @@ Test(command, second_handler_for_a_topic_is_refused_and_unhandled_commands_fail)
     cr_assert_eq(eb_publish(bus, "p2p.go", NULL, 0, &ko), EB_OK);
     cr_assert(t_wait_ge(&c.ran, 1));
     cr_expect_eq(atomic_load(&c.send_rc), EB_ENOENT);
+    /* The bus's own dead-letter topics are refused before anything is saved. */
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(atomic_load(&c.dl_rc[i]), EB_EINVAL, "call %d on $deadletter", i);
 
     /* Once the first aggregate is gone, the topic is free again. */
     cr_assert_eq(eb_aggregate_unregister(a1), EB_OK);
@@ -988,21 +996,32 @@ static int t_pending_fails(eb_saga_store *st, const char *saga,
     return EB_EIO;
 }
 
-Test(saga, a_failing_recovery_walk_fails_register_and_subscribes_nothing)
+/* A stub saga store whose recovery walk is `pending` (the rest is never
+   reached), and a saga "x" on the one topic "a.b" registered with it. */
+static eb_saga_store
+stub_store(int (*pending)(eb_saga_store *, const char *,
+                          int (*)(const void *, size_t, const eb_saga_record *, void *), void *))
 {
-    eb_bus *bus = new_bus(1);
-    eb_saga_store store = {.load = t_load_none,
+    return (eb_saga_store){.load = t_load_none,
                            .create = t_create_none,
                            .save = t_save_none,
                            .remove = t_remove_none,
-                           .pending = t_pending_fails};
-    const char *topics[] = {"a.b"};
-    eb_saga_def def = {.name = "x",
-                       .topics = topics,
-                       .n_topics = 1,
-                       .start_topics = topics,
-                       .n_start_topics = 1,
-                       .transition = dup_transition};
+                           .pending = pending};
+}
+
+static const char *const ab_topic[] = {"a.b"};
+static const eb_saga_def ab_saga = {.name = "x",
+                                    .topics = ab_topic,
+                                    .n_topics = 1,
+                                    .start_topics = ab_topic,
+                                    .n_start_topics = 1,
+                                    .transition = dup_transition};
+
+Test(saga, a_failing_recovery_walk_fails_register_and_subscribes_nothing)
+{
+    eb_bus *bus = new_bus(1);
+    eb_saga_store store = stub_store(t_pending_fails);
+    eb_saga_def def = ab_saga;
     eb_saga_options o;
     eb_saga_options_init(&o);
     o.store = &store;
@@ -1237,19 +1256,8 @@ static int ps_pending(eb_saga_store *st, const char *saga,
 Test(saga, register_refuses_bad_subscription_options_before_its_recovery_runs)
 {
     eb_bus *bus = new_bus(1);
-    /* The stubs of the failing-walk test above: never reached here. */
-    eb_saga_store st = {.load = t_load_none,
-                        .create = t_create_none,
-                        .save = t_save_none,
-                        .remove = t_remove_none,
-                        .pending = ps_pending};
-    const char *topics[] = {"a.b"};
-    eb_saga_def def = {.name = "x",
-                       .topics = topics,
-                       .n_topics = 1,
-                       .start_topics = topics,
-                       .n_start_topics = 1,
-                       .transition = dup_transition};
+    eb_saga_store st = stub_store(ps_pending);
+    eb_saga_def def = ab_saga;
     eb_saga_options o;
     eb_saga_options_init(&o);
     o.store = &st;

@@ -1785,6 +1785,50 @@ Test(fault_regress, a_flush_without_memory_returns_enomem_and_the_store_goes_on)
     cr_assert_eq(f.rc_after, EB_OK, "%s", eb_err_name(f.rc_after));
 }
 
+typedef struct scope_run {
+    eb_scope *scope;
+    int rc;
+    size_t published;
+    bool hit;
+} scope_run;
+
+static void *scope_commit_scenario(void *arg)
+{
+    scope_run *r = arg;
+    fault_arm(1); /* the commit's message array: its first allocation */
+    r->rc = eb_scope_commit(r->scope, NULL, &r->published);
+    fault_disarm();
+    r->hit = fault_hit();
+    return NULL;
+}
+
+/* eb_scope_commit without memory for its messages returns EB_ENOMEM, says
+   none was published, and leaves the scope open: a later commit publishes
+   all of it. */
+Test(fault_regress, a_scope_commit_without_memory_publishes_nothing_and_can_be_retried)
+{
+    eb_bus *bus = t_bus_new(2);
+    t_counter c;
+    t_counter_init(&c);
+    t_sub(bus, "uow", t_count_handler, &c, EB_DELIVERY_SERIAL, 0);
+    static scope_run r;
+    memset(&r, 0, sizeof r);
+    r.published = 99;
+    cr_assert_eq(eb_scope_begin(bus, &r.scope), EB_OK);
+    for (uint32_t i = 0; i < 5; i++)
+        cr_assert_eq(eb_scope_publish(r.scope, "uow", &i, sizeof i, NULL, 0), EB_OK);
+    cr_assert_eq(fault_run(scope_commit_scenario, &r), 0);
+    cr_assert(r.hit);
+    cr_assert_eq(r.rc, EB_ENOMEM, "%s", eb_err_name(r.rc));
+    cr_assert_eq(r.published, 0);
+    size_t published = 0;
+    cr_assert_eq(eb_scope_commit(r.scope, NULL, &published), EB_OK);
+    cr_assert_eq(published, 5);
+    cr_assert(t_wait_ge(&c.calls, 5));
+    eb_bus_destroy(bus);
+    cr_assert_eq(atomic_load(&c.calls), 5);
+}
+
 /* Every realloc of a durable subscribe failing in turn (the queue growth
    of its start job among them): whenever eb_subscribe returns EB_OK,
    durable events are delivered to the subscription. */
