@@ -49,6 +49,7 @@
 #define HOLD_PAUSES 32     /* pause instructions (~0.5-1.5 us) before such a step */
 #define RUN_CLOCK_EVERY 16 /* handler calls of a lane turn per clock read */
 #define WAIT_SPINS 2000    /* loops before an outside waiter sleeps */
+#define CYCLE_NS 5000000   /* how often a handler's wait looks for a wait cycle */
 #define MAX_WORKERS 256
 #define MAX_LANES 1024
 #define MAX_ATTEMPTS 1000
@@ -1577,13 +1578,133 @@ static void *worker_main(void *arg)
 
 /* ---- waiting ---------------------------------------------------------- */
 
+/* Makes ev (NULL: none) the wait w's handlers are in, holding up w's
+   first n stack lanes (see wf_lock in bus.h). Called by w only. */
+static void wf_set(eb__worker *w, eb_event *ev, unsigned n)
+{
+    pthread_mutex_lock(&w->wf_lock);
+    for (unsigned i = 0; i < n; i++) {
+        w->wf_lane[i] = w->stack[i];
+        w->wf_cur[i] = w->stack[i]->cur;
+    }
+    w->wf_ev = ev;
+    w->wf_n = n;
+    w->wf_gen++;
+    pthread_mutex_unlock(&w->wf_lock);
+}
+
+/*
+ * Whether the handlers waiting on the bus's workers form a cycle through
+ * self, which waits for ev (two handlers each waiting for a delivery queued
+ * on the other's lane, or longer rings), and self is the one to break it:
+ * the lowest worker index on the cycle, so that one wait of a cycle returns
+ * EB_EDEADLK and the others then finish.
+ *
+ * Worker x's wait depends on worker y's when a delivery of the event x
+ * waits for is one that a lane y holds up is running, or is queued in such
+ * a lane's mailbox (not one that drops its oldest events: a later event
+ * may push it out). Each worker's wait is read under its wf_lock with its
+ * generation. A dependency stays true while both waits go on (y's lanes
+ * move only once y's wait has ended, and x waits for the same event until
+ * its wait ends), so a cycle whose generations are the same when checked
+ * again at the end existed at that moment, and can only end by a timeout. A wait looks
+ * once every CYCLE_NS, the first time after CYCLE_NS.
+ */
+static bool wait_cycle(eb_bus *b, eb__worker *self, eb_event *ev)
+{
+    unsigned n = b->nworkers, nw = 0;
+    unsigned idx[MAX_WORKERS];                   /* the waiting workers */
+    eb_event *on[MAX_WORKERS];                   /* what each waits for */
+    uint64_t gen[MAX_WORKERS];                   /* its wait's generation */
+    uint64_t dep[MAX_WORKERS][MAX_WORKERS / 64]; /* dep[i] bit j: i waits on j */
+    unsigned me = 0;
+    for (unsigned i = 0; i < n; i++) {
+        eb__worker *w = &b->workers[i];
+        if (w == self) {
+            me = nw;
+            idx[nw] = i;
+            on[nw] = ev;
+            gen[nw++] = self->wf_gen;
+            continue;
+        }
+        pthread_mutex_lock(&w->wf_lock);
+        if (w->wf_ev != NULL) {
+            idx[nw] = i;
+            on[nw] = w->wf_ev;
+            gen[nw++] = w->wf_gen;
+        }
+        pthread_mutex_unlock(&w->wf_lock);
+    }
+    if (nw < 2)
+        return false;
+    memset(dep, 0, sizeof(dep[0]) * nw);
+    for (unsigned j = 0; j < nw; j++) {
+        eb__worker *w = &b->workers[idx[j]];
+        pthread_mutex_lock(&w->wf_lock);
+        if (w->wf_gen == gen[j]) {
+            for (unsigned k = 0; k < w->wf_n; k++) {
+                eb__lane *l = w->wf_lane[k];
+                bool scan = l->sub->overflow != EB_OVERFLOW_DROP_OLDEST;
+                for (unsigned i = 0; i < nw; i++)
+                    if (w->wf_cur[k] == on[i] || (scan && eb__ring_contains_sc(&l->mbox, on[i])))
+                        dep[i][j / 64] |= (uint64_t)1 << (j % 64);
+            }
+        }
+        pthread_mutex_unlock(&w->wf_lock);
+    }
+    /* Depth-first from self; from[] leads back along the path. */
+    unsigned from[MAX_WORKERS], todo[MAX_WORKERS], ntodo = 0;
+    bool seen[MAX_WORKERS] = {false};
+    todo[ntodo++] = me;
+    seen[me] = true;
+    int last = -1; /* a waiter on the cycle that depends on self */
+    while (ntodo > 0 && last < 0) {
+        unsigned i = todo[--ntodo];
+        for (unsigned j = 0; j < nw; j++) {
+            if (!(dep[i][j / 64] >> (j % 64) & 1))
+                continue;
+            if (j == me) {
+                last = (int)i;
+                break;
+            }
+            if (!seen[j]) {
+                seen[j] = true;
+                from[j] = i;
+                todo[ntodo++] = j;
+            }
+        }
+    }
+    if (last < 0)
+        return false;
+    /* The cycle: self -> ... -> last -> self. */
+    unsigned lowest = idx[me];
+    for (unsigned i = (unsigned)last; i != me; i = from[i])
+        if (idx[i] < lowest)
+            lowest = idx[i];
+    if (lowest != idx[me])
+        return false;
+    for (unsigned i = (unsigned)last; i != me; i = from[i]) {
+        eb__worker *w = &b->workers[idx[i]];
+        pthread_mutex_lock(&w->wf_lock);
+        bool same = w->wf_gen == gen[i];
+        pthread_mutex_unlock(&w->wf_lock);
+        if (!same)
+            return false;
+    }
+    return true;
+}
+
 /* A worker waits for ev while running other work. */
 static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
 {
     eb_event *saved[EB__MAX_NEST + 1];
     int rc = EB_OK;
     bool first = true;
+    eb_event *outer_ev = w->wf_ev; /* an outer wait of this worker's */
+    unsigned outer_n = w->wf_n;
+    int64_t cycle_at = 0;
     atomic_store_explicit(&ev->ext->waiter_worker, true, memory_order_seq_cst);
+    wf_set(w, ev, w->depth);
     for (unsigned i = 0; i < w->depth; i++) {
         saved[i] = atomic_load_explicit(&w->stack[i]->wait_ticket, memory_order_relaxed);
         atomic_store_explicit(&w->stack[i]->wait_ticket, ev, memory_order_seq_cst);
@@ -1614,6 +1735,15 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
             break;
         }
         first = false;
+        if (cycle_at == 0) {
+            cycle_at = now + CYCLE_NS;
+        } else if (now >= cycle_at) {
+            if (wait_cycle(b, w, ev)) {
+                rc = EB_EDEADLK;
+                break;
+            }
+            cycle_at = now + CYCLE_NS;
+        }
         if (help_once(b, w))
             continue;
         if (now >= deadline) {
@@ -1622,6 +1752,7 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
         }
         park(b, deadline < now + 1000000 ? deadline : now + 1000000);
     }
+    wf_set(w, outer_ev, outer_n);
     for (unsigned i = 0; i < w->depth; i++)
         atomic_store_explicit(&w->stack[i]->wait_ticket, saved[i], memory_order_relaxed);
     return rc;
@@ -2653,11 +2784,15 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
         eb__worker *w = &b->workers[started];
         w->bus = b;
         w->index = started;
+        if (pthread_mutex_init(&w->wf_lock, NULL) != 0)
+            break;
         w->rng = b->nonce ^ (0x9e3779b97f4a7c15ULL * (started + 1));
         if (w->rng == 0)
             w->rng = 1;
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            pthread_mutex_destroy(&w->wf_lock);
             break;
+        }
         /* "eb-worker-N" in top -H, ps -L, gdb and perf (best effort: a
            name is at most 15 characters). */
         char name[16];
@@ -2669,8 +2804,10 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
         atomic_store(&b->closing, 1);
         atomic_store(&b->stop, true);
         wake_pool(b);
-        for (unsigned i = 0; i < started; i++)
+        for (unsigned i = 0; i < started; i++) {
             pthread_join(b->workers[i].thread, NULL);
+            pthread_mutex_destroy(&b->workers[i].wf_lock);
+        }
         free(b->workers);
         goto fail_workers;
     }
@@ -2758,6 +2895,8 @@ static void bus_free(eb_bus *b)
     eb__ring_fini(&b->intake);
     free(b->side);
     free(b->sb);
+    for (unsigned i = 0; i < b->nworkers; i++)
+        pthread_mutex_destroy(&b->workers[i].wf_lock);
     free(b->workers);
     eb__timers_fini(&b->timers);
     eb__depot_fini(&b->depot);

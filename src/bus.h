@@ -56,6 +56,19 @@ typedef struct eb__worker {
     unsigned last_n, last_lanes;
     /* That step took carriers of batches (see batching in bus.c). */
     bool batched;
+    /* The innermost wait of a handler on this worker, for the other
+       workers' cycle checks (wait_cycle in bus.c): the event waited on
+       (NULL: none), the lanes held up until it is done (the whole stack
+       then) and the delivery each was running. Written by this worker when
+       a wait begins and ends, read by others, all under wf_lock: while a
+       reader holds it the waiting handler cannot return, so these lanes
+       stay alive. wf_gen counts the writes. */
+    pthread_mutex_t wf_lock;
+    uint64_t wf_gen;
+    eb_event *wf_ev;
+    unsigned wf_n;
+    eb__lane *wf_lane[EB__MAX_NEST + 1];
+    eb_event *wf_cur[EB__MAX_NEST + 1];
 } eb__worker;
 
 struct eb_bus {

@@ -398,3 +398,132 @@ Test(nested, publishing_into_the_own_full_lane_overflows_instead_of_hanging)
     cr_assert_eq(atomic_load(&flood_order_errors), 0, "events arrived out of publish order");
     cr_assert_eq(atomic_load(&f.calls), atomic_load(&f.accepted) + 1);
 }
+
+/* ---- wait cycles across workers ---- */
+
+/* A ring of handlers on as many workers: member i's first call waits, once
+   every member is running, for an event of member i+1's lane, which only
+   runs after member i+1's wait. No wait can finish by itself: one of them
+   (the one on the lowest worker) returns EB_EDEADLK, its lane moves on, and
+   the others then finish with EB_OK. `hold` > 0 instead makes the last
+   member sleep that long instead of waiting: a chain, not a cycle, where
+   every wait must finish with EB_OK. */
+#define RING_MAX 4
+
+struct ring;
+
+struct ring_member {
+    struct ring *ring;
+    unsigned i;
+    atomic_uint calls;
+    atomic_int rc;
+};
+
+struct ring {
+    eb_bus *bus;
+    unsigned n;
+    bool ticket;
+    int64_t hold_ms;
+    atomic_uint arrived;
+    struct ring_member m[RING_MAX];
+};
+
+static int ring_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    struct ring_member *m = ctx;
+    struct ring *r = m->ring;
+    if (atomic_fetch_add(&m->calls, 1) != 0)
+        return 0;
+    atomic_fetch_add(&r->arrived, 1);
+    bool all;
+    T_WAIT_FOR(all, atomic_load(&r->arrived) >= r->n);
+    if (!all) {
+        atomic_store(&m->rc, 100); /* the members never all ran at once */
+        return 0;
+    }
+    if (r->hold_ms > 0 && m->i == r->n - 1) {
+        t_sleep_ms(r->hold_ms);
+        atomic_store(&m->rc, EB_OK);
+        return 0;
+    }
+    char topic[16];
+    snprintf(topic, sizeof topic, "ring.%u", (m->i + 1) % r->n);
+    eb_publish_options o = t_bounded_opts();
+    int rc;
+    if (r->ticket) {
+        eb_ticket *t = NULL;
+        rc = eb_publish_async(r->bus, topic, NULL, 0, &o, &t);
+        if (rc == EB_OK) {
+            rc = eb_ticket_wait(t, t_wait_budget_ns(), NULL);
+            eb_ticket_release(t);
+        }
+    } else {
+        rc = eb_publish_wait(r->bus, topic, NULL, 0, &o, NULL);
+    }
+    atomic_store(&m->rc, rc);
+    return 0;
+}
+
+/* Runs the ring; returns how many waits returned EB_EDEADLK, asserting
+   that every other one returned EB_OK and every published event ran. */
+static unsigned ring_run(unsigned n, bool ticket, int64_t hold_ms)
+{
+    static struct ring r;
+    memset(&r, 0, sizeof r);
+    r.n = n;
+    r.ticket = ticket;
+    r.hold_ms = hold_ms;
+    r.bus = t_bus_new(n);
+    for (unsigned i = 0; i < n; i++) {
+        r.m[i].ring = &r;
+        r.m[i].i = i;
+        atomic_init(&r.m[i].rc, 1);
+        char topic[16];
+        snprintf(topic, sizeof topic, "ring.%u", i);
+        t_sub(r.bus, topic, ring_handler, &r.m[i], EB_DELIVERY_SERIAL, 0);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        char topic[16];
+        snprintf(topic, sizeof topic, "ring.%u", i);
+        cr_assert_eq(eb_publish(r.bus, topic, NULL, 0, NULL), EB_OK);
+    }
+    bool done = true;
+    for (unsigned i = 0; i < n; i++) {
+        bool ok;
+        T_WAIT_FOR(ok, atomic_load(&r.m[i].rc) != 1);
+        done = done && ok;
+    }
+    /* Each member ran its first event, and the one the previous published
+       (the last member of a chain publishes nothing). */
+    bool ran = true;
+    for (unsigned i = 0; i < n; i++)
+        ran = ran && t_wait_ge(&r.m[i].calls, hold_ms > 0 && i == 0 ? 1 : 2);
+    eb_bus_destroy(r.bus);
+    cr_assert(done, "a wait never returned");
+    unsigned deadlocks = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int rc = atomic_load(&r.m[i].rc);
+        cr_assert(rc == EB_OK || rc == EB_EDEADLK, "member %u's wait returned %s (%d)", i,
+                  eb_err_name(rc), rc);
+        deadlocks += rc == EB_EDEADLK;
+    }
+    cr_assert(ran, "an event published by a member did not run");
+    return deadlocks;
+}
+
+Test(nested, two_handlers_waiting_for_each_other_end_with_one_edeadlk)
+{
+    cr_assert_eq(ring_run(2, false, 0), 1);
+}
+
+Test(nested, a_ring_of_three_ticket_waits_ends_with_one_edeadlk)
+{
+    cr_assert_eq(ring_run(3, true, 0), 1);
+}
+
+Test(nested, a_chain_of_waits_behind_a_slow_handler_is_not_called_a_deadlock)
+{
+    /* 0 waits for 1, 1 waits for 2, 2 sleeps well past the cycle check. */
+    cr_assert_eq(ring_run(3, false, 60), 0);
+}

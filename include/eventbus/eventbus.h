@@ -28,10 +28,15 @@
  *    publish-and-wait, ticket wait, unsubscribe) keeps its worker running
  *    other work (up to 64 waits nested on one worker; deeper, it only
  *    waits); a wait that could only finish after the caller's own lane
- *    runs returns EB_EDEADLK instead of hanging. Cycles through other
- *    handlers are not detected: two handlers each waiting for the other's
- *    delivery, or a handler unsubscribing one whose handler waits for it,
- *    wait until their timeouts (unsubscribe has none). A publish from a handler
+ *    runs returns EB_EDEADLK instead of hanging. So does one wait of a
+ *    cycle of handlers on different workers each waiting for an event
+ *    queued behind (or handled by) the next one's waiting handler, found
+ *    within about 10 ms: the one on the lowest worker, after which the
+ *    others finish. Not found: a cycle that runs through a mailbox
+ *    dropping its oldest events, through dispatch held up by a full
+ *    mailbox, or through an unsubscribe (a handler unsubscribing one whose
+ *    handler waits for it); those wait until their timeouts (unsubscribe
+ *    has none). A publish from a handler
  *    never waits for its own lane: when the intake is full and dispatch is
  *    held up by that lane, the event goes to an overflow list the dispatcher
  *    drains in order (the only case where the intake bound is exceeded; it
@@ -88,7 +93,7 @@ EB_API const char *eb_version(void);
     X(EB_EAGAIN, -3, "intake ring full and the caller asked not to wait")                          \
     X(EB_ETIMEDOUT, -4, "timed out")                                                               \
     X(EB_ECLOSED, -5, "bus is shutting down")                                                      \
-    X(EB_EDEADLK, -6, "wait would deadlock: it needs the caller's own lane")                       \
+    X(EB_EDEADLK, -6, "wait would deadlock: it needs the caller's own lane, or a wait cycle")      \
     X(EB_ENOENT, -7, "no such entry")                                                              \
     X(EB_EIO, -8, "input/output error")                                                            \
     X(EB_ECORRUPT, -9, "data is corrupt or not ours")                                              \
@@ -542,7 +547,8 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
  * its worker (a lane's batch of deliveries, say), so that a handler polling
  * in a loop makes progress even on a bus with one worker.
  * Errors: EB_EINVAL (NULL ticket), EB_ETIMEDOUT, EB_EDEADLK (called from a
- * handler whose own lane holds a delivery of this event).
+ * handler whose own lane holds a delivery of this event, or whose wait
+ * closes a cycle of waiting handlers: see Progress above).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_result *result);
