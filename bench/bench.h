@@ -23,6 +23,7 @@
 #ifndef EB_BENCH_H
 #define EB_BENCH_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -96,6 +97,20 @@ void bn_alloc_count_stop(struct bn_alloc_counts *out);
 /* A run that cannot be torn down (a hang): report, write what we have, exit 2. */
 void bn_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
+/* A watchdog over one run: if bn_watchdog_stop is not called within
+   `seconds`, the run is a hang (a call that never comes back) and
+   bn_fatal reports "<scenario>: <what>: hang". */
+struct bn_watchdog {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int done; /* protected by lock */
+    const char *scenario, *what;
+    int seconds;
+    pthread_t th;
+};
+void bn_watchdog_start(struct bn_watchdog *w, const char *scenario, const char *what, int seconds);
+void bn_watchdog_stop(struct bn_watchdog *w);
+
 /* ---- throughput peers ------------------------------------------------- */
 
 struct tp_cfg {
@@ -150,6 +165,7 @@ struct tp_out {
     double deliveries_per_s;
     struct bn_alloc_counts allocs; /* timed phase, when cfg.count_allocs */
     uint64_t events;               /* timed phase, all producers */
+    int cut;                       /* the time limit stopped the producers early */
 };
 
 void tp_run(const struct tp_peer *peer, const struct tp_cfg *cfg, struct tp_out *out);
@@ -184,6 +200,7 @@ struct rt_out {
     char err[BN_ERR_LEN];
     double p50_ns, p99_ns, p999_ns, mean_ns, max_ns;
     uint64_t samples; /* timed round trips */
+    int cut;          /* the time limit stopped a requester early */
 };
 
 void rt_run(const struct rt_peer *peer, const struct rt_cfg *cfg, struct rt_out *out);

@@ -314,3 +314,45 @@ uint64_t bn_sink_bad_count(const struct bn_sink *s)
         t += atomic_load_explicit(&s->slot[i].bad, memory_order_acquire);
     return t;
 }
+
+/* ---- watchdog ----------------------------------------------------------- */
+
+static void *watchdog_main(void *arg)
+{
+    struct bn_watchdog *w = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += w->seconds;
+    pthread_mutex_lock(&w->lock);
+    int rc = 0;
+    while (!w->done && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&w->cond, &w->lock, &until);
+    int hung = !w->done;
+    pthread_mutex_unlock(&w->lock);
+    if (hung)
+        bn_fatal("%s: %s: hang: not finished after %d s", w->scenario, w->what, w->seconds);
+    return NULL;
+}
+
+void bn_watchdog_start(struct bn_watchdog *w, const char *scenario, const char *what, int seconds)
+{
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    w->done = 0;
+    w->scenario = scenario;
+    w->what = what;
+    w->seconds = seconds;
+    if (pthread_create(&w->th, NULL, watchdog_main, w) != 0)
+        bn_fatal("could not start a watchdog thread");
+}
+
+void bn_watchdog_stop(struct bn_watchdog *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->done = 1;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->th, NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+}

@@ -479,58 +479,9 @@ done:
 
 #ifdef BN_HAVE_EB_STORE
 
-/*
- * Watchdog: a run of the store that has not finished after WATCHDOG_S is a
- * hang (a publish, a flush or a delivery that never comes back): bn_fatal
- * reports it, writes the JSON and exits with status 2, as tp.c does.
- */
+/* A run of the store that has not finished after this long is a hang (a
+   publish, a flush or a delivery that never comes back): see bn_watchdog. */
 #define WATCHDOG_S 120
-
-struct watchdog {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int done; /* protected by lock */
-    const char *what;
-    pthread_t th;
-};
-
-static void *watchdog_main(void *arg)
-{
-    struct watchdog *w = arg;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += WATCHDOG_S;
-    pthread_mutex_lock(&w->lock);
-    int rc = 0;
-    while (!w->done && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&w->cond, &w->lock, &until);
-    int hung = !w->done;
-    pthread_mutex_unlock(&w->lock);
-    if (hung)
-        bn_fatal("durable: %s: hang: not finished after %d s", w->what, WATCHDOG_S);
-    return NULL;
-}
-
-static void watchdog_start(struct watchdog *w, const char *what)
-{
-    pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->cond, NULL);
-    w->done = 0;
-    w->what = what;
-    if (pthread_create(&w->th, NULL, watchdog_main, w) != 0)
-        bn_fatal("could not start a watchdog thread");
-}
-
-static void watchdog_stop(struct watchdog *w)
-{
-    pthread_mutex_lock(&w->lock);
-    w->done = 1;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
-    pthread_join(w->th, NULL);
-    pthread_mutex_destroy(&w->lock);
-    pthread_cond_destroy(&w->cond);
-}
 
 /* A SERIAL subscriber of durable events: counts and checks each one. */
 struct dsub {
@@ -772,8 +723,8 @@ static void run_eb_lazy(const struct bn_impl *im, struct bn_sample *out)
     if (e == NULL || dpub_init(&p, e, 0, EB_PUBLISH_DURABLE_LAZY, cfg->batch) != 0)
         bn_fatal("out of memory");
     unsigned step = cfg->batch > 1 ? cfg->batch : 64;
-    struct watchdog wd;
-    watchdog_start(&wd, im->name);
+    struct bn_watchdog wd;
+    bn_watchdog_start(&wd, "durable", im->name, WATCHDOG_S);
     if (ebd_open(e, sink, err, errlen) != 0)
         goto done;
     for (uint64_t i = 0; i < cfg->warm; i += step)
@@ -804,7 +755,7 @@ static void run_eb_lazy(const struct bn_impl *im, struct bn_sample *out)
     out->ok = 1;
 done:
     ebd_close(e);
-    watchdog_stop(&wd);
+    bn_watchdog_stop(&wd);
     dpub_fini(&p);
     free(e);
     bn_sink_free(sink);
@@ -864,8 +815,8 @@ static void run_eb_wait(const struct bn_impl *im, struct bn_sample *out)
     pthread_barrier_t bar;
     pthread_barrier_init(&bar, NULL, nth + 1);
     int started = 0;
-    struct watchdog wd;
-    watchdog_start(&wd, im->name);
+    struct bn_watchdog wd;
+    bn_watchdog_start(&wd, "durable", im->name, WATCHDOG_S);
     if (ebd_open(e, sink, err, errlen) != 0)
         goto done;
     for (unsigned i = 0; i < nth; i++) {
@@ -932,7 +883,7 @@ done:
             pthread_join(w[i].th, NULL);
     pthread_barrier_destroy(&bar);
     ebd_close(e);
-    watchdog_stop(&wd);
+    bn_watchdog_stop(&wd);
     for (unsigned i = 0; i < nth; i++)
         dpub_fini(&w[i].p);
     free(w);
@@ -1019,8 +970,8 @@ static void run_memory(const struct bn_impl *im, struct bn_sample *out)
         bn_fatal("out of memory");
     int loading = 0;
     uint64_t msum = 0, mseq = 0;
-    struct watchdog wd;
-    watchdog_start(&wd, im->name);
+    struct bn_watchdog wd;
+    bn_watchdog_start(&wd, "durable", im->name, WATCHDOG_S);
     eb_subscribe_options o;
     eb_subscribe_options_init(&o);
     o.delivery = EB_DELIVERY_SERIAL;
@@ -1138,7 +1089,7 @@ done:
     if (e->sub != NULL)
         eb_unsubscribe(e->sub);
     e->sub = NULL;
-    watchdog_stop(&wd);
+    bn_watchdog_stop(&wd);
     dpub_fini(&l->p);
     free(l);
     bn_sink_free(msink);

@@ -33,6 +33,7 @@ struct bn_metric {
 
 struct bn_sample {
     int ok;
+    int cut; /* the run's time limit stopped it early: a figure from part of it */
     char err[BN_ERR_LEN];
     double v[BN_MAX_METRICS];
 };
@@ -73,6 +74,7 @@ struct bn_impl {
     int nruns;
     double v[BN_MAX_RUNS][BN_MAX_METRICS];
     double xcore[BN_MAX_RUNS]; /* bn_xcore_rtt_ns() just before each run */
+    int cut[BN_MAX_RUNS];      /* bn_sample.cut of each run */
     int failed;
     char err[BN_ERR_LEN];
 };

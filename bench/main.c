@@ -357,6 +357,9 @@ static void write_case(FILE *f, const struct bn_case *c)
                 fprintf(f, "%s", r ? ", " : "");
                 json_num(f, im->xcore[r]);
             }
+            fprintf(f, "],\n          \"cut\": [");
+            for (int r = 0; r < im->nruns; r++)
+                fprintf(f, "%s%s", r ? ", " : "", im->cut[r] ? "true" : "false");
             fprintf(f, "]");
         }
         fprintf(f, "}");
@@ -535,6 +538,7 @@ static int run_case(struct bn_case *c)
                 for (int m = 0; m < c->nmetrics; m++)
                     im->v[im->nruns][m] = s.v[m];
                 im->xcore[im->nruns] = xcore;
+                im->cut[im->nruns] = s.cut;
                 im->nruns++;
                 fmt_value(&c->metric[0], s.v[0], res, sizeof(res));
             } else {

@@ -445,6 +445,33 @@ def xcore_line(case):
             + "; ".join(parts) + "._\n")
 
 
+def cut_runs(case):
+    """(impl, cut, runs) of the implementations some of whose runs the time limit cut short."""
+    return [(r["impl"], sum(1 for c in r["cut"] if c), len(r["cut"]))
+            for r in case["results"] if any(r.get("cut", []))]
+
+
+def cut_line(case):
+    per = cut_runs(case)
+    if not per:
+        return ""
+    return ("_Cut short by the time limit (the figure comes from the events published before "
+            "it): " + "; ".join("%s %d of %d runs" % (md_escape(n), k, t) for n, k, t in per)
+            + "._\n")
+
+
+def cut_summary(data):
+    """One line: which figures of scenarios 1-8 rest on runs the time limit cut short."""
+    cases = [c for s in data.get("scenarios", []) for c in s["cases"]
+             if any("cut" in r for r in c["results"])]
+    if not cases:
+        return ""
+    per = ["%s/%s %s (%d of %d)" % (s["name"], c["name"], md_escape(n), k, t)
+           for s in data.get("scenarios", []) for c in s["cases"] for n, k, t in cut_runs(c)]
+    return ("- Runs cut short by their time limit (%s; the durable and saga runners do not "
+            "report it): %s." % ("10 s a phase in full mode, 1.5 s with --quick", "; ".join(per) if per else "none"))
+
+
 def xcore_summary(data):
     allv = sorted(v for s in data.get("scenarios", []) for c in s["cases"]
                   for _, vals in xcore_values(c) for v in vals)
@@ -607,6 +634,9 @@ def write_md(data, json_name, md_path, plots_rel):
     xs = xcore_summary(data)
     if xs:
         out.append(xs)
+    cs = cut_summary(data)
+    if cs:
+        out.append(cs)
     out.append("- Every run checks that each observer received every event exactly once (count "
                "and checksum of the payloads: every word up to 256 B, one word per cache line "
                "above), in each producer's order where delivery is ordered; a run that fails its check is reported as FAILED, never as a number, and "
@@ -668,6 +698,9 @@ def write_md(data, json_name, md_path, plots_rel):
             xl = xcore_line(c)
             if xl:
                 out.append(xl)
+            cl = cut_line(c)
+            if cl:
+                out.append(cl)
     out.append("## How to run\n")
     out.append("```sh\nEB_DEPS_BENCH=1 scripts/deps.sh      # g++ libglib2.0-dev libzmq3-dev "
                "libconcurrentqueue-dev gnuplot-nox\n"

@@ -115,6 +115,12 @@ void rt_run(const struct rt_peer *peer, const struct rt_cfg *cfg, struct rt_out 
         goto free_all;
     }
     pthread_barrier_init(&r->start, NULL, cfg->requesters);
+    /* A request (or a teardown) that never comes back would hold the suite
+       up for good: past the time limit and a minute more, the run is a
+       hang. */
+    struct bn_watchdog wd;
+    bn_watchdog_start(&wd, "round trip", peer->name,
+                      60 + (int)((cfg->max_ns ? cfg->max_ns : 600000000000ull) / 1000000000ull));
     for (unsigned i = 0; i < cfg->requesters; i++) {
         q[i].r = r;
         q[i].idx = i;
@@ -125,6 +131,7 @@ void rt_run(const struct rt_peer *peer, const struct rt_cfg *cfg, struct rt_out 
         pthread_join(q[i].th, NULL);
     pthread_barrier_destroy(&r->start);
     peer->destroy(r->p);
+    bn_watchdog_stop(&wd);
     if (atomic_load(&r->failed)) {
         snprintf(out->err, sizeof(out->err), "%s", r->err);
         goto free_all;
@@ -163,6 +170,8 @@ void rt_run(const struct rt_peer *peer, const struct rt_cfg *cfg, struct rt_out 
     out->max_ns = (double)r->lat[n - 1];
     out->mean_ns = total / (double)n;
     out->samples = n;
+    for (unsigned i = 0; i < cfg->requesters; i++)
+        out->cut |= r->timed[i] < cfg->requests;
     out->ok = 1;
 free_all:
     bn_sink_free(ctx.sink);

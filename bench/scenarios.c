@@ -47,6 +47,7 @@ static uint64_t pick(const struct bn_options *o, uint64_t full, uint64_t quick)
 static void copy_tp_err(struct bn_sample *out, const struct tp_out *t)
 {
     out->ok = t->ok;
+    out->cut = t->cut;
     snprintf(out->err, sizeof(out->err), "%s", t->err);
 }
 
@@ -105,6 +106,7 @@ static void run_rt(const struct bn_impl *im, struct bn_sample *out)
     struct rt_out r;
     rt_run(im->spec.rt, &im->spec.rcfg, &r);
     out->ok = r.ok;
+    out->cut = r.cut;
     snprintf(out->err, sizeof(out->err), "%s", r.err);
     out->v[0] = r.p50_ns;
     out->v[1] = r.p99_ns;

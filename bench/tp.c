@@ -280,6 +280,7 @@ void tp_run(const struct tp_peer *peer, const struct tp_cfg *cfg, struct tp_out 
                 bn_alloc_count_stop(&out->allocs);
             out->seconds = (double)(t1 - t0) / 1e9;
             out->events = want - warm;
+            out->cut = out->events < cfg->events * cfg->producers;
             out->events_per_s = (double)out->events / out->seconds;
             out->deliveries_per_s = out->events_per_s * cfg->observers;
             if (rc == 0)
