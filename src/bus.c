@@ -49,7 +49,7 @@
 #define HOLD_PAUSES 32     /* pause instructions (~0.5-1.5 us) before such a step */
 #define RUN_CLOCK_EVERY 16 /* handler calls of a lane turn per clock read */
 #define WAIT_SPINS 2000    /* loops before an outside waiter sleeps */
-#define CYCLE_NS 5000000   /* how often a handler's wait looks for a wait cycle */
+#define CYCLE_NS 5000000   /* how often waiting handlers look for a wait cycle */
 #define MAX_WORKERS 256
 #define MAX_LANES 1024
 #define MAX_ATTEMPTS 1000
@@ -1578,9 +1578,10 @@ static void *worker_main(void *arg)
 
 /* ---- waiting ---------------------------------------------------------- */
 
-/* Makes ev (NULL: none) the wait w's handlers are in, holding up w's
-   first n stack lanes (see wf_lock in bus.h). Called by w only. */
-static void wf_set(eb__worker *w, eb_event *ev, unsigned n)
+/* Makes ev (NULL: none) the wait w's handlers are in until `deadline`,
+   holding up w's first n stack lanes (see wf_lock in bus.h). Called by w
+   only. */
+static void wf_set(eb__worker *w, eb_event *ev, unsigned n, int64_t deadline)
 {
     pthread_mutex_lock(&w->wf_lock);
     for (unsigned i = 0; i < n; i++) {
@@ -1589,109 +1590,155 @@ static void wf_set(eb__worker *w, eb_event *ev, unsigned n)
     }
     w->wf_ev = ev;
     w->wf_n = n;
-    w->wf_gen++;
+    w->wf_deadline = deadline;
     pthread_mutex_unlock(&w->wf_lock);
 }
 
+/* Scratch of cycle_check (one checker at a time: b->cyc_busy). */
+struct eb__cyc {
+    unsigned idx[MAX_WORKERS]; /* node -> worker */
+    eb_event *on[MAX_WORKERS]; /* the event the node waits for */
+    int64_t dl[MAX_WORKERS];   /* until when */
+    bool gone[MAX_WORKERS];    /* broken this round */
+    bool seen[MAX_WORKERS];
+    unsigned from[MAX_WORKERS]; /* DFS: how a node was reached */
+    unsigned todo[MAX_WORKERS];
+    struct eb__cyc_key {
+        eb_event *ev;
+        unsigned node;
+    } key[MAX_WORKERS];                          /* (on, node) sorted by event */
+    uint64_t dep[MAX_WORKERS][MAX_WORKERS / 64]; /* dep[i] bit j: i waits on j */
+};
+
+static int cyc_key_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const struct eb__cyc_key *)a)->ev;
+    uintptr_t y = (uintptr_t)((const struct eb__cyc_key *)b)->ev;
+    return x < y ? -1 : x > y;
+}
+
+/* Node i waits on every node whose held lanes hold ev (see cycle_check). */
+static void cyc_depend(struct eb__cyc *c, unsigned nw, const eb_event *ev, unsigned j)
+{
+    unsigned lo = 0, hi = nw;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if ((uintptr_t)c->key[mid].ev < (uintptr_t)ev)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (; lo < nw && c->key[lo].ev == ev; lo++) {
+        unsigned i = c->key[lo].node;
+        c->dep[i][j / 64] |= (uint64_t)1 << (j % 64);
+    }
+}
+
+/* A cycle through node s among the nodes not gone: its last node before s
+   (from[] leads back to s), or -1. */
+static int cyc_find(struct eb__cyc *c, unsigned nw, unsigned s)
+{
+    unsigned ntodo = 0;
+    memset(c->seen, 0, nw * sizeof(c->seen[0]));
+    c->todo[ntodo++] = s;
+    c->seen[s] = true;
+    while (ntodo > 0) {
+        unsigned i = c->todo[--ntodo];
+        for (unsigned j = 0; j < nw; j++) {
+            if (c->gone[j] || !(c->dep[i][j / 64] >> (j % 64) & 1))
+                continue;
+            if (j == s)
+                return (int)i;
+            if (!c->seen[j]) {
+                c->seen[j] = true;
+                c->from[j] = i;
+                c->todo[ntodo++] = j;
+            }
+        }
+    }
+    return -1;
+}
+
 /*
- * Whether the handlers waiting on the bus's workers form a cycle through
- * self, which waits for ev (two handlers each waiting for a delivery queued
- * on the other's lane, or longer rings), and self is the one to break it:
- * the lowest worker index on the cycle, so that one wait of a cycle returns
- * EB_EDEADLK and the others then finish.
+ * Looks for cycles of waiting handlers (two handlers on different workers
+ * each waiting for an event queued on the other's lane, or longer rings)
+ * and breaks each: the wait on it that would end first by its timeout (the
+ * lowest worker index among equals) is told to return EB_EDEADLK
+ * (cyc_break), and the others then finish.
  *
  * Worker x's wait depends on worker y's when a delivery of the event x
  * waits for is one that a lane y holds up is running, or is queued in such
  * a lane's mailbox (not one that drops its oldest events: a later event
- * may push it out). Each worker's wait is read under its wf_lock with its
- * generation. A dependency stays true while both waits go on (y's lanes
- * move only once y's wait has ended, and x waits for the same event until
- * its wait ends), so a cycle whose generations are the same when checked
- * again at the end existed at that moment, and can only end by a timeout. A wait looks
- * once every CYCLE_NS, the first time after CYCLE_NS.
+ * may push it out). Every worker's wait is read with all their wf_locks
+ * held, one moment for all of them: no waiting handler can return
+ * meanwhile, so the lanes read stay alive and each dependency found held
+ * at that moment, and a cycle of them can only end by a timeout. At most
+ * one worker checks at a time, once every CYCLE_NS for the whole bus.
  */
-static bool wait_cycle(eb_bus *b, eb__worker *self, eb_event *ev)
+static void cycle_check(eb_bus *b, int64_t now)
 {
+    if (atomic_exchange_explicit(&b->cyc_busy, true, memory_order_acquire))
+        return;
+    if (now < atomic_load_explicit(&b->cyc_next, memory_order_relaxed))
+        goto out;
+    atomic_store_explicit(&b->cyc_next, now + CYCLE_NS, memory_order_relaxed);
+    if (b->cyc == NULL && (b->cyc = malloc(sizeof(*b->cyc))) == NULL)
+        goto out; /* looked again in CYCLE_NS */
+    struct eb__cyc *c = b->cyc;
     unsigned n = b->nworkers, nw = 0;
-    unsigned idx[MAX_WORKERS];                   /* the waiting workers */
-    eb_event *on[MAX_WORKERS];                   /* what each waits for */
-    uint64_t gen[MAX_WORKERS];                   /* its wait's generation */
-    uint64_t dep[MAX_WORKERS][MAX_WORKERS / 64]; /* dep[i] bit j: i waits on j */
-    unsigned me = 0;
+    for (unsigned i = 0; i < n; i++)
+        pthread_mutex_lock(&b->workers[i].wf_lock);
     for (unsigned i = 0; i < n; i++) {
         eb__worker *w = &b->workers[i];
-        if (w == self) {
-            me = nw;
-            idx[nw] = i;
-            on[nw] = ev;
-            gen[nw++] = self->wf_gen;
+        if (w->wf_ev == NULL)
             continue;
-        }
-        pthread_mutex_lock(&w->wf_lock);
-        if (w->wf_ev != NULL) {
-            idx[nw] = i;
-            on[nw] = w->wf_ev;
-            gen[nw++] = w->wf_gen;
-        }
-        pthread_mutex_unlock(&w->wf_lock);
+        c->idx[nw] = i;
+        c->on[nw] = w->wf_ev;
+        c->dl[nw] = w->wf_deadline;
+        c->gone[nw] = false;
+        c->key[nw].ev = w->wf_ev;
+        c->key[nw].node = nw;
+        memset(c->dep[nw], 0, sizeof(c->dep[nw]));
+        nw++;
     }
-    if (nw < 2)
-        return false;
-    memset(dep, 0, sizeof(dep[0]) * nw);
-    for (unsigned j = 0; j < nw; j++) {
-        eb__worker *w = &b->workers[idx[j]];
-        pthread_mutex_lock(&w->wf_lock);
-        if (w->wf_gen == gen[j]) {
+    bool broke = false;
+    if (nw >= 2) {
+        qsort(c->key, nw, sizeof(c->key[0]), cyc_key_cmp);
+        for (unsigned j = 0; j < nw; j++) {
+            eb__worker *w = &b->workers[c->idx[j]];
             for (unsigned k = 0; k < w->wf_n; k++) {
                 eb__lane *l = w->wf_lane[k];
-                bool scan = l->sub->overflow != EB_OVERFLOW_DROP_OLDEST;
-                for (unsigned i = 0; i < nw; i++)
-                    if (w->wf_cur[k] == on[i] || (scan && eb__ring_contains_sc(&l->mbox, on[i])))
-                        dep[i][j / 64] |= (uint64_t)1 << (j % 64);
+                cyc_depend(c, nw, w->wf_cur[k], j);
+                if (l->sub->overflow == EB_OVERFLOW_DROP_OLDEST)
+                    continue;
+                /* The lane's runner is w, which cannot move it now. */
+                unsigned pos, avail = eb__ring_peek_sc(&l->mbox, &pos);
+                for (unsigned q = 0; q < avail; q++)
+                    cyc_depend(c, nw, eb__ring_at(&l->mbox, pos + q), j);
             }
         }
-        pthread_mutex_unlock(&w->wf_lock);
-    }
-    /* Depth-first from self; from[] leads back along the path. */
-    unsigned from[MAX_WORKERS], todo[MAX_WORKERS], ntodo = 0;
-    bool seen[MAX_WORKERS] = {false};
-    todo[ntodo++] = me;
-    seen[me] = true;
-    int last = -1; /* a waiter on the cycle that depends on self */
-    while (ntodo > 0 && last < 0) {
-        unsigned i = todo[--ntodo];
-        for (unsigned j = 0; j < nw; j++) {
-            if (!(dep[i][j / 64] >> (j % 64) & 1))
-                continue;
-            if (j == me) {
-                last = (int)i;
-                break;
-            }
-            if (!seen[j]) {
-                seen[j] = true;
-                from[j] = i;
-                todo[ntodo++] = j;
+        for (unsigned s = 0; s < nw; s++) {
+            int last;
+            while (!c->gone[s] && (last = cyc_find(c, nw, s)) >= 0) {
+                /* The cycle s -> ... -> last -> s: break it at the wait
+                   that would end first. */
+                unsigned br = s;
+                for (unsigned i = (unsigned)last; i != s; i = c->from[i])
+                    if (c->dl[i] < c->dl[br] || (c->dl[i] == c->dl[br] && c->idx[i] < c->idx[br]))
+                        br = i;
+                atomic_store_explicit(&b->workers[c->idx[br]].cyc_break, c->on[br],
+                                      memory_order_relaxed);
+                c->gone[br] = true;
+                broke = true;
             }
         }
     }
-    if (last < 0)
-        return false;
-    /* The cycle: self -> ... -> last -> self. */
-    unsigned lowest = idx[me];
-    for (unsigned i = (unsigned)last; i != me; i = from[i])
-        if (idx[i] < lowest)
-            lowest = idx[i];
-    if (lowest != idx[me])
-        return false;
-    for (unsigned i = (unsigned)last; i != me; i = from[i]) {
-        eb__worker *w = &b->workers[idx[i]];
-        pthread_mutex_lock(&w->wf_lock);
-        bool same = w->wf_gen == gen[i];
-        pthread_mutex_unlock(&w->wf_lock);
-        if (!same)
-            return false;
-    }
-    return true;
+    for (unsigned i = n; i-- > 0;)
+        pthread_mutex_unlock(&b->workers[i].wf_lock);
+    if (broke)
+        wake_pool(b);
+out:
+    atomic_store_explicit(&b->cyc_busy, false, memory_order_release);
 }
 
 /* A worker waits for ev while running other work. */
@@ -1702,9 +1749,9 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
     bool first = true;
     eb_event *outer_ev = w->wf_ev; /* an outer wait of this worker's */
     unsigned outer_n = w->wf_n;
-    int64_t cycle_at = 0;
+    int64_t outer_deadline = w->wf_deadline;
     atomic_store_explicit(&ev->ext->waiter_worker, true, memory_order_seq_cst);
-    wf_set(w, ev, w->depth);
+    wf_set(w, ev, w->depth, deadline);
     for (unsigned i = 0; i < w->depth; i++) {
         saved[i] = atomic_load_explicit(&w->stack[i]->wait_ticket, memory_order_relaxed);
         atomic_store_explicit(&w->stack[i]->wait_ticket, ev, memory_order_seq_cst);
@@ -1735,14 +1782,11 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
             break;
         }
         first = false;
-        if (cycle_at == 0) {
-            cycle_at = now + CYCLE_NS;
-        } else if (now >= cycle_at) {
-            if (wait_cycle(b, w, ev)) {
-                rc = EB_EDEADLK;
-                break;
-            }
-            cycle_at = now + CYCLE_NS;
+        if (now >= atomic_load_explicit(&b->cyc_next, memory_order_relaxed))
+            cycle_check(b, now);
+        if (atomic_load_explicit(&w->cyc_break, memory_order_relaxed) == ev) {
+            rc = EB_EDEADLK; /* this wait closes a cycle: see cycle_check */
+            break;
         }
         if (help_once(b, w))
             continue;
@@ -1752,7 +1796,15 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
         }
         park(b, deadline < now + 1000000 ? deadline : now + 1000000);
     }
-    wf_set(w, outer_ev, outer_n);
+    wf_set(w, outer_ev, outer_n, outer_deadline);
+    /* Told to break a cycle: done, or about to time out with the cycle
+       unbroken (the check found it while this wait went on). A check
+       after wf_set can only name the outer wait's event. */
+    eb_event *told = ev;
+    if (atomic_compare_exchange_strong_explicit(&w->cyc_break, &told, NULL, memory_order_relaxed,
+                                                memory_order_relaxed) &&
+        rc == EB_ETIMEDOUT)
+        rc = EB_EDEADLK;
     for (unsigned i = 0; i < w->depth; i++)
         atomic_store_explicit(&w->stack[i]->wait_ticket, saved[i], memory_order_relaxed);
     return rc;
@@ -2898,6 +2950,7 @@ static void bus_free(eb_bus *b)
     for (unsigned i = 0; i < b->nworkers; i++)
         pthread_mutex_destroy(&b->workers[i].wf_lock);
     free(b->workers);
+    free(b->cyc);
     eb__timers_fini(&b->timers);
     eb__depot_fini(&b->depot);
     pthread_mutex_destroy(&b->ctl_lock);

@@ -29,14 +29,15 @@
  *    other work (up to 64 waits nested on one worker; deeper, it only
  *    waits); a wait that could only finish after the caller's own lane
  *    runs returns EB_EDEADLK instead of hanging. So does one wait of a
- *    cycle of handlers on different workers each waiting for an event
- *    queued behind (or handled by) the next one's waiting handler, found
- *    within about 10 ms: the one on the lowest worker, after which the
- *    others finish. Not found: a cycle that runs through a mailbox
- *    dropping its oldest events, through dispatch held up by a full
- *    mailbox, or through an unsubscribe (a handler unsubscribing one whose
- *    handler waits for it); those wait until their timeouts (unsubscribe
- *    has none). A publish from a handler
+ *    cycle of handlers on different workers, each waiting for an event
+ *    that the next one's waiting handler holds up (queued on its lane or
+ *    being handled by it), within about 5 ms: the wait whose timeout is
+ *    nearest (the lowest worker among equal ones), after which the others
+ *    finish. Not found: a cycle that runs through a mailbox dropping its
+ *    oldest events, through dispatch held up by a full mailbox, or
+ *    through an unsubscribe (a handler unsubscribing one whose handler
+ *    waits for it); those wait until their timeouts (unsubscribe has
+ *    none). A publish from a handler
  *    never waits for its own lane: when the intake is full and dispatch is
  *    held up by that lane, the event goes to an overflow list the dispatcher
  *    drains in order (the only case where the intake bound is exceeded; it
@@ -547,8 +548,9 @@ EB_API int eb_publish_batch(eb_bus *bus, const eb_message *msgs, size_t n,
  * its worker (a lane's batch of deliveries, say), so that a handler polling
  * in a loop makes progress even on a bus with one worker.
  * Errors: EB_EINVAL (NULL ticket), EB_ETIMEDOUT, EB_EDEADLK (called from a
- * handler whose own lane holds a delivery of this event, or whose wait
- * closes a cycle of waiting handlers: see Progress above).
+ * handler whose own lane holds a delivery of this event, or whose wait is
+ * the one chosen to break a cycle of waiting handlers: see Progress
+ * above).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_result *result);
