@@ -1579,19 +1579,19 @@ static void *worker_main(void *arg)
 /* ---- waiting ---------------------------------------------------------- */
 
 /* Makes ev (NULL: none) the wait w's handlers are in until `deadline`,
-   holding up w's first n stack lanes (see wf_lock in bus.h). Called by w
-   only. */
-static void wf_set(eb__worker *w, eb_event *ev, unsigned n, int64_t deadline)
+   holding up w's first n stack lanes (its frame f: see eb__wframe in
+   bus.h). Called by w only. */
+static void wf_set(eb__wframe *f, const eb__worker *w, eb_event *ev, unsigned n, int64_t deadline)
 {
-    pthread_mutex_lock(&w->wf_lock);
+    pthread_mutex_lock(&f->lock);
     for (unsigned i = 0; i < n; i++) {
-        w->wf_lane[i] = w->stack[i];
-        w->wf_cur[i] = w->stack[i]->cur;
+        f->lane[i] = w->stack[i];
+        f->cur[i] = w->stack[i]->cur;
     }
-    w->wf_ev = ev;
-    w->wf_n = n;
-    w->wf_deadline = deadline;
-    pthread_mutex_unlock(&w->wf_lock);
+    f->ev = ev;
+    f->n = n;
+    f->deadline = deadline;
+    pthread_mutex_unlock(&f->lock);
 }
 
 /* Scratch of cycle_check (one checker at a time: b->cyc_busy). */
@@ -1664,12 +1664,12 @@ static int cyc_find(struct eb__cyc *c, unsigned nw, unsigned s)
  * each waiting for an event queued on the other's lane, or longer rings)
  * and breaks each: the wait on it that would end first by its timeout (the
  * lowest worker index among equals) is told to return EB_EDEADLK
- * (cyc_break), and the others then finish.
+ * (eb__wframe.brk), and the others then finish.
  *
  * Worker x's wait depends on worker y's when a delivery of the event x
  * waits for is one that a lane y holds up is running, or is queued in such
  * a lane's mailbox (not one that drops its oldest events: a later event
- * may push it out). Every worker's wait is read with all their wf_locks
+ * may push it out). Every worker's wait is read with all their frames' locks
  * held, one moment for all of them: no waiting handler can return
  * meanwhile, so the lanes read stay alive and each dependency found held
  * at that moment, and a cycle of them can only end by a timeout. At most
@@ -1687,16 +1687,16 @@ static void cycle_check(eb_bus *b, int64_t now)
     struct eb__cyc *c = b->cyc;
     unsigned n = b->nworkers, nw = 0;
     for (unsigned i = 0; i < n; i++)
-        pthread_mutex_lock(&b->workers[i].wf_lock);
+        pthread_mutex_lock(&b->wf[i].lock);
     for (unsigned i = 0; i < n; i++) {
-        eb__worker *w = &b->workers[i];
-        if (w->wf_ev == NULL)
+        eb__wframe *f = &b->wf[i];
+        if (f->ev == NULL)
             continue;
         c->idx[nw] = i;
-        c->on[nw] = w->wf_ev;
-        c->dl[nw] = w->wf_deadline;
+        c->on[nw] = f->ev;
+        c->dl[nw] = f->deadline;
         c->gone[nw] = false;
-        c->key[nw].ev = w->wf_ev;
+        c->key[nw].ev = f->ev;
         c->key[nw].node = nw;
         memset(c->dep[nw], 0, sizeof(c->dep[nw]));
         nw++;
@@ -1705,13 +1705,13 @@ static void cycle_check(eb_bus *b, int64_t now)
     if (nw >= 2) {
         qsort(c->key, nw, sizeof(c->key[0]), cyc_key_cmp);
         for (unsigned j = 0; j < nw; j++) {
-            eb__worker *w = &b->workers[c->idx[j]];
-            for (unsigned k = 0; k < w->wf_n; k++) {
-                eb__lane *l = w->wf_lane[k];
-                cyc_depend(c, nw, w->wf_cur[k], j);
+            eb__wframe *f = &b->wf[c->idx[j]];
+            for (unsigned k = 0; k < f->n; k++) {
+                eb__lane *l = f->lane[k];
+                cyc_depend(c, nw, f->cur[k], j);
                 if (l->sub->overflow == EB_OVERFLOW_DROP_OLDEST)
                     continue;
-                /* The lane's runner is w, which cannot move it now. */
+                /* The lane's runner waits, and cannot move it now. */
                 unsigned pos, avail = eb__ring_peek_sc(&l->mbox, &pos);
                 for (unsigned q = 0; q < avail; q++)
                     cyc_depend(c, nw, eb__ring_at(&l->mbox, pos + q), j);
@@ -1726,15 +1726,14 @@ static void cycle_check(eb_bus *b, int64_t now)
                 for (unsigned i = (unsigned)last; i != s; i = c->from[i])
                     if (c->dl[i] < c->dl[br] || (c->dl[i] == c->dl[br] && c->idx[i] < c->idx[br]))
                         br = i;
-                atomic_store_explicit(&b->workers[c->idx[br]].cyc_break, c->on[br],
-                                      memory_order_relaxed);
+                atomic_store_explicit(&b->wf[c->idx[br]].brk, c->on[br], memory_order_relaxed);
                 c->gone[br] = true;
                 broke = true;
             }
         }
     }
     for (unsigned i = n; i-- > 0;)
-        pthread_mutex_unlock(&b->workers[i].wf_lock);
+        pthread_mutex_unlock(&b->wf[i].lock);
     if (broke)
         wake_pool(b);
 out:
@@ -1747,11 +1746,12 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
     eb_event *saved[EB__MAX_NEST + 1];
     int rc = EB_OK;
     bool first = true;
-    eb_event *outer_ev = w->wf_ev; /* an outer wait of this worker's */
-    unsigned outer_n = w->wf_n;
-    int64_t outer_deadline = w->wf_deadline;
+    eb__wframe *f = &b->wf[w->index];
+    eb_event *outer_ev = f->ev; /* an outer wait of this worker's */
+    unsigned outer_n = f->n;
+    int64_t outer_deadline = f->deadline;
     atomic_store_explicit(&ev->ext->waiter_worker, true, memory_order_seq_cst);
-    wf_set(w, ev, w->depth, deadline);
+    wf_set(f, w, ev, w->depth, deadline);
     for (unsigned i = 0; i < w->depth; i++) {
         saved[i] = atomic_load_explicit(&w->stack[i]->wait_ticket, memory_order_relaxed);
         atomic_store_explicit(&w->stack[i]->wait_ticket, ev, memory_order_seq_cst);
@@ -1784,7 +1784,7 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
         first = false;
         if (now >= atomic_load_explicit(&b->cyc_next, memory_order_relaxed))
             cycle_check(b, now);
-        if (atomic_load_explicit(&w->cyc_break, memory_order_relaxed) == ev) {
+        if (atomic_load_explicit(&f->brk, memory_order_relaxed) == ev) {
             rc = EB_EDEADLK; /* this wait closes a cycle: see cycle_check */
             break;
         }
@@ -1796,12 +1796,12 @@ static int worker_wait(eb_bus *b, eb__worker *w, eb_event *ev, int64_t deadline)
         }
         park(b, deadline < now + 1000000 ? deadline : now + 1000000);
     }
-    wf_set(w, outer_ev, outer_n, outer_deadline);
+    wf_set(f, w, outer_ev, outer_n, outer_deadline);
     /* Told to break a cycle: done, or about to time out with the cycle
        unbroken (the check found it while this wait went on). A check
        after wf_set can only name the outer wait's event. */
     eb_event *told = ev;
-    if (atomic_compare_exchange_strong_explicit(&w->cyc_break, &told, NULL, memory_order_relaxed,
+    if (atomic_compare_exchange_strong_explicit(&f->brk, &told, NULL, memory_order_relaxed,
                                                 memory_order_relaxed) &&
         rc == EB_ETIMEDOUT)
         rc = EB_EDEADLK;
@@ -2829,20 +2829,24 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
     b->store = c.store;
     rc = EB_ENOMEM;
     b->workers = calloc(c.workers, sizeof(*b->workers));
-    if (b->workers == NULL)
+    b->wf = calloc(c.workers, sizeof(*b->wf));
+    if (b->workers == NULL || b->wf == NULL) {
+        free(b->workers);
+        free(b->wf);
         goto fail_workers;
+    }
     unsigned started = 0;
     for (; started < c.workers; started++) {
         eb__worker *w = &b->workers[started];
         w->bus = b;
         w->index = started;
-        if (pthread_mutex_init(&w->wf_lock, NULL) != 0)
+        if (pthread_mutex_init(&b->wf[started].lock, NULL) != 0)
             break;
         w->rng = b->nonce ^ (0x9e3779b97f4a7c15ULL * (started + 1));
         if (w->rng == 0)
             w->rng = 1;
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            pthread_mutex_destroy(&w->wf_lock);
+            pthread_mutex_destroy(&b->wf[started].lock);
             break;
         }
         /* "eb-worker-N" in top -H, ps -L, gdb and perf (best effort: a
@@ -2858,9 +2862,10 @@ EB_API int eb_bus_create(const eb_bus_config *cfg, eb_bus **out)
         wake_pool(b);
         for (unsigned i = 0; i < started; i++) {
             pthread_join(b->workers[i].thread, NULL);
-            pthread_mutex_destroy(&b->workers[i].wf_lock);
+            pthread_mutex_destroy(&b->wf[i].lock);
         }
         free(b->workers);
+        free(b->wf);
         goto fail_workers;
     }
     *out = b;
@@ -2948,8 +2953,9 @@ static void bus_free(eb_bus *b)
     free(b->side);
     free(b->sb);
     for (unsigned i = 0; i < b->nworkers; i++)
-        pthread_mutex_destroy(&b->workers[i].wf_lock);
+        pthread_mutex_destroy(&b->wf[i].lock);
     free(b->workers);
+    free(b->wf);
     free(b->cyc);
     eb__timers_fini(&b->timers);
     eb__depot_fini(&b->depot);

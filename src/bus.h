@@ -34,6 +34,27 @@
 #define EB__MAX_NEST 64 /* lanes a worker may run nested inside waits */
 #define EB__CACHELINE 64
 
+/*
+ * The innermost wait of a handler on a worker, for the cycle checks
+ * (cycle_check in bus.c): the event waited on (NULL: none), until when,
+ * the lanes held up until it is done (the whole stack then) and the
+ * delivery each was running. Written by its worker when a wait begins and
+ * ends, read by the checker, all under `lock`: while the checker holds it
+ * the waiting handler cannot return, so these lanes stay alive. Kept apart
+ * from eb__worker, whose layout is part of the dispatch's speed.
+ */
+typedef struct eb__wframe {
+    pthread_mutex_t lock;
+    eb_event *ev;
+    unsigned n;
+    int64_t deadline;
+    eb__lane *lane[EB__MAX_NEST + 1];
+    eb_event *cur[EB__MAX_NEST + 1];
+    /* Set by a cycle check: the wait on this event closes a cycle and
+       returns EB_EDEADLK. Cleared by the wait. */
+    _Atomic(eb_event *) brk;
+} eb__wframe;
+
 typedef struct eb__worker {
     eb_bus *bus;
     pthread_t thread;
@@ -56,22 +77,6 @@ typedef struct eb__worker {
     unsigned last_n, last_lanes;
     /* That step took carriers of batches (see batching in bus.c). */
     bool batched;
-    /* The innermost wait of a handler on this worker, for the cycle
-       checks (cycle_check in bus.c): the event waited on (NULL: none),
-       until when, the lanes held up until it is done (the whole stack
-       then) and the delivery each was running. Written by this worker when
-       a wait begins and ends, read by the checker, all under wf_lock:
-       while the checker holds it the waiting handler cannot return, so
-       these lanes stay alive. */
-    pthread_mutex_t wf_lock;
-    eb_event *wf_ev;
-    unsigned wf_n;
-    int64_t wf_deadline;
-    eb__lane *wf_lane[EB__MAX_NEST + 1];
-    eb_event *wf_cur[EB__MAX_NEST + 1];
-    /* Set by a cycle check: the wait on this event closes a cycle and
-       returns EB_EDEADLK. Cleared by the wait. */
-    _Atomic(eb_event *) cyc_break;
 } eb__worker;
 
 struct eb_bus {
@@ -123,11 +128,6 @@ struct eb_bus {
     atomic_bool firing; /* a worker is moving due timer entries (timers_fire) */
     /* Real minus monotonic time, as memory_due last took it (0: not yet). */
     _Atomic int64_t clock_offset;
-    /* Wait cycles (cycle_check in bus.c): one checker at a time, once
-       every CYCLE_NS; its scratch (allocated at the first check). */
-    atomic_bool cyc_busy;
-    _Atomic int64_t cyc_next;
-    struct eb__cyc *cyc; /* owned by the checker (cyc_busy) */
 
     /* Control queue: subscriptions to add to / remove from routing. */
     pthread_mutex_t ctl_lock;
@@ -182,6 +182,13 @@ struct eb_bus {
     eb_bus_config cfg;
     unsigned nworkers;
     eb__worker *workers;
+    /* Wait cycles (cycle_check in bus.c): each worker's wait (wf[i] is
+       workers[i]'s); one checker at a time, once every CYCLE_NS, and its
+       scratch (allocated at the first check). */
+    eb__wframe *wf;
+    atomic_bool cyc_busy;
+    _Atomic int64_t cyc_next;
+    struct eb__cyc *cyc; /* owned by the checker (cyc_busy) */
 };
 
 /* Events accepted by publish calls so far, memory-only and durable alike
