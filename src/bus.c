@@ -20,7 +20,8 @@
  *  - A waiting caller on a worker thread (publish-and-wait, ticket wait,
  *    unsubscribe, publish on a full ring) keeps running steps (2)-(3) while it
  *    waits, recording the lanes it is running so that a wait that needs one
- *    of them returns EB_EDEADLK.
+ *    of them returns EB_EDEADLK; and publishing its wait (bus->wf) so that
+ *    a cycle of waits across workers is found and broken (cycle_check).
  *
  * Ordering: one token holder at a time pops the intake ring in order and
  * stamps the sequence, so every mailbox receives events in sequence order.
