@@ -262,6 +262,7 @@ struct saga_out {
     uint64_t completed, compensated, rejected; /* timed orders by outcome */
     uint64_t retries;                          /* failed or conflicting deliveries (retried) */
     double transitions_per_s, orders_per_s;
+    int cut; /* the time limit stopped placing orders early */
 };
 
 /* One run on a fresh bus; see saga.c. */

@@ -234,6 +234,7 @@ static void run_fsync(const struct bn_impl *im, struct bn_sample *out)
             out->v[W_RATE] = (double)timed * 1e9 / (double)(t1 - t0);
             latencies(lat, timed, out, W_P50, W_P99);
             out->v[W_PER_COMMIT] = 1;
+            out->cut = timed < cfg->events;
             out->ok = 1;
         }
         if (rfd >= 0)
@@ -436,6 +437,7 @@ static void run_raw_row(const struct bn_impl *im, struct bn_sample *out)
     out->v[W_RATE] = (double)timed * 1e9 / (double)(t1 - t0);
     latencies(lat, timed, out, W_P50, W_P99);
     out->v[W_PER_COMMIT] = 1;
+    out->cut = timed < cfg->events;
     out->ok = 1;
 done:
     raw_close(r);
@@ -467,6 +469,7 @@ static void run_raw_batch(const struct bn_impl *im, struct bn_sample *out)
         goto done;
     out->v[0] = (double)(r->rows - first) * 1e9 / (double)(t1 - t0);
     out->v[1] = D_ROWS_PER_TXN;
+    out->cut = r->rows - first < cfg->events;
     out->ok = 1;
 done:
     raw_close(r);
@@ -752,6 +755,7 @@ static void run_eb_lazy(const struct bn_impl *im, struct bn_sample *out)
     out->v[1] = s1.commits > s0.commits
                     ? (double)(s1.appended - s0.appended) / (double)(s1.commits - s0.commits)
                     : 0;
+    out->cut = p.seq - first < cfg->events;
     out->ok = 1;
 done:
     ebd_close(e);
@@ -876,6 +880,7 @@ static void run_eb_wait(const struct bn_impl *im, struct bn_sample *out)
         st0 == EB_OK && st1 == EB_OK && s1.commits > s0.commits
             ? (double)(s1.appended - s0.appended) / (double)(s1.commits - s0.commits)
             : 0;
+    out->cut = n < (uint64_t)nth * cfg->events;
     out->ok = 1;
 done:
     if (started) /* a failure after the threads started: they end on their own */
@@ -1072,6 +1077,7 @@ static void run_memory(const struct bn_impl *im, struct bn_sample *out)
 #endif
     out->v[0] = (double)(mseq - first) * 1e9 / (double)(t1 - t0);
     out->v[1] = (double)(s1.appended - s0.appended + raw1 - raw0) * 1e9 / (double)(t1 - t0);
+    out->cut = mseq - first < cfg->events;
     out->ok = 1;
 done:
     if (loading) {

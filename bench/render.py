@@ -455,21 +455,20 @@ def cut_line(case):
     per = cut_runs(case)
     if not per:
         return ""
-    return ("_Cut short by the time limit (the figure comes from the events published before "
-            "it): " + "; ".join("%s %d of %d runs" % (md_escape(n), k, t) for n, k, t in per)
+    return ("_Cut short by the time limit (the figure comes from the work done before it): " + "; ".join("%s %d of %d runs" % (md_escape(n), k, t) for n, k, t in per)
             + "._\n")
 
 
 def cut_summary(data):
-    """One line: which figures of scenarios 1-8 rest on runs the time limit cut short."""
+    """One line: which figures rest on runs the time limit cut short."""
     cases = [c for s in data.get("scenarios", []) for c in s["cases"]
              if any("cut" in r for r in c["results"])]
     if not cases:
         return ""
     per = ["%s/%s %s (%d of %d)" % (s["name"], c["name"], md_escape(n), k, t)
            for s in data.get("scenarios", []) for c in s["cases"] for n, k, t in cut_runs(c)]
-    return ("- Runs cut short by their time limit (%s; the durable and saga runners do not "
-            "report it): %s." % ("10 s a phase in full mode, 1.5 s with --quick", "; ".join(per) if per else "none"))
+    return ("- Runs cut short by their time limit (10 s a phase in full mode, 1.5 s with "
+            "--quick): %s." % ("; ".join(per) if per else "none"))
 
 
 def xcore_summary(data):

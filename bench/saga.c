@@ -563,6 +563,7 @@ void saga_run(const struct saga_cfg *cfg, struct saga_out *out)
 
     out->seconds = (double)(t1 - t0) / 1e9;
     out->orders = placed - warm;
+    out->cut = placed < r.orders;
     out->transitions = s1.transitions - s0.transitions;
     uint64_t want_transitions = 0;
     if (check(&r, placed, warm, inventory, payments, out, &want_transitions) != 0)

@@ -167,6 +167,7 @@ static void run_saga(const struct bn_impl *im, struct bn_sample *out)
     out->v[3] = (double)r.compensated;
     out->v[4] = (double)r.rejected;
     out->v[5] = (double)r.retries;
+    out->cut = r.cut;
 }
 
 /* ---- helpers to build cases -------------------------------------------- */
