@@ -196,6 +196,8 @@ static void sub_ref(struct eb_subscription *s)
     sub_ref_n(s, 1);
 }
 
+static void reg_unlink(eb_bus *b, struct eb_subscription *s, bool to_gone);
+
 static void sub_unref_n(eb_bus *b, struct eb_subscription *s, uint64_t n)
 {
     /* Read before the decrement: once it is done, the owner may free s. */
@@ -203,6 +205,8 @@ static void sub_unref_n(eb_bus *b, struct eb_subscription *s, uint64_t n)
     /* acq_rel: the thread freeing s must see every other holder's writes. */
     uint64_t left = atomic_fetch_sub_explicit(&s->refs, n, memory_order_acq_rel) - n;
     if (left == 0) {
+        if (s->gone)
+            reg_unlink(b, s, false);
         eb__sub_free(s);
         eb__ec_inc(&b->ctl_ec);
     } else if (EB__SUB_REFS(left) == 1 && cancelled) {
@@ -2687,16 +2691,28 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
     return EB_OK;
 }
 
-static void reg_unlink(eb_bus *b, struct eb_subscription *s)
+/* Takes s out of the registry (or, when s->gone, out of the gone list);
+   then, with to_gone, puts it on the gone list. */
+static void reg_unlink(eb_bus *b, struct eb_subscription *s, bool to_gone)
 {
     pthread_mutex_lock(&b->reg_lock);
+    struct eb_subscription **head = s->gone ? &b->gone_head : &b->reg_head;
     if (s->reg_prev != NULL)
         s->reg_prev->reg_next = s->reg_next;
     else
-        b->reg_head = s->reg_next;
+        *head = s->reg_next;
     if (s->reg_next != NULL)
         s->reg_next->reg_prev = s->reg_prev;
-    b->nsubs--;
+    if (!s->gone)
+        b->nsubs--;
+    s->reg_prev = s->reg_next = NULL;
+    if (to_gone) {
+        s->gone = true;
+        s->reg_next = b->gone_head;
+        if (b->gone_head != NULL)
+            b->gone_head->reg_prev = s;
+        b->gone_head = s;
+    }
     pthread_mutex_unlock(&b->reg_lock);
 }
 
@@ -2708,9 +2724,12 @@ EB_API int eb_unsubscribe(eb_subscription *sub)
     ctl_run(b, sub, 2);
     if (sub->dsub != NULL)
         eb__dsub_stop(sub->dsub); /* no more replayed events for it */
-    reg_unlink(b, sub);
+    /* From one of its own handlers it is not waited for: it stays listed,
+       as gone, while its handlers may still run (see report_busy). */
+    bool own = eb__sub_on_stack(sub);
+    reg_unlink(b, sub, own);
     eb__worker *w = self_worker(b);
-    if (!eb__sub_on_stack(sub)) {
+    if (!own) {
         /* Wait until only our reference is left: no lane is scheduled, so no
            handler runs and none will (cancelled is set). */
         /* A stalled event's pin does not count: it never calls a cancelled
@@ -2979,12 +2998,17 @@ static bool deliveries_left(eb_bus *b)
         return true;
     bool left = false;
     pthread_mutex_lock(&b->reg_lock);
-    for (struct eb_subscription *s = b->reg_head; s != NULL && !left; s = s->reg_next) {
-        eb_subscription_stats ss;
-        eb_subscription_stats_get(s, &ss);
-        left = ss.lag > 0;
-        for (unsigned i = 0; i < s->nlanes && !left; i++)
-            left = atomic_load_explicit(&s->lanes[i].run_since, memory_order_relaxed) != 0;
+    struct eb_subscription *lists[2] = {b->reg_head, b->gone_head};
+    for (unsigned k = 0; k < 2; k++) {
+        for (struct eb_subscription *s = lists[k]; s != NULL && !left; s = s->reg_next) {
+            if (!s->gone) {
+                eb_subscription_stats ss;
+                eb_subscription_stats_get(s, &ss);
+                left = ss.lag > 0;
+            }
+            for (unsigned i = 0; i < s->nlanes && !left; i++)
+                left = atomic_load_explicit(&s->lanes[i].run_since, memory_order_relaxed) != 0;
+        }
     }
     pthread_mutex_unlock(&b->reg_lock);
     return left;
@@ -3032,43 +3056,51 @@ static void report_busy(eb_bus *b, int64_t waited_ns)
     struct {
         char name[256];
         char pattern[EB_TOPIC_MAX + 1];
-        bool named;
+        bool named, gone;
         unsigned calls;
         int64_t ms;
     } busy[BUSY_REPORT_MAX];
     unsigned nbusy = 0, more = 0, calls = 0;
     uint64_t queued = 0;
     int64_t now = eb__now_coarse_ns();
-    /* A subscription in the registry is alive while reg_lock is held (it
-       is unlinked before it can be freed). Strings are copied: the log
-       callback runs after the lock is released. */
+    /* A subscription in the registry or on the gone list is alive while
+       reg_lock is held (it is unlinked before it can be freed). Strings are
+       copied: the log callback runs after the lock is released. A gone one
+       (unsubscribed from its own handler) has nothing queued that will
+       run, only handlers that may still be running. */
     pthread_mutex_lock(&b->reg_lock);
-    for (struct eb_subscription *s = b->reg_head; s != NULL; s = s->reg_next) {
-        eb_subscription_stats ss;
-        eb_subscription_stats_get(s, &ss);
-        queued += ss.lag;
-        unsigned running = 0;
-        int64_t oldest = INT64_MAX;
-        for (unsigned i = 0; i < s->nlanes; i++) {
-            int64_t since = atomic_load_explicit(&s->lanes[i].run_since, memory_order_relaxed);
-            if (since != 0) {
-                running++;
-                oldest = since < oldest ? since : oldest;
+    struct eb_subscription *lists[2] = {b->reg_head, b->gone_head};
+    for (unsigned k = 0; k < 2; k++) {
+        for (struct eb_subscription *s = lists[k]; s != NULL; s = s->reg_next) {
+            if (!s->gone) {
+                eb_subscription_stats ss;
+                eb_subscription_stats_get(s, &ss);
+                queued += ss.lag;
             }
+            unsigned running = 0;
+            int64_t oldest = INT64_MAX;
+            for (unsigned i = 0; i < s->nlanes; i++) {
+                int64_t since = atomic_load_explicit(&s->lanes[i].run_since, memory_order_relaxed);
+                if (since != 0) {
+                    running++;
+                    oldest = since < oldest ? since : oldest;
+                }
+            }
+            if (running == 0)
+                continue;
+            calls += running;
+            if (nbusy == BUSY_REPORT_MAX) {
+                more++;
+                continue;
+            }
+            snprintf(busy[nbusy].name, sizeof busy[nbusy].name, "%s", s->name);
+            snprintf(busy[nbusy].pattern, sizeof busy[nbusy].pattern, "%s", s->pattern);
+            busy[nbusy].named = s->named;
+            busy[nbusy].gone = s->gone;
+            busy[nbusy].calls = running;
+            busy[nbusy].ms = now > oldest ? (now - oldest) / 1000000 : 0;
+            nbusy++;
         }
-        if (running == 0)
-            continue;
-        calls += running;
-        if (nbusy == BUSY_REPORT_MAX) {
-            more++;
-            continue;
-        }
-        snprintf(busy[nbusy].name, sizeof busy[nbusy].name, "%s", s->name);
-        snprintf(busy[nbusy].pattern, sizeof busy[nbusy].pattern, "%s", s->pattern);
-        busy[nbusy].named = s->named;
-        busy[nbusy].calls = running;
-        busy[nbusy].ms = now > oldest ? (now - oldest) / 1000000 : 0;
-        nbusy++;
     }
     pthread_mutex_unlock(&b->reg_lock);
     logf_(b, EB_LOG_WARN,
@@ -3082,11 +3114,13 @@ static void report_busy(eb_bus *b, int64_t waited_ns)
             snprintf(also, sizeof also, " (%u calls running, the longest)", busy[i].calls);
         if (busy[i].named)
             logf_(b, EB_LOG_WARN,
-                  "shutdown: handler of subscription '%s' (pattern '%s') running for %lld ms%s",
-                  busy[i].name, busy[i].pattern, (long long)busy[i].ms, also);
+                  "shutdown: handler of subscription '%s' (pattern '%s'%s) running for %lld ms%s",
+                  busy[i].name, busy[i].pattern,
+                  busy[i].gone ? ", unsubscribed by its handler" : "", (long long)busy[i].ms, also);
         else
-            logf_(b, EB_LOG_WARN, "shutdown: handler of subscription '%s' running for %lld ms%s",
-                  busy[i].pattern, (long long)busy[i].ms, also);
+            logf_(b, EB_LOG_WARN, "shutdown: handler of subscription '%s'%s running for %lld ms%s",
+                  busy[i].pattern, busy[i].gone ? " (unsubscribed by its handler)" : "",
+                  (long long)busy[i].ms, also);
     }
     if (more > 0)
         logf_(b, EB_LOG_WARN, "shutdown: and %u more subscription(s) with handlers running", more);

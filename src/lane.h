@@ -106,8 +106,14 @@ struct eb_subscription {
     int ctl_rc; /* result of the applied op; read after ctl_done */
     atomic_bool ctl_done;
 
-    /* Registry links; protected by bus->reg_lock. */
+    /* Registry links (bus->reg_head, or bus->gone_head when `gone`);
+       protected by bus->reg_lock. */
     struct eb_subscription *reg_prev, *reg_next;
+    /* Unsubscribed from its own handler: listed in bus->gone_head until it
+       is freed, so that a shutdown's report still names that handler. Set
+       before the unsubscribe drops its reference (so the thread that frees
+       it sees it). */
+    bool gone;
 
     _Atomic uint64_t dropped; /* one writer: the token holder */
 

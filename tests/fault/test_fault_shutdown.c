@@ -223,6 +223,75 @@ Test(shutdown, the_report_names_every_stuck_subscription_once)
     cr_assert_eq(atomic_load(&wide.done), 10);
 }
 
+/* A handler that unsubscribes its own subscription, then blocks: once
+   every call of the subscription has begun (so none is skipped as
+   cancelled), each unsubscribes (the first gets EB_OK) and waits for the
+   gate. */
+typedef struct quitter {
+    stuck st;
+    unsigned expect;
+    eb_subscription *_Atomic sub;
+    atomic_uint unsubscribed;
+} quitter;
+
+static int quitter_handler(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    quitter *q = ctx;
+    atomic_fetch_add(&q->st.calls, 1);
+    if (!t_wait_ge(&q->st.calls, q->expect))
+        return 0;
+    if (eb_unsubscribe(atomic_load(&q->sub)) == EB_OK)
+        atomic_fetch_add(&q->unsubscribed, 1);
+    t_gate_wait(&q->st.gate);
+    atomic_fetch_add(&q->st.done, 1);
+    return 0;
+}
+
+/* A subscription unsubscribed by its own handler is no longer registered,
+   but its handlers may still run: the report names them, marked as such. */
+Test(shutdown, the_report_names_handlers_whose_subscription_they_unsubscribed)
+{
+    fx_log log;
+    fx_log_init(&log);
+    eb_bus *bus = bus_with_log(3, &log, NULL);
+    quitter wide = {.expect = 2}, plain = {.expect = 1};
+    stuck_init(&wide.st);
+    stuck_init(&plain.st);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.name = "wide";
+    o.delivery = EB_DELIVERY_CONCURRENT;
+    o.lanes = 2;
+    eb_subscription *s = NULL;
+    cr_assert_eq(eb_subscribe(bus, "w", quitter_handler, &wide, &o, &s), EB_OK);
+    atomic_store(&wide.sub, s);
+    atomic_store(&plain.sub, t_sub(bus, "p", quitter_handler, &plain, EB_DELIVERY_SERIAL, 0));
+    for (uint32_t i = 0; i < 2; i++)
+        cr_assert_eq(t_pub_u32(bus, "w", i), EB_OK);
+    cr_assert_eq(t_pub_u32(bus, "p", 0), EB_OK);
+    cr_assert(t_wait_ge(&wide.unsubscribed, 1));
+    cr_assert(t_wait_ge(&plain.unsubscribed, 1));
+    eb_bus_stats bs;
+    cr_assert_eq(eb_bus_stats_get(bus, &bs), EB_OK);
+    cr_assert_eq(bs.subscriptions, 0, "unsubscribed, not counted");
+
+    cr_assert_eq(eb_bus_shutdown(bus, 20 * T_MS), EB_ETIMEDOUT);
+    cr_assert(fx_log_has(&log, "3 handler(s) still running"), "log:\n%s", log.text);
+    cr_assert(fx_log_has(&log, "'wide' (pattern 'w', unsubscribed by its handler) running for"),
+              "log:\n%s", log.text);
+    cr_assert(fx_log_has(&log, "(2 calls running, the longest)"), "log:\n%s", log.text);
+    cr_assert(fx_log_has(&log, "'p' (unsubscribed by its handler) running for"), "log:\n%s",
+              log.text);
+    t_gate_open(&wide.st.gate);
+    t_gate_open(&plain.st.gate);
+    cr_assert_eq(eb_bus_shutdown(bus, -1), EB_OK);
+    cr_assert_eq(atomic_load(&wide.st.done), 2);
+    cr_assert_eq(atomic_load(&plain.st.done), 1);
+    cr_assert_eq(atomic_load(&wide.unsubscribed), 1);
+    cr_assert_eq(atomic_load(&wide.st.gate.expired), 0);
+}
+
 Test(shutdown, an_idle_bus_shuts_down_at_once_even_with_a_zero_timeout)
 {
     eb_bus *bus = t_bus_new(2);
