@@ -2692,7 +2692,7 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
 }
 
 /* Takes s out of the registry (or, when s->gone, out of the gone list);
-   then, with to_gone, puts it on the gone list. */
+   then, with to_gone, puts it on the gone list (see report_busy). */
 static void reg_unlink(eb_bus *b, struct eb_subscription *s, bool to_gone)
 {
     pthread_mutex_lock(&b->reg_lock);
@@ -2724,12 +2724,9 @@ EB_API int eb_unsubscribe(eb_subscription *sub)
     ctl_run(b, sub, 2);
     if (sub->dsub != NULL)
         eb__dsub_stop(sub->dsub); /* no more replayed events for it */
-    /* From one of its own handlers it is not waited for: it stays listed,
-       as gone, while its handlers may still run (see report_busy). */
-    bool own = eb__sub_on_stack(sub);
-    reg_unlink(b, sub, own);
+    reg_unlink(b, sub, true);     /* gone: listed until freed (see report_busy) */
     eb__worker *w = self_worker(b);
-    if (!own) {
+    if (!eb__sub_on_stack(sub)) {
         /* Wait until only our reference is left: no lane is scheduled, so no
            handler runs and none will (cancelled is set). */
         /* A stalled event's pin does not count: it never calls a cancelled
@@ -3066,8 +3063,9 @@ static void report_busy(eb_bus *b, int64_t waited_ns)
     /* A subscription in the registry or on the gone list is alive while
        reg_lock is held (it is unlinked before it can be freed). Strings are
        copied: the log callback runs after the lock is released. A gone one
-       (unsubscribed from its own handler) has nothing queued that will
-       run, only handlers that may still be running. */
+       (unsubscribed: by one of its handlers, or by a call still waiting for
+       them) has nothing queued that will run, only handlers that may still
+       be running. */
     pthread_mutex_lock(&b->reg_lock);
     struct eb_subscription *lists[2] = {b->reg_head, b->gone_head};
     for (unsigned k = 0; k < 2; k++) {
@@ -3115,12 +3113,12 @@ static void report_busy(eb_bus *b, int64_t waited_ns)
         if (busy[i].named)
             logf_(b, EB_LOG_WARN,
                   "shutdown: handler of subscription '%s' (pattern '%s'%s) running for %lld ms%s",
-                  busy[i].name, busy[i].pattern,
-                  busy[i].gone ? ", unsubscribed by its handler" : "", (long long)busy[i].ms, also);
+                  busy[i].name, busy[i].pattern, busy[i].gone ? ", unsubscribed" : "",
+                  (long long)busy[i].ms, also);
         else
             logf_(b, EB_LOG_WARN, "shutdown: handler of subscription '%s'%s running for %lld ms%s",
-                  busy[i].pattern, busy[i].gone ? " (unsubscribed by its handler)" : "",
-                  (long long)busy[i].ms, also);
+                  busy[i].pattern, busy[i].gone ? " (unsubscribed)" : "", (long long)busy[i].ms,
+                  also);
     }
     if (more > 0)
         logf_(b, EB_LOG_WARN, "shutdown: and %u more subscription(s) with handlers running", more);

@@ -177,8 +177,8 @@ struct eb_bus {
 
     pthread_mutex_t reg_lock;
     struct eb_subscription *reg_head; /* protected by reg_lock */
-    /* Unsubscribed from one of their own handlers and not yet freed (their
-       handlers may still run); protected by reg_lock. */
+    /* Unsubscribed and not yet freed (their handlers may still run);
+       protected by reg_lock. */
     struct eb_subscription *gone_head;
     unsigned nsubs; /* protected by reg_lock */
 

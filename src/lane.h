@@ -109,10 +109,11 @@ struct eb_subscription {
     /* Registry links (bus->reg_head, or bus->gone_head when `gone`);
        protected by bus->reg_lock. */
     struct eb_subscription *reg_prev, *reg_next;
-    /* Unsubscribed from its own handler: listed in bus->gone_head until it
-       is freed, so that a shutdown's report still names that handler. Set
-       before the unsubscribe drops its reference (so the thread that frees
-       it sees it). */
+    /* Unsubscribed: listed in bus->gone_head until it is freed, so that a
+       shutdown's report still names its handlers while they run (from one
+       of them the unsubscribe does not wait for them; from elsewhere it
+       waits). Set before the unsubscribe drops its reference (so the
+       thread that frees it sees it). */
     bool gone;
 
     _Atomic uint64_t dropped; /* one writer: the token holder */

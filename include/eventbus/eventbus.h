@@ -231,10 +231,10 @@ EB_API void eb_bus_destroy(eb_bus *bus);
  *   are still running, one line each for the first 8 (name, pattern, how
  *   many calls, how long the longest has run: since the start of that call
  *   or of one of the 15 calls of its lane before it), counts the rest, and
- *   says how much is still queued. A subscription that one of its own
- *   handlers unsubscribed is listed too, while its handlers run ("unsubscribed
- *   by its handler"). Call eb_bus_shutdown again later, or eb_bus_destroy to
- *   wait for good. Meanwhile the workers go on delivering
+ *   says how much is still queued. A subscription unsubscribed while its
+ *   handlers run (by one of them, or by a handler's eb_unsubscribe waiting
+ *   for them) is listed too, marked "unsubscribed". Call eb_bus_shutdown
+ *   again later, or eb_bus_destroy to wait for good. Meanwhile the workers go on delivering
  *   (a handler may still publish: EB_ECLOSED), calls on the handle other
  *   than publishing and subscribing work as before, and the bus still uses
  *   its store: close the store only after a call returned EB_OK.
