@@ -19,9 +19,9 @@ set key off
 set boxwidth 0.7 absolute
 plot "bench/results/fanout.tsv" index 0 using 0:2:5:xtic(1) with boxes lc variable, '' index 0 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
 set title "sub16_serial: 1 publisher -> 16 SERIAL subscribers (in order per subscriber)"
-set ylabel "Mdeliveries/s, higher is better (log scale)"
-set logscale y
-set yrange [*:*]
+set ylabel "Mdeliveries/s, higher is better"
+unset logscale y
+set yrange [0:*]
 set key off
 set boxwidth 0.7 absolute
 plot "bench/results/fanout.tsv" index 1 using 0:2:5:xtic(1) with boxes lc variable, '' index 1 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
@@ -52,9 +52,9 @@ set key off
 set boxwidth 0.7 absolute
 plot "bench/results/fanout.tsv" index 0 using 0:2:5:xtic(1) with boxes lc variable, '' index 0 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
 set title "sub16_serial: 1 publisher -> 16 SERIAL subscribers (in order per subscriber)"
-set ylabel "Mdeliveries/s, higher is better (log scale)"
-set logscale y
-set yrange [*:*]
+set ylabel "Mdeliveries/s, higher is better"
+unset logscale y
+set yrange [0:*]
 set key off
 set boxwidth 0.7 absolute
 plot "bench/results/fanout.tsv" index 1 using 0:2:5:xtic(1) with boxes lc variable, '' index 1 using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0
