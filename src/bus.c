@@ -2148,8 +2148,11 @@ static int durable_append(eb_bus *b, eb_event **evs, size_t n, unsigned durable,
     return rc;
 }
 
+/* only: NULL, or the one subscription the event goes to (eb__publish_only):
+   it is not routed by its topic. */
 static int publish_common(eb_bus *b, const char *topic, const void *payload, size_t len,
-                          const eb_publish_options *opts, bool track, eb_event **out)
+                          const eb_publish_options *opts, bool track, eb_event **out,
+                          struct eb_subscription *only)
 {
     size_t tl;
     eb_publish_options defaults;
@@ -2175,6 +2178,8 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     }
     if (track)
         eb__event_ref(ev, 1); /* the ticket's reference */
+    if (only != NULL)
+        eb__bus_replay_target(b, ev, only); /* a tracked event has its ext */
     if (durable && delay > 0) {
         /* The store keeps its own copy; ours goes (the payload with it). */
         rc = eb__store_schedule(b->store, ev, durable_due(opts, delay),
@@ -2193,6 +2198,10 @@ static int publish_common(eb_bus *b, const char *topic, const void *payload, siz
     if (rc != EB_OK) {
         if (track)
             eb__event_unref(ev, &b->depot);
+        if (only != NULL) {
+            ev->ext->target = NULL;
+            sub_unref(b, only);
+        }
         unbuild_event(b, ev);
     } else if (out != NULL) {
         *out = ev;
@@ -2447,7 +2456,7 @@ EB_API void eb_publish_options_init(eb_publish_options *opts)
 EB_API int eb_publish(eb_bus *bus, const char *topic, const void *payload, size_t len,
                       const eb_publish_options *opts)
 {
-    return publish_common(bus, topic, payload, len, opts, false, NULL);
+    return publish_common(bus, topic, payload, len, opts, false, NULL, NULL);
 }
 
 EB_API int eb_publish_async(eb_bus *bus, const char *topic, const void *payload, size_t len,
@@ -2456,10 +2465,27 @@ EB_API int eb_publish_async(eb_bus *bus, const char *topic, const void *payload,
     if (ticket == NULL)
         return EB_EINVAL;
     eb_event *ev;
-    int rc = publish_common(bus, topic, payload, len, opts, true, &ev);
+    int rc = publish_common(bus, topic, payload, len, opts, true, &ev, NULL);
     if (rc == EB_OK)
         *ticket = (eb_ticket *)ev;
     return rc;
+}
+
+int eb__publish_only(eb_bus *bus, struct eb_subscription *sub, const char *topic,
+                     const eb_publish_options *opts, eb_ticket **ticket)
+{
+    if (opts != NULL && (opts->flags & DURABLE_FLAGS))
+        return EB_EINVAL; /* the store's copy would lose the target */
+    eb_event *ev;
+    int rc = publish_common(bus, topic, NULL, 0, opts, true, &ev, sub);
+    if (rc == EB_OK)
+        *ticket = (eb_ticket *)ev;
+    return rc;
+}
+
+bool eb__event_is_only(const eb_event *ev)
+{
+    return (ev->flags & EB__EV_REPLAY) != 0;
 }
 
 EB_API int eb_ticket_wait(eb_ticket *ticket, int64_t timeout_ns, eb_publish_result *result)
@@ -2618,7 +2644,9 @@ EB_API void eb_subscribe_options_init(eb_subscribe_options *opts)
     opts->backoff_max_ns = 1000000000;
 }
 
-int eb__subscribe_options_check(const eb_bus *bus, eb_subscribe_options *o)
+/* eb_subscribe's checks of its options, which it fills with their defaults:
+   EB_OK, EB_EINVAL or EB_ENOTSUP. */
+static int subscribe_options_check(const eb_bus *bus, eb_subscribe_options *o)
 {
     if ((unsigned)o->delivery > EB_DELIVERY_CONCURRENT ||
         (unsigned)o->overflow > EB_OVERFLOW_DROP_NEWEST || o->lanes > MAX_LANES ||
@@ -2651,7 +2679,7 @@ EB_API int eb_subscribe(eb_bus *bus, const char *pattern, eb_handler_fn fn, void
         eb_subscribe_options_init(&o);
     if (bus == NULL || fn == NULL || !topic_ok(pattern, &pl))
         return EB_EINVAL;
-    int rc = eb__subscribe_options_check(bus, &o);
+    int rc = subscribe_options_check(bus, &o);
     if (rc != EB_OK)
         return rc;
     unsigned nlanes = 1;

@@ -224,12 +224,17 @@ bool eb__bus_in_handler(const eb_bus *bus);
    mend: its delivery is dead-lettered at once (saga.c: a command without
    an aggregate id). */
 void eb__delivery_give_up(void);
-/* eb_subscribe's checks of its options, which it fills with their
-   defaults: EB_OK, EB_EINVAL or EB_ENOTSUP (saga.c checks before its
-   recovery has effects). */
-int eb__subscribe_options_check(const eb_bus *bus, eb_subscribe_options *o);
 /* True if a handler of sub is on the calling worker's stack: the caller is
    that handler, or runs nested inside it while it waits (saga.c). */
 bool eb__sub_on_stack(const struct eb_subscription *sub);
+/* eb_publish_async of an event without payload that goes to sub only (not
+   routed by its topic; memory-only: durable flags are EB_EINVAL). saga.c's
+   recovery, so that it runs on the lane of the instance it recovers. */
+int eb__publish_only(eb_bus *bus, struct eb_subscription *sub, const char *topic,
+                     const eb_publish_options *opts, eb_ticket **ticket);
+/* True for an event published with eb__publish_only (or a durable
+   subscription's replay): a handler of a subscription that is not durable
+   sees it only from eb__publish_only. */
+bool eb__event_is_only(const eb_event *ev);
 
 #endif /* EB_BUS_H */

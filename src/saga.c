@@ -973,7 +973,10 @@ static int on_saga_event(const eb_event *ev, void *arg)
 {
     eb_saga *s = arg;
     const char *topic = eb_event_topic(ev);
-    if (!match_any(s->topics, s->n_topics, topic)) {
+    /* The registration's recovery of one instance (see recover_one): sent
+       to this subscription only, on the instance's lane. */
+    bool recovery = eb__event_is_only(ev);
+    if (!recovery && !match_any(s->topics, s->n_topics, topic)) {
         count(&s->ignored, 1); /* caught by the covering pattern only */
         return EB_OK;
     }
@@ -983,7 +986,7 @@ static int on_saga_event(const eb_event *ev, void *arg)
        carry the instance key as their event key and the instance id as
        their correlation id: they go to that instance whatever the key
        function would read from them, and never start one. */
-    bool own = is_own_event(s, ev);
+    bool own = recovery || is_own_event(s, ev);
     if (own) {
         key = eb_event_key(ev, &key_len);
     } else if (s->key_fn != NULL) {
@@ -1020,8 +1023,54 @@ static int on_saga_event(const eb_event *ev, void *arg)
     sc.key_len = key_len;
     qbuf_init(&sc.q, q_inl, sizeof(q_inl));
     int rc = s->store->load(s->store, s->name, key, key_len, &rec);
+    if (rc == EB_ENOENT && recovery) {
+        rc = EB_OK; /* removed since the walk found it */
+        goto out;
+    } else if (rc != EB_OK && rc != EB_ENOENT) {
+        rc = saga_fail(s, rc);
+        goto out;
+    } else if (rc == EB_OK) {
+        bool redelivered = memcmp(rec.event_id, evid, 16) == 0;
+        /* An outbox still in the store was saved but not (known to be)
+           published. The same event again means our publish failed: send
+           that outbox instead of running the transition twice. Another
+           event finds it only if the dispatch of an earlier one failed for
+           good; a store that tracks dispatch then gets it sent first. A
+           recovery sends it (unless an event of the instance did first). */
+        if (rec.outbox_len > 0 && (redelivered || recovery || s->store->dispatched != NULL)) {
+            rc = saga_dispatch(s, key, key_len, rec.outbox, rec.outbox_len);
+            if (rc != EB_OK) {
+                rc = saga_fail(s, rc);
+                goto out;
+            }
+            count(&s->redispatched, 1);
+            saga_settle(s, key, key_len, rec.version, rec.completed);
+            if (redelivered || recovery)
+                goto out;
+        } else if (recovery) {
+            goto out;
+        } else if (redelivered) {
+            /* Saved and dispatched already; only the settle may be left. */
+            saga_settle(s, key, key_len, rec.version, rec.completed);
+            goto out;
+        }
+        if (rec.completed) {
+            /* Kept (archived), or left by a remove that failed when it
+               completed: removed now, it is as if it had been then. */
+            int rm = s->on_complete == EB_SAGA_REMOVE
+                         ? s->store->remove(s->store, s->name, key, key_len, rec.version)
+                         : EB_ECONFLICT;
+            bool removed = rm == EB_OK || rm == EB_ENOENT; /* ENOENT: the settle above */
+            if (!removed) {
+                count(&s->ignored, 1);
+                goto out;
+            }
+            rc = EB_ENOENT;
+        }
+    }
     if (rc == EB_ENOENT) {
-        /* An instance that was removed ignores what it sent. */
+        /* An instance that was removed ignores what it sent; a start event
+           creates the next one. */
         if (own || !match_any(s->starts, s->n_starts, topic)) {
             count(&s->ignored, 1);
             rc = EB_OK;
@@ -1032,37 +1081,6 @@ static int on_saga_event(const eb_event *ev, void *arg)
             s->init(state, ev, s->ctx);
         rec.version = 0;
         sc.is_new = true;
-    } else if (rc != EB_OK) {
-        rc = saga_fail(s, rc);
-        goto out;
-    } else {
-        bool redelivered = memcmp(rec.event_id, evid, 16) == 0;
-        /* An outbox still in the store was saved but not (known to be)
-           published. The same event again means our publish failed: send
-           that outbox instead of running the transition twice. Another
-           event finds it only if the dispatch of an earlier one failed for
-           good; a store that tracks dispatch then gets it sent first. */
-        if (rec.outbox_len > 0 && (redelivered || s->store->dispatched != NULL)) {
-            rc = saga_dispatch(s, key, key_len, rec.outbox, rec.outbox_len);
-            if (rc != EB_OK) {
-                rc = saga_fail(s, rc);
-                goto out;
-            }
-            count(&s->redispatched, 1);
-            saga_settle(s, key, key_len, rec.version, rec.completed);
-            if (redelivered)
-                goto out;
-        } else if (redelivered) {
-            /* Saved and dispatched already; only the settle may be left. */
-            saga_settle(s, key, key_len, rec.version, rec.completed);
-            goto out;
-        }
-        if (rec.completed) {
-            if (s->on_complete == EB_SAGA_REMOVE)
-                (void)s->store->remove(s->store, s->name, key, key_len, rec.version);
-            count(&s->ignored, 1);
-            goto out;
-        }
     }
     free(rec.outbox);
     rec.outbox = NULL;
@@ -1139,17 +1157,64 @@ static void saga_free(eb_saga *s)
     free(s);
 }
 
-/* Registration's recovery: one outbox a crash left saved but unsent. The
-   saga is not subscribed yet, so no transition of this instance runs. */
+/* The registration's recovery, once the saga is subscribed: for each
+   outbox a crash left saved but unsent, an event to the saga's
+   subscription only, keyed by the instance (so on the instance's lane:
+   the outbox is sent before any later event of the instance is handled,
+   and a reply to what it sends finds the saga subscribed), whose handler
+   sends what is still pending then. The tickets are waited for at the
+   end. */
+typedef struct recovery {
+    eb_saga *saga;
+    eb_ticket **t;
+    size_t n, cap;
+} recovery;
+
 static int recover_one(const void *key, size_t key_len, const eb_saga_record *rec, void *ctx)
 {
-    eb_saga *s = ctx;
-    int rc = saga_dispatch(s, key, key_len, rec->outbox, rec->outbox_len);
-    if (rc != EB_OK)
-        return rc;
-    count(&s->redispatched, 1);
-    saga_settle(s, key, key_len, rec->version, rec->completed);
-    return EB_OK;
+    (void)rec;
+    recovery *r = ctx;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 64;
+        eb_ticket **t = realloc(r->t, cap * sizeof(*t));
+        if (t == NULL)
+            return EB_ENOMEM;
+        r->t = t;
+        r->cap = cap;
+    }
+    uint8_t inst[16];
+    eb__saga_id(r->saga->name, key, key_len, false, 0, 0, inst);
+    eb_publish_options o;
+    eb_publish_options_init(&o);
+    o.key = key;
+    o.key_len = key_len;
+    o.correlation_id = inst;
+    eb_ticket *t;
+    int rc = eb__publish_only(r->saga->bus, r->saga->sub, "$saga.recover", &o, &t);
+    if (rc == EB_OK)
+        r->t[r->n++] = t;
+    return rc;
+}
+
+/* Recovers s's pending outboxes (see recover_one): EB_OK once every one was
+   sent, else the first error. */
+static int recover(eb_saga *s)
+{
+    recovery r = {.saga = s};
+    int rc = s->store->pending(s->store, s->name, recover_one, &r);
+    for (size_t i = 0; i < r.n; i++) {
+        eb_publish_result res;
+        int wrc = eb_ticket_wait(r.t[i], -1, &res);
+        if (wrc == EB_OK && res.first_error != EB_OK)
+            wrc = res.first_error;
+        else if (wrc == EB_OK && res.delivered != 1)
+            wrc = EB_ECANCELED;
+        if (rc == EB_OK)
+            rc = wrc;
+        eb_ticket_release(r.t[i]);
+    }
+    free(r.t);
+    return rc;
 }
 
 EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_options *opts,
@@ -1214,18 +1279,13 @@ EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_o
     so.backoff_max_ns = opts->backoff_max_ns;
     so.mailbox_capacity = opts->mailbox_capacity;
     so.name = subname;
-    /* Options eb_subscribe would refuse are refused before the recovery
-       sends anything. */
-    eb_subscribe_options checked = so;
-    int rc = eb__subscribe_options_check(bus, &checked);
-    if (rc == EB_OK && s->store->pending != NULL)
-        rc = s->store->pending(s->store, s->name, recover_one, s);
+    int rc = eb_subscribe(bus, cover, on_saga_event, s, &so, &s->sub);
     if (rc != EB_OK) {
         saga_free(s);
         return rc;
     }
-    rc = eb_subscribe(bus, cover, on_saga_event, s, &so, &s->sub);
-    if (rc != EB_OK) {
+    if (s->store->pending != NULL && (rc = recover(s)) != EB_OK) {
+        (void)eb_unsubscribe(s->sub);
         saga_free(s);
         return rc;
     }

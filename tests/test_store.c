@@ -1318,6 +1318,143 @@ Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
     t_store_done(&d, s);
 }
 
+/* A crash between a saga's save and its dispatch, then a restart that
+   registers the aggregate first (as eb_saga_register asks): the recovered
+   commands reach the aggregate, and its replies reach the saga (before,
+   the recovery ran before the saga subscribed and every reply was lost). */
+static eb_saga_store *rr_real;
+static int rr_load(eb_saga_store *st, const char *g, const void *k, size_t kl, eb_saga_record *r)
+{
+    (void)st;
+    return rr_real->load(rr_real, g, k, kl, r);
+}
+static int rr_create(eb_saga_store *st, const char *g, const void *k, size_t kl,
+                     const eb_saga_record *r)
+{
+    (void)st;
+    return rr_real->create(rr_real, g, k, kl, r);
+}
+static int rr_save(eb_saga_store *st, const char *g, const void *k, size_t kl, uint64_t v,
+                   const eb_saga_record *r)
+{
+    (void)st;
+    return rr_real->save(rr_real, g, k, kl, v, r);
+}
+static int rr_remove(eb_saga_store *st, const char *g, const void *k, size_t kl, uint64_t v)
+{
+    (void)st;
+    return rr_real->remove(rr_real, g, k, kl, v);
+}
+
+/* The order saga: placed -> charge (a command), charged -> complete. */
+static int rr_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    (void)ctx;
+    uint32_t *stage = state;
+    size_t len;
+    const void *o = eb_event_payload(ev, &len);
+    if (strcmp(eb_event_topic(ev), "order.placed") == 0 && eb_saga_is_new(sc)) {
+        *stage = 1;
+        return eb_saga_send(sc, "payment.charge", o, len, o, len);
+    }
+    if (strcmp(eb_event_topic(ev), "order.charged") == 0 && *stage == 1) {
+        *stage = 2;
+        eb_saga_complete(sc);
+    }
+    return EB_OK;
+}
+
+static int rr_pay(eb_aggregate_ctx *ac, const eb_event *cmd, void *state, void *ctx)
+{
+    (void)state;
+    size_t len;
+    const void *o = eb_event_payload(cmd, &len);
+    atomic_fetch_add((atomic_uint *)ctx, 1);
+    return eb_aggregate_emit(ac, "order.charged", o, len, o, len);
+}
+
+static int rr_count(const eb_store_saga_info *i, void *ctx)
+{
+    (void)i;
+    (*(unsigned *)ctx)++;
+    return 0;
+}
+
+Test(store, replies_to_commands_a_saga_recovers_at_registration_reach_it)
+{
+    enum { ORDERS = 64 };
+    t_dir d;
+    eb_store *s = t_store_new(&d);
+    const char *topics[] = {"order.placed", "order.charged"}, *starts[] = {"order.placed"};
+    eb_saga_def def = {.name = "order",
+                       .topics = topics,
+                       .n_topics = 2,
+                       .start_topics = starts,
+                       .n_start_topics = 1,
+                       .state_size = sizeof(uint32_t),
+                       .transition = rr_transition};
+    /* Before the crash: saved, never marked dispatched (a store without
+       `dispatched`), and no aggregate to receive the commands. */
+    eb_bus *bus = t_bus_store(s, 2);
+    cr_assert_eq(eb_saga_sqlite_store_create(s, &rr_real), EB_OK);
+    eb_saga_store crashing = {
+        .load = rr_load, .create = rr_create, .save = rr_save, .remove = rr_remove};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.store = &crashing;
+    eb_saga *g = NULL;
+    cr_assert_eq(eb_saga_register(bus, &def, &so, &g), EB_OK);
+    for (uint32_t i = 0; i < ORDERS; i++) {
+        eb_publish_options po = t_bounded_opts();
+        po.key = &i;
+        po.key_len = sizeof i;
+        cr_assert_eq(eb_publish_wait(bus, "order.placed", &i, sizeof i, &po, NULL), EB_OK);
+    }
+    cr_assert_eq(eb_saga_unregister(g), EB_OK);
+    eb_bus_destroy(bus);
+    unsigned rows = 0;
+    cr_assert_eq(eb_store_sagas(s, "order", 0, rr_count, &rows), EB_OK);
+    cr_assert_eq(rows, ORDERS);
+    eb_saga_store_destroy(rr_real);
+
+    /* The restart: the aggregate, then the saga on the SQLite saga store. */
+    bus = t_bus_store(s, 2);
+    eb_saga_store *ss = NULL;
+    cr_assert_eq(eb_saga_sqlite_store_create(s, &ss), EB_OK);
+    eb_command_bus *cb = NULL;
+    cr_assert_eq(eb_command_bus_create(bus, &cb), EB_OK);
+    atomic_uint charged = 0;
+    const char *cmds[] = {"payment.charge"};
+    eb_aggregate_def ad = {.name = "payment",
+                           .commands = cmds,
+                           .n_commands = 1,
+                           .state_size = sizeof(uint32_t),
+                           .handle = rr_pay,
+                           .ctx = &charged};
+    eb_aggregate *agg = NULL;
+    cr_assert_eq(eb_aggregate_register(cb, &ad, NULL, &agg), EB_OK);
+    so.store = ss;
+    so.commands = cb;
+    cr_assert_eq(eb_saga_register(bus, &def, &so, &g), EB_OK);
+    eb_saga_stats gs;
+    cr_assert_eq(eb_saga_stats_get(g, &gs), EB_OK);
+    cr_assert_eq(gs.redispatched, ORDERS, "every pending outbox was sent before register returned");
+    bool ok;
+    T_WAIT_FOR(ok,
+               (rows = 0, eb_store_sagas(s, "order", 0, rr_count, &rows) == EB_OK && rows == 0));
+    cr_assert(ok, "%u of %d orders still wait for the reply to their recovered command", rows,
+              ORDERS);
+    cr_assert_eq(atomic_load(&charged), ORDERS, "each recovered command was handled once");
+    cr_assert_eq(eb_saga_stats_get(g, &gs), EB_OK);
+    cr_assert_eq(gs.completed, ORDERS);
+    cr_assert_eq(eb_saga_unregister(g), EB_OK);
+    cr_assert_eq(eb_aggregate_unregister(agg), EB_OK);
+    eb_command_bus_destroy(cb);
+    eb_bus_destroy(bus);
+    eb_saga_store_destroy(ss);
+    t_store_done(&d, s);
+}
+
 Test(store, refusals_of_attaching_and_of_untrackable_durable_calls)
 {
     t_dir d;

@@ -743,11 +743,13 @@ EB_API void eb_saga_options_init(eb_saga_options *opts);
  * to the narrowest pattern covering def->topics (their common leading
  * literal words followed by '#', or the one pattern itself) and ignores the
  * events that match none of def->topics. def and its strings are copied.
- * Recovery first: if the store lists pending outboxes (eb_saga_store's
+ * Then recovery: if the store lists pending outboxes (eb_saga_store's
  * pending; the SQLite store does), the commands a crash left saved but
- * unsent are published again (same command ids) and marked dispatched
- * before the saga subscribes, so register the aggregates and subscribers
- * that receive them before the saga. On EB_OK *out is the handle for
+ * unsent are published again (same command ids) and marked dispatched, each
+ * instance's on its lane before any later event of that instance is
+ * handled, and the call returns once they were; replies to them reach the
+ * saga (it is subscribed). Register the aggregates and subscribers that
+ * receive them before the saga. On EB_OK *out is the handle for
  * eb_saga_unregister.
  * Errors: EB_EINVAL (NULL bus, def, out or transition; a name, topic or
  * start topic missing, empty or too long; a topic whose first word starts
@@ -755,8 +757,8 @@ EB_API void eb_saga_options_init(eb_saga_options *opts);
  * could reach; a field out of range, unknown publish_flags), EB_ENOTSUP
  * (publish_flags on a bus without a store), EB_ENOMEM, EB_ECLOSED, the
  * errors of eb_subscribe, and those of the recovery's store walk and
- * publishes (then nothing was subscribed; what was already sent may be sent
- * again next time).
+ * publishes (then the saga is unsubscribed again; what was already sent may
+ * be sent again next time).
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_saga_register(eb_bus *bus, const eb_saga_def *def, const eb_saga_options *opts,
@@ -821,7 +823,11 @@ EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *paylo
  * key function is asked, and one never starts an instance). A
  * timeout cannot be cancelled: the transition that receives it decides from
  * the state whether it still matters (an instance that was removed or
- * archived ignores it). A timeout is published with the saga's
+ * archived ignores it; but with EB_SAGA_REMOVE a later instance of the
+ * same key gets the timeouts its removed predecessor had scheduled, as they
+ * carry the same ids: tell them apart from the state, e.g. with a token
+ * in both the state and the timeout's payload, or use EB_SAGA_ARCHIVE).
+ * A timeout is published with the saga's
  * publish_flags: durable when they are (it waits in the store and fires
  * once, also after a restart), else not (see delay_ns).
  * Errors: EB_EINVAL (NULL sc or topic, delay_ns <= 0, payload NULL with
