@@ -1915,8 +1915,10 @@ static int pragma_int(sqlite3 *db, const char *sql, int64_t *out)
     return rc;
 }
 
-/* Checks the file is ours (or empty), then migrates it to our version. */
-static int check_and_migrate(eb_store *s)
+/* check_and_migrate's work, inside its transaction; with the write lock
+   (locked) it creates or migrates the schema, else it sets *need_lock when
+   that is needed. */
+static int check_locked(eb_store *s, bool locked, bool *need_lock)
 {
     int64_t app = 0, ver = 0, objects = 0;
     int rc = pragma_int(s->wdb, "PRAGMA application_id", &app);
@@ -1968,7 +1970,10 @@ static int check_and_migrate(eb_store *s)
         slog(s, EB_LOG_ERROR, "store %s: an empty SQLite file, not an eventbus store", s->path);
         return EB_ENOENT;
     }
-    rc = sqlite3_exec(s->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (!locked) {
+        *need_lock = true;
+        return EB_OK;
+    }
     for (int64_t v = ver; v < EB_STORE_SCHEMA_VERSION && rc == SQLITE_OK; v++)
         rc = sqlite3_exec(s->wdb, MIGRATIONS[v], NULL, NULL, NULL);
     if (rc == SQLITE_OK) {
@@ -1977,14 +1982,35 @@ static int check_and_migrate(eb_store *s)
                  EB_STORE_SCHEMA_VERSION);
         rc = sqlite3_exec(s->wdb, sql, NULL, NULL, NULL);
     }
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(s->wdb, "COMMIT", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        int e = sql_fail(s, s->wdb, rc, "creating the schema");
-        sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+    return rc == SQLITE_OK ? EB_OK : sql_fail(s, s->wdb, rc, "creating the schema");
+}
+
+/* Checks the file is ours (or empty), then migrates it to our version. The
+   check reads in one transaction, so that it sees another process's schema
+   whole or not at all; a file at our version needs nothing more (and no
+   write lock, which another process may hold). Creating or migrating takes
+   the write lock first and checks again under it: two processes opening a
+   new file at once would otherwise both create the schema, the second
+   failing. */
+static int check_and_migrate(eb_store *s)
+{
+    bool locked = false, need_lock = false;
+    for (;;) {
+        int rc = sqlite3_exec(s->wdb, locked ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            return sql_fail(s, s->wdb, rc, "reading the schema");
+        int e = check_locked(s, locked, &need_lock);
+        if (e == EB_OK && need_lock && !locked) {
+            sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+            locked = true;
+            continue;
+        }
+        if (e == EB_OK && (rc = sqlite3_exec(s->wdb, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK)
+            e = sql_fail(s, s->wdb, rc, "creating the schema");
+        if (e != EB_OK)
+            sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
         return e;
     }
-    return EB_OK;
 }
 
 static int configure(eb_store *s, sqlite3 *db)
@@ -2004,19 +2030,39 @@ static int configure(eb_store *s, sqlite3 *db)
     return rc == SQLITE_OK ? EB_OK : sql_fail(s, db, rc, "configuring");
 }
 
+/* Switches the file to WAL. Another process opening it at the same time
+   may hold a lock the switch needs, and SQLite then answers SQLITE_BUSY at
+   once, without its busy handler: retried for busy_timeout_ms. */
 static int set_wal(eb_store *s)
 {
-    sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(s->wdb, "PRAGMA journal_mode = WAL", -1, &st, NULL);
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            const char *m = (const char *)sqlite3_column_text(st, 0);
-            rc = m != NULL && strcmp(m, "wal") == 0 ? SQLITE_OK : SQLITE_CANTOPEN;
+    int64_t until = now_ns() + (int64_t)s->opts.busy_timeout_ms * 1000000;
+    for (;;) {
+        sqlite3_stmt *st;
+        int rc = sqlite3_prepare_v2(s->wdb, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+        if (rc == SQLITE_OK) {
+            rc = sqlite3_step(st);
+            if (rc == SQLITE_ROW) {
+                const char *m = (const char *)sqlite3_column_text(st, 0);
+                rc = m != NULL && strcmp(m, "wal") == 0 ? SQLITE_OK : SQLITE_CANTOPEN;
+            }
+            sqlite3_finalize(st);
         }
-        sqlite3_finalize(st);
+        if (rc == SQLITE_OK)
+            return EB_OK;
+        if ((rc & 0xff) != SQLITE_BUSY || now_ns() >= until)
+            return sql_fail(s, s->wdb, rc, "WAL mode");
+        usleep(1000);
     }
-    return rc == SQLITE_OK ? EB_OK : sql_fail(s, s->wdb, rc, "WAL mode");
+}
+
+/* The file eb_store_open created, on its failure: removed if nothing was
+   written to it (another process may have opened it since and written a
+   schema: that file is in use, and stays). */
+static void unlink_if_empty(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0)
+        unlink(path);
 }
 
 static void store_free(eb_store *s)
@@ -2087,7 +2133,7 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
     eb_store *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         if (created)
-            unlink(path); /* ours, and empty: leave nothing behind */
+            unlink_if_empty(path);
         return EB_ENOMEM;
     }
     s->opts = o;
@@ -2165,7 +2211,7 @@ EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_stor
     if (rc != EB_OK) {
         store_free(s);
         if (created)
-            unlink(path); /* ours, and empty: leave nothing behind */
+            unlink_if_empty(path);
         return rc;
     }
     *out = s;

@@ -103,7 +103,9 @@ EB_API void eb_store_options_init(eb_store_options *opts);
  * another process past busy_timeout_ms), EB_EIO (cannot open or create,
  * e.g. permissions, a read-only file without read_only, or path is a
  * directory), EB_ENOMEM. On failure the file is left as it was (a file the
- * call created is removed).
+ * call created is removed if nothing was written to it). Several processes
+ * may open (and create) one file at the same time: the schema is checked
+ * and created under SQLite's write lock.
  * Thread-safe: yes. May be called from a handler: yes.
  */
 EB_API int eb_store_open(const char *path, const eb_store_options *opts, eb_store **out);

@@ -994,11 +994,15 @@ static void check_store_open(fx *f)
              eb_err_name(f->rc));
     if (f->rc != EB_OK) {
         if (f->op->dir_only) {
-            /* It created the file: nothing may be left. */
+            /* It created the file: it is removed unless a schema was
+               written to it (another process may have opened it since: it
+               stays, and the open below finds a whole store in it). */
             char p[160];
+            struct stat st;
             if (f->n == 1 && fx_exists(f->dir.path) && fx_tolerate(f, EB_FAULT_PENDING_OPEN_UNLINK))
                 unlink(f->dir.path); /* the store object itself was the failure */
-            FX_CHECK(&f->err, !fx_exists(f->dir.path), "a failed open left the file");
+            FX_CHECK(&f->err, stat(f->dir.path, &st) != 0 || st.st_size > 0,
+                     "a failed open left an empty file");
             snprintf(p, sizeof p, "%s-wal", f->dir.path);
             FX_CHECK(&f->err, !fx_exists(p), "a failed open left the -wal file");
             snprintf(p, sizeof p, "%s-shm", f->dir.path);
