@@ -35,7 +35,9 @@
  * (ascending), runners mark them done, and the checkpoint is the low-water
  * mark. The writer snapshots checkpoints before it takes a batch, so the
  * dead letters and processed ids a runner queued before it marked an event
- * done are always in the same or an earlier transaction.
+ * done are always in the same or an earlier transaction; when the batch is
+ * only a chunk of the queue (lazy work, LAZY_BATCH_MAX), the snapshot waits
+ * for the chunk that takes the last item queued before it (ck_wait).
  *
  * Lock order: store lock -> dsub lock (the writer snapshots checkpoints);
  * rlock is a leaf. No bus lock is taken under them; bus calls made by the
@@ -326,6 +328,13 @@ struct eb_store {
     item *spare;            /* the other queue array (swapped under lock) */
     size_t spare_cap;
     int64_t ckpt_at;
+    /* Checkpoints snapshotted in a round that took only a chunk of the
+       queue: written with the chunk that takes the last item queued before
+       the snapshot (ck_wait_items more of them), since the dead letters and
+       processed ids behind a checkpoint's move must not be committed after
+       it. No new snapshot is taken meanwhile. */
+    struct ckpt_snap *ck_wait;
+    size_t nck_wait, ck_wait_items;
     /* Lazy work's pauses (see yield_next): the bus's accepted count and our
        queued count when last sampled, and when; the end of the pause. */
     uint64_t mem_acc, mem_queued;
@@ -1243,6 +1252,32 @@ static bool ckpt_due(const eb_store *s)
     return s->ckpt_dirty && (s->ckpt_now || eb__now_mono_ns() >= s->ckpt_at);
 }
 
+/* Under lock, in a writer round that is not gathering: does it take only a
+   chunk of the queue (lazy work in short transactions, see writer_main)?
+   A snapshot of checkpoints this round took (*ck, *nck) then waits for the
+   chunk that holds the last item queued before it (s->ck_wait): moved
+   there, and *nck set to 0. No memory to keep it: the whole queue. A flush
+   (ckpt_now) takes the whole queue too, so that its checkpoints are in the
+   transaction of its barrier. */
+static bool chunk_now(eb_store *s, size_t last_waited, ckpt_snap **ck, size_t *nck)
+{
+    size_t n = q_len_locked(s);
+    if (last_waited != 0 || s->stop || s->ckpt_now || n <= LAZY_BATCH_MAX ||
+        !spare_room(s, LAZY_BATCH_MAX))
+        return false;
+    if (*nck > 0) {
+        ckpt_snap *w = malloc(*nck * sizeof(*w));
+        if (w == NULL)
+            return false;
+        memcpy(w, *ck, *nck * sizeof(*w));
+        s->ck_wait = w;
+        s->nck_wait = *nck;
+        s->ck_wait_items = n;
+        *nck = 0;
+    }
+    return true;
+}
+
 static void *writer_main(void *arg)
 {
     eb_store *s = arg;
@@ -1313,7 +1348,7 @@ static void *writer_main(void *arg)
         /* Checkpoints first, then the batch (see the design notes). */
         size_t nck = 0, ck_cap = 64;
         ckpt_snap ck_some[64], *ck = ck_some;
-        if (ckpt_due(s)) {
+        if (s->nck_wait == 0 && ckpt_due(s)) {
             if (s->ckpt_now) {
                 /* A flush: every dirty checkpoint goes in this transaction,
                    the one that completes the flush's barrier. */
@@ -1342,6 +1377,17 @@ static void *writer_main(void *arg)
             s->ckpt_dirty = more;
             s->ckpt_now = more && s->ckpt_now; /* no memory: the rest next round */
         }
+        bool chunk = !gather && chunk_now(s, last_waited, &ck, &nck);
+        if (!chunk) {
+            /* The whole queue (gather takes it first): a waiting snapshot
+               goes with it. */
+            if (s->nck_wait > 0) {
+                ck = s->ck_wait;
+                nck = s->nck_wait;
+                s->ck_wait = NULL;
+                s->nck_wait = 0;
+            }
+        }
         if (gather) {
             bool fire = fire_wanted(s);
             int64_t t0 = eb__now_mono_ns();
@@ -1352,8 +1398,7 @@ static void *writer_main(void *arg)
                the transaction. */
             size_t n = q_len_locked(s);
             item *batch;
-            if (last_waited == 0 && !s->stop && n > LAZY_BATCH_MAX &&
-                spare_room(s, LAZY_BATCH_MAX)) {
+            if (chunk) {
                 /* Lazy work goes in short transactions, the oldest items now
                    and the rest after: while memory traffic flows, so that each
                    pause stays in proportion (lazy_share); and always, so that
@@ -1364,6 +1409,14 @@ static void *writer_main(void *arg)
                 memcpy(batch, s->q + s->qh, LAZY_BATCH_MAX * sizeof(*batch));
                 n = LAZY_BATCH_MAX;
                 s->qh += n; /* n < the queue's length: never empties it */
+                if (s->nck_wait > 0 && s->ck_wait_items <= n) {
+                    ck = s->ck_wait; /* its last item is in this chunk */
+                    nck = s->nck_wait;
+                    s->ck_wait = NULL;
+                    s->nck_wait = 0;
+                } else if (s->nck_wait > 0) {
+                    s->ck_wait_items -= n;
+                }
             } else {
                 item *base = s->q;
                 size_t bcap = s->qcap;
@@ -1712,6 +1765,14 @@ void eb__dsub_start(eb__dsub *d)
 static void sub_stop_after(eb_store *s, job *j)
 {
     eb__dsub *d = ((sub_job *)j)->d;
+    /* A waiting checkpoint snapshot drops it: it is about to be freed, and
+       its final checkpoint is written by eb__dsub_close. */
+    for (size_t i = 0; i < s->nck_wait;) {
+        if (s->ck_wait[i].d == d)
+            s->ck_wait[i] = s->ck_wait[--s->nck_wait];
+        else
+            i++;
+    }
     /* Its replay cursors: the FIFO drops each when it reaches it. */
     for (size_t i = 0; i < s->f_n; i++) {
         fentry *e = &s->fifo[(s->f_head + i) % s->f_cap];
@@ -2083,6 +2144,7 @@ static void store_free(eb_store *s)
     free(s->q);
     free(s->spare);
     free(s->fifo);
+    free(s->ck_wait);
     free(s->path);
     free(s);
 }

@@ -1343,6 +1343,88 @@ Test(store, processes_creating_one_new_file_at_once_all_open_it)
     t_dir_rm(&d);
 }
 
+/* A durable subscription's checkpoint never passes an event whose dead
+   letter is not committed yet: the dead letter is queued before the
+   checkpoint moves, and must be in the same or an earlier transaction.
+   With more than one chunk of lazy work queued (LAZY_BATCH_MAX) the
+   checkpoint used to go in the first chunk and the dead letter in a later
+   one: a SIGKILL between them lost the event (neither replayed nor
+   dead-lettered). A reader on its own connection checks every committed
+   state while lazy events pile up. */
+static int dlc_fail(const eb_event *ev, void *ctx)
+{
+    (void)ev;
+    (void)ctx;
+    return 1;
+}
+
+typedef struct dlc_pub {
+    eb_bus *bus;
+    unsigned rounds;
+    int rc;
+    atomic_bool done;
+} dlc_pub;
+
+static void *dlc_publisher(void *arg)
+{
+    dlc_pub *p = arg;
+    eb_publish_options po;
+    eb_publish_options_init(&po); /* blocking: the store's backlog paces it */
+    po.flags = EB_PUBLISH_DURABLE_LAZY;
+    char payload[64] = {0};
+    for (unsigned i = 0; i < p->rounds && p->rc == EB_OK; i++) {
+        for (int k = 0; k < 50 && p->rc == EB_OK; k++)
+            p->rc = eb_publish(p->bus, "noise", payload, sizeof payload, &po);
+        char t[32];
+        snprintf(t, sizeof t, "fail.%u", i);
+        if (p->rc == EB_OK)
+            p->rc = eb_publish(p->bus, t, payload, sizeof payload, &po);
+    }
+    atomic_store(&p->done, true);
+    return NULL;
+}
+
+Test(store, a_checkpoint_is_never_committed_before_the_dead_letters_behind_it)
+{
+    t_dir d;
+    eb_store *s = t_store_new(&d);
+    eb_bus *bus = t_bus_store(s, 2);
+    eb_subscribe_options o;
+    eb_subscribe_options_init(&o);
+    o.durable = true;
+    o.name = "dl";
+    o.max_attempts = 1;
+    cr_assert_eq(eb_subscribe(bus, "fail.*", dlc_fail, NULL, &o, NULL), EB_OK);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(d.path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    static const char *q =
+        "SELECT count(*) FROM eb_events e WHERE e.topic GLOB 'fail.*'"
+        " AND e.seq <= (SELECT checkpoint FROM eb_subscriptions WHERE name = 'dl')"
+        " AND NOT EXISTS (SELECT 1 FROM eb_deadletters x WHERE x.event_id = e.id)";
+    dlc_pub p = {.bus = bus, .rounds = 3000};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, dlc_publisher, &p), 0);
+    long worst = 0, polls = 0;
+    while (!atomic_load(&p.done) || polls < 3) {
+        sqlite3_stmt *st = NULL;
+        cr_assert_eq(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > worst)
+            worst = (long)sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        polls++;
+        t_sleep_ms(2);
+    }
+    pthread_join(th, NULL);
+    cr_assert_eq(p.rc, EB_OK, "eb_publish: %s", eb_err_name(p.rc));
+    eb_bus_destroy(bus);
+    sqlite3_close(db);
+    cr_assert_eq(t_log_count(s), 51 * 3000);
+    cr_assert_eq(worst, 0, "%ld failed events at or below the checkpoint without their dead letter",
+                 worst);
+    t_store_done(&d, s);
+}
+
 /* ---- saga store ---------------------------------------------------------- */
 
 Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
