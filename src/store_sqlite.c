@@ -2573,16 +2573,18 @@ static const char *const OSQL[O_COUNT] = {
     [O_TAKE] = "UPDATE eb_outbox SET status = 1, owner = ?2, lease_until = ?3,"
                " attempts = attempts + 1 WHERE id = ?1"
                " RETURNING id, topic, key, payload, attempts, created, last_error",
-    [O_ACK] = "UPDATE eb_outbox SET status = 2, lease_until = 0 WHERE id = ?1 AND status = 1"
+    /* A row its handle claimed is still its own while nobody took it over:
+       also once a reap made it READY (the reap keeps the owner). */
+    [O_ACK] = "UPDATE eb_outbox SET status = 2, lease_until = 0 WHERE id = ?1 AND status <= 1"
               " AND owner = ?2",
     [O_ABANDON] = "UPDATE eb_outbox SET status = 0, owner = NULL, lease_until = 0,"
                   " next_attempt = ?3 + CASE WHEN ?4 >= 0 THEN ?4 ELSE"
                   " min(60000000000, 100000000 * (1 << min(attempts - 1, 20))) END,"
-                  " last_error = ?5 WHERE id = ?1 AND status = 1 AND owner = ?2",
+                  " last_error = ?5 WHERE id = ?1 AND status <= 1 AND owner = ?2",
     [O_FAIL] = "UPDATE eb_outbox SET status = 3, lease_until = 0, last_error = ?3"
-               " WHERE id = ?1 AND status = 1 AND owner = ?2",
-    [O_REAP] = "UPDATE eb_outbox SET status = 0, owner = NULL, lease_until = 0"
-               " WHERE status = 1 AND lease_until < ?1",
+               " WHERE id = ?1 AND status <= 1 AND owner = ?2",
+    [O_REAP] =
+        "UPDATE eb_outbox SET status = 0, lease_until = 0 WHERE status = 1 AND lease_until < ?1",
     [O_EXISTS] = "SELECT 1 FROM eb_outbox WHERE id = ?1",
     [O_DL_REQUEUE_ONE] = "INSERT INTO eb_scheduled(due, topic, key, payload, created)"
                          " SELECT ?2, topic, key, payload, ?2 FROM eb_deadletters WHERE id = ?1",

@@ -300,7 +300,9 @@ EB_API int eb_outbox_fail(eb_store *store, int64_t id, const char *error);
 
 /*
  * Puts IN_PROGRESS rows whose lease expired back to READY (claim takes them
- * anyway; reaping makes them visible as READY). *reaped (may be NULL) gets
+ * anyway; reaping makes them visible as READY). A reaped row is still its
+ * holder's (eb_outbox_ack, _abandon and _fail work) until a claim takes it
+ * over. *reaped (may be NULL) gets
  * how many. Errors: EB_EINVAL, EB_ENOTSUP, EB_EIO. Thread-safe: yes.
  */
 EB_API int eb_outbox_reap(eb_store *store, size_t *reaped);
