@@ -398,4 +398,54 @@ static inline pid_t t_spawn(const char *exe, char *const argv[], int *to_child, 
     return pid;
 }
 
+/* A saga store that forwards load, create, save and remove to `real`, and
+   has neither `dispatched` nor `pending` (a store that does not track
+   dispatch: what a crash between save and dispatch looks like to the next
+   run); its first fail_remove removes fail with EB_EBUSY. Give the saga
+   &f->store. */
+typedef struct t_saga_fwd {
+    eb_saga_store store; /* first: the functions get &store */
+    eb_saga_store *real;
+    atomic_int fail_remove;
+} t_saga_fwd;
+
+static inline eb_saga_store *t_fwd_real(eb_saga_store *s)
+{
+    return ((t_saga_fwd *)s)->real;
+}
+
+static inline int t_fwd_load(eb_saga_store *s, const char *g, const void *k, size_t kl,
+                             eb_saga_record *r)
+{
+    return t_fwd_real(s)->load(t_fwd_real(s), g, k, kl, r);
+}
+
+static inline int t_fwd_create(eb_saga_store *s, const char *g, const void *k, size_t kl,
+                               const eb_saga_record *r)
+{
+    return t_fwd_real(s)->create(t_fwd_real(s), g, k, kl, r);
+}
+
+static inline int t_fwd_save(eb_saga_store *s, const char *g, const void *k, size_t kl, uint64_t v,
+                             const eb_saga_record *r)
+{
+    return t_fwd_real(s)->save(t_fwd_real(s), g, k, kl, v, r);
+}
+
+static inline int t_fwd_remove(eb_saga_store *s, const char *g, const void *k, size_t kl,
+                               uint64_t v)
+{
+    if (atomic_fetch_sub(&((t_saga_fwd *)s)->fail_remove, 1) > 0)
+        return EB_EBUSY; /* a lock held past busy_timeout_ms, say */
+    return t_fwd_real(s)->remove(t_fwd_real(s), g, k, kl, v);
+}
+
+static inline void t_saga_fwd_init(t_saga_fwd *f, eb_saga_store *real)
+{
+    memset(f, 0, sizeof *f);
+    f->store = (eb_saga_store){
+        .load = t_fwd_load, .create = t_fwd_create, .save = t_fwd_save, .remove = t_fwd_remove};
+    f->real = real;
+}
+
 #endif /* EB_TESTS_COMMON_H */

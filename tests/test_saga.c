@@ -1229,33 +1229,6 @@ Test(saga, a_removed_instance_ignores_its_own_timeout)
    error there is ignored: it is retried by the next event of the key).
    The next start event removes it and creates the new instance, as it
    would have if the remove had worked (it used to be ignored: lost). */
-static eb_saga_store *rf_real;
-static atomic_int rf_fail;
-static int rf_load(eb_saga_store *st, const char *g, const void *k, size_t kl, eb_saga_record *r)
-{
-    (void)st;
-    return rf_real->load(rf_real, g, k, kl, r);
-}
-static int rf_create(eb_saga_store *st, const char *g, const void *k, size_t kl,
-                     const eb_saga_record *r)
-{
-    (void)st;
-    return rf_real->create(rf_real, g, k, kl, r);
-}
-static int rf_save(eb_saga_store *st, const char *g, const void *k, size_t kl, uint64_t v,
-                   const eb_saga_record *r)
-{
-    (void)st;
-    return rf_real->save(rf_real, g, k, kl, v, r);
-}
-static int rf_remove(eb_saga_store *st, const char *g, const void *k, size_t kl, uint64_t v)
-{
-    (void)st;
-    if (atomic_fetch_sub(&rf_fail, 1) > 0)
-        return EB_EBUSY; /* a lock held past busy_timeout_ms, say */
-    return rf_real->remove(rf_real, g, k, kl, v);
-}
-
 static int rf_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
 {
     (void)ev;
@@ -1270,9 +1243,10 @@ static int rf_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void 
 Test(saga, a_start_event_after_a_failed_remove_creates_the_next_instance)
 {
     eb_bus *bus = t_bus_new(2);
-    cr_assert_eq(eb_saga_memory_store_create(&rf_real), EB_OK);
-    eb_saga_store wrapper = {
-        .load = rf_load, .create = rf_create, .save = rf_save, .remove = rf_remove};
+    eb_saga_store *real = NULL;
+    cr_assert_eq(eb_saga_memory_store_create(&real), EB_OK);
+    t_saga_fwd wrapper;
+    t_saga_fwd_init(&wrapper, real);
     atomic_uint runs = 0;
     t_counter done;
     t_counter_init(&done);
@@ -1288,14 +1262,14 @@ Test(saga, a_start_event_after_a_failed_remove_creates_the_next_instance)
                        .ctx = &runs};
     eb_saga_options so;
     eb_saga_options_init(&so);
-    so.store = &wrapper;
+    so.store = &wrapper.store;
     eb_saga *g = NULL;
     cr_assert_eq(eb_saga_register(bus, &def, &so, &g), EB_OK);
     eb_publish_options po = t_bounded_opts();
     po.key = "K";
     po.key_len = 1;
     cr_assert_eq(eb_publish_wait(bus, "job.start", NULL, 0, &po, NULL), EB_OK);
-    atomic_store(&rf_fail, 1); /* the next completion's remove fails */
+    atomic_store(&wrapper.fail_remove, 1); /* the next completion's remove fails */
     for (int i = 0; i < 3; i++)
         cr_assert_eq(eb_publish_wait(bus, "job.start", NULL, 0, &po, NULL), EB_OK);
     cr_assert_eq(atomic_load(&runs), 4, "a start event was lost");
@@ -1307,7 +1281,7 @@ Test(saga, a_start_event_after_a_failed_remove_creates_the_next_instance)
     cr_assert_eq(eb_saga_unregister(g), EB_OK);
     cr_assert_eq(eb_unsubscribe(sub), EB_OK);
     eb_bus_destroy(bus);
-    eb_saga_store_destroy(rf_real);
+    eb_saga_store_destroy(real);
 }
 
 /* With a key function that reads the payload, the timeout (no payload)

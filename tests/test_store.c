@@ -1518,30 +1518,6 @@ Test(store, the_sqlite_saga_store_keeps_versions_and_refusals)
    registers the aggregate first (as eb_saga_register asks): the recovered
    commands reach the aggregate, and its replies reach the saga (before,
    the recovery ran before the saga subscribed and every reply was lost). */
-static eb_saga_store *rr_real;
-static int rr_load(eb_saga_store *st, const char *g, const void *k, size_t kl, eb_saga_record *r)
-{
-    (void)st;
-    return rr_real->load(rr_real, g, k, kl, r);
-}
-static int rr_create(eb_saga_store *st, const char *g, const void *k, size_t kl,
-                     const eb_saga_record *r)
-{
-    (void)st;
-    return rr_real->create(rr_real, g, k, kl, r);
-}
-static int rr_save(eb_saga_store *st, const char *g, const void *k, size_t kl, uint64_t v,
-                   const eb_saga_record *r)
-{
-    (void)st;
-    return rr_real->save(rr_real, g, k, kl, v, r);
-}
-static int rr_remove(eb_saga_store *st, const char *g, const void *k, size_t kl, uint64_t v)
-{
-    (void)st;
-    return rr_real->remove(rr_real, g, k, kl, v);
-}
-
 /* The order saga: placed -> charge (a command), charged -> complete. */
 static int rr_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
 {
@@ -1592,12 +1568,13 @@ Test(store, replies_to_commands_a_saga_recovers_at_registration_reach_it)
     /* Before the crash: saved, never marked dispatched (a store without
        `dispatched`), and no aggregate to receive the commands. */
     eb_bus *bus = t_bus_store(s, 2);
-    cr_assert_eq(eb_saga_sqlite_store_create(s, &rr_real), EB_OK);
-    eb_saga_store crashing = {
-        .load = rr_load, .create = rr_create, .save = rr_save, .remove = rr_remove};
+    eb_saga_store *real = NULL;
+    cr_assert_eq(eb_saga_sqlite_store_create(s, &real), EB_OK);
+    t_saga_fwd crashing;
+    t_saga_fwd_init(&crashing, real);
     eb_saga_options so;
     eb_saga_options_init(&so);
-    so.store = &crashing;
+    so.store = &crashing.store;
     eb_saga *g = NULL;
     cr_assert_eq(eb_saga_register(bus, &def, &so, &g), EB_OK);
     for (uint32_t i = 0; i < ORDERS; i++) {
@@ -1611,7 +1588,7 @@ Test(store, replies_to_commands_a_saga_recovers_at_registration_reach_it)
     unsigned rows = 0;
     cr_assert_eq(eb_store_sagas(s, "order", 0, rr_count, &rows), EB_OK);
     cr_assert_eq(rows, ORDERS);
-    eb_saga_store_destroy(rr_real);
+    eb_saga_store_destroy(real);
 
     /* The restart: the aggregate, then the saga on the SQLite saga store. */
     bus = t_bus_store(s, 2);
