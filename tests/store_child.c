@@ -1,5 +1,9 @@
 /*
  * The other process of the multi-process store tests, started with exec.
+ *   store_child create PATH AT     waits until CLOCK_MONOTONIC reaches AT (ns),
+ *                                  then opens (and so perhaps creates) the
+ *                                  store, adds an outbox row and writes the
+ *                                  two results (int, int) to stdout
  *   store_child outbox PATH        waits for a byte on stdin, then claims and
  *                                  acknowledges outbox rows until none come,
  *                                  writing each claimed id (int64) to stdout
@@ -23,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAXV (1u << 20)
@@ -37,6 +42,30 @@ static void put(const void *p, size_t n)
 {
     if (write(1, p, n) != (ssize_t)n)
         _exit(5);
+}
+
+static int create(const char *path, long long at)
+{
+    /* Every process starts at the same moment (a pipe's wake-ups, one by
+       one, spread them too far apart to collide). */
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if ((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec >= at)
+            break;
+    }
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.synchronous = EB_STORE_SYNC_OFF;
+    eb_store *s = NULL;
+    int rc[2] = {eb_store_open(path, &o, &s), -1};
+    if (rc[0] == EB_OK) {
+        rc[1] = eb_outbox_add(s, "t", "x", 1, NULL, 0, NULL);
+        usleep(20000); /* open while the others finish */
+        eb_store_close(s);
+    }
+    put(rc, sizeof rc);
+    return 0;
 }
 
 static int outbox(const char *path)
@@ -203,12 +232,15 @@ static int saga(const char *path, uint32_t base)
 
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "create") == 0)
+        return create(argv[2], strtoll(argv[3], NULL, 10));
     if (argc == 3 && strcmp(argv[1], "outbox") == 0)
         return outbox(argv[2]);
     if (argc == 4 && strcmp(argv[1], "crash") == 0)
         return crash(argv[2], (uint32_t)strtoul(argv[3], NULL, 10));
     if (argc == 4 && strcmp(argv[1], "saga") == 0)
         return saga(argv[2], (uint32_t)strtoul(argv[3], NULL, 10));
-    fprintf(stderr, "usage: store_child outbox PATH | crash PATH BASE | saga PATH BASE\n");
+    fprintf(stderr,
+            "usage: store_child create PATH AT | outbox PATH | crash PATH BASE | saga PATH BASE\n");
     return 2;
 }

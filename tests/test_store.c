@@ -1330,7 +1330,7 @@ static int oc_count(const eb_outbox_message *msg, void *ctx)
 
 Test(store, processes_creating_one_new_file_at_once_all_open_it)
 {
-    enum { ROUNDS = 40, PROCS = 4 };
+    enum { ROUNDS = 25, PROCS = 4 };
     t_dir d;
     t_dir_new(&d);
     for (int r = 0; r < ROUNDS; r++) {
@@ -1340,43 +1340,28 @@ Test(store, processes_creating_one_new_file_at_once_all_open_it)
         unlink(p);
         snprintf(p, sizeof p, "%s-shm", d.path);
         unlink(p);
-        int go[2], res[2];
-        cr_assert_eq(pipe(go), 0);
-        cr_assert_eq(pipe(res), 0);
+        int to[PROCS], from[PROCS];
         pid_t pid[PROCS];
+        char at[32]; /* all start at this moment */
+        snprintf(at, sizeof at, "%lld", (long long)(t_now_ns() + 100 * T_MS));
         for (int c = 0; c < PROCS; c++) {
-            pid[c] = fork();
-            cr_assert_geq(pid[c], 0);
-            if (pid[c] == 0) {
-                close(go[1]);
-                char b;
-                (void)!read(go[0], &b, 1); /* EOF: all go at once */
-                eb_store_options o;
-                eb_store_options_init(&o);
-                o.synchronous = EB_STORE_SYNC_OFF;
-                eb_store *st = NULL;
-                int rc[2] = {eb_store_open(d.path, &o, &st), -1};
-                if (rc[0] == EB_OK) {
-                    rc[1] = eb_outbox_add(st, "t", "x", 1, NULL, 0, NULL);
-                    usleep(20000); /* open while the others finish */
-                    eb_store_close(st);
-                }
-                (void)!write(res[1], rc, sizeof rc);
-                _exit(0);
-            }
+            char *argv[] = {"store_child", "create", d.path, at, NULL};
+            pid[c] = t_spawn(EB_STORE_CHILD, argv, &to[c], &from[c]); /* store_child.c */
+            close(to[c]);
         }
-        close(go[0]);
-        close(go[1]);
         for (int c = 0; c < PROCS; c++) {
-            int rc[2];
-            cr_assert_eq(read(res[0], rc, sizeof rc), (ssize_t)sizeof rc);
+            int rc[2] = {1, 1};
+            cr_assert_eq(read(from[c], rc, sizeof rc), (ssize_t)sizeof rc, "round %d: no result",
+                         r);
+            close(from[c]);
             cr_assert_eq(rc[0], EB_OK, "round %d: eb_store_open: %s", r, eb_err_name(rc[0]));
             cr_assert_eq(rc[1], EB_OK, "round %d: eb_outbox_add: %s", r, eb_err_name(rc[1]));
         }
-        for (int c = 0; c < PROCS; c++)
-            cr_assert_eq(waitpid(pid[c], NULL, 0), pid[c]);
-        close(res[0]);
-        close(res[1]);
+        for (int c = 0; c < PROCS; c++) {
+            int st;
+            cr_assert_eq(waitpid(pid[c], &st, 0), pid[c]);
+            cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "round %d: status %d", r, st);
+        }
         eb_store *s = t_store_open(d.path);
         int n = 0;
         cr_assert_eq(eb_outbox_list(s, -1, 0, oc_count, &n), EB_OK);
