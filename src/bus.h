@@ -227,11 +227,11 @@ void eb__delivery_give_up(void);
 /* True if a handler of sub is on the calling worker's stack: the caller is
    that handler, or runs nested inside it while it waits (saga.c). */
 bool eb__sub_on_stack(const struct eb_subscription *sub);
-/* eb_publish_async of an event without payload that goes to sub only (not
-   routed by its topic; memory-only: durable flags are EB_EINVAL). saga.c's
+/* eb_publish_async (memory-only, blocking) of an event without payload
+   that goes to sub only, not routed by its topic; corr may be NULL. saga.c's
    recovery, so that it runs on the lane of the instance it recovers. */
-int eb__publish_only(eb_bus *bus, struct eb_subscription *sub, const char *topic,
-                     const eb_publish_options *opts, eb_ticket **ticket);
+int eb__publish_only(eb_bus *bus, struct eb_subscription *sub, const char *topic, const void *key,
+                     size_t key_len, const uint8_t corr[16], eb_ticket **ticket);
 /* True for an event published with eb__publish_only (or a durable
    subscription's replay): a handler of a subscription that is not durable
    sees it only from eb__publish_only. */

@@ -1184,13 +1184,8 @@ static int recover_one(const void *key, size_t key_len, const eb_saga_record *re
     }
     uint8_t inst[16];
     eb__saga_id(r->saga->name, key, key_len, false, 0, 0, inst);
-    eb_publish_options o;
-    eb_publish_options_init(&o);
-    o.key = key;
-    o.key_len = key_len;
-    o.correlation_id = inst;
     eb_ticket *t;
-    int rc = eb__publish_only(r->saga->bus, r->saga->sub, "$saga.recover", &o, &t);
+    int rc = eb__publish_only(r->saga->bus, r->saga->sub, "$saga.recover", key, key_len, inst, &t);
     if (rc == EB_OK)
         r->t[r->n++] = t;
     return rc;
