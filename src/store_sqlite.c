@@ -1994,6 +1994,13 @@ static int check_locked(eb_store *s, bool locked, bool *need_lock)
              (long long)app);
         return EB_ECORRUPT;
     }
+    if (app == APP_ID && ver < 1) {
+        /* Ours, but with no version any build wrote: no migration starts
+           there (the migrations are indexed by it). */
+        slog(s, EB_LOG_ERROR, "store %s: schema version %lld is not one of ours", s->path,
+             (long long)ver);
+        return EB_ECORRUPT;
+    }
     if (ver > EB_STORE_SCHEMA_VERSION) {
         slog(s, EB_LOG_ERROR, "store %s: schema version %lld is newer than this library's %d",
              s->path, (long long)ver, EB_STORE_SCHEMA_VERSION);

@@ -267,6 +267,26 @@ Test(store, open_refuses_a_newer_schema_version)
     t_dir_rm(&d);
 }
 
+/* Ours (application_id), with a version no build wrote: refused, where a
+   migration from it used to index its table out of bounds (fuzz_store,
+   regressions/store/negative-schema-version). */
+Test(store, open_refuses_a_schema_version_below_one)
+{
+    t_dir d;
+    eb_store_close(t_store_new(&d));
+    for (int i = 0; i < 2; i++) {
+        t_sql(d.path, i == 0 ? "PRAGMA user_version = -5" : "PRAGMA user_version = 0");
+        struct stat before, after;
+        cr_assert_eq(stat(d.path, &before), 0);
+        eb_store *s = NULL;
+        cr_assert_eq(eb_store_open(d.path, NULL, &s), EB_ECORRUPT);
+        cr_assert_null(s);
+        cr_assert_eq(stat(d.path, &after), 0);
+        cr_assert_eq(before.st_size, after.st_size, "the file was written");
+    }
+    t_dir_rm(&d);
+}
+
 Test(store, open_refuses_a_damaged_file)
 {
     t_dir d;
