@@ -1278,6 +1278,15 @@ static bool chunk_now(eb_store *s, size_t last_waited, ckpt_snap **ck, size_t *n
     return true;
 }
 
+/* The waiting snapshot (s->ck_wait) goes in this round's transaction. */
+static void take_waiting_ckpts(eb_store *s, ckpt_snap **ck, size_t *nck)
+{
+    *ck = s->ck_wait;
+    *nck = s->nck_wait;
+    s->ck_wait = NULL;
+    s->nck_wait = 0;
+}
+
 static void *writer_main(void *arg)
 {
     eb_store *s = arg;
@@ -1378,16 +1387,8 @@ static void *writer_main(void *arg)
             s->ckpt_now = more && s->ckpt_now; /* no memory: the rest next round */
         }
         bool chunk = !gather && chunk_now(s, last_waited, &ck, &nck);
-        if (!chunk) {
-            /* The whole queue (gather takes it first): a waiting snapshot
-               goes with it. */
-            if (s->nck_wait > 0) {
-                ck = s->ck_wait;
-                nck = s->nck_wait;
-                s->ck_wait = NULL;
-                s->nck_wait = 0;
-            }
-        }
+        if (!chunk && s->nck_wait > 0)
+            take_waiting_ckpts(s, &ck, &nck); /* the whole queue: gather takes it first */
         if (gather) {
             bool fire = fire_wanted(s);
             int64_t t0 = eb__now_mono_ns();
@@ -1409,14 +1410,10 @@ static void *writer_main(void *arg)
                 memcpy(batch, s->q + s->qh, LAZY_BATCH_MAX * sizeof(*batch));
                 n = LAZY_BATCH_MAX;
                 s->qh += n; /* n < the queue's length: never empties it */
-                if (s->nck_wait > 0 && s->ck_wait_items <= n) {
-                    ck = s->ck_wait; /* its last item is in this chunk */
-                    nck = s->nck_wait;
-                    s->ck_wait = NULL;
-                    s->nck_wait = 0;
-                } else if (s->nck_wait > 0) {
+                if (s->nck_wait > 0 && s->ck_wait_items <= n)
+                    take_waiting_ckpts(s, &ck, &nck); /* its last item is in this chunk */
+                else if (s->nck_wait > 0)
                     s->ck_wait_items -= n;
-                }
             } else {
                 item *base = s->q;
                 size_t bcap = s->qcap;
