@@ -1188,8 +1188,11 @@ static int64_t fire_at(eb_store *s)
 {
     if (s->bus == NULL || s->detaching || s->next_due == INT64_MAX)
         return INT64_MAX;
-    int64_t in = s->next_due - now_ns();
-    int64_t at = eb__now_mono_ns() + (in > 0 ? in : 0);
+    /* Saturating: a due time read from the file may be anything (a row
+       another process wrote far in the past or future). */
+    int64_t now = now_ns(), mono = eb__now_mono_ns();
+    int64_t in = s->next_due > now ? s->next_due - now : 0;
+    int64_t at = in > INT64_MAX - mono ? INT64_MAX : mono + in;
     return at < s->fire_retry_at ? s->fire_retry_at : at;
 }
 

@@ -1789,6 +1789,33 @@ Test(store, a_due_scheduled_row_no_event_can_be_made_of_is_removed_and_the_rest_
     t_store_done(&d, s);
 }
 
+/* Due times at the ends of the range (rows another process wrote, or a
+   damaged file): the one far in the past fires at once, the one far in the
+   future waits. The writer's wait computed from such a time overflowed
+   (UBSan) in fuzz_store: regressions/store/scheduled-due-far-in-the-past
+   replays that case. */
+Test(store, scheduled_rows_due_at_the_ends_of_the_range_fire_or_wait)
+{
+    t_dir d;
+    eb_store_close(t_store_new(&d));
+    t_sql(d.path, "INSERT INTO eb_scheduled(due, topic, key, payload, created)"
+                  " VALUES(-9223372036854775807, 'later', NULL, x'00', 0),"
+                  "       (9223372036854775806, 'never', NULL, x'00', 0)");
+    eb_store *s = t_store_open(d.path);
+    eb_bus *bus = t_bus_store(s, 2);
+    unsigned later = 0;
+    bool ok;
+    T_WAIT_FOR(ok,
+               (later = 0, eb_store_events(s, NULL, t_count_topic, &later) == EB_OK && later == 1));
+    cr_assert(ok, "the row due long ago did not fire");
+    t_sleep_ms(50);
+    eb_store_stats st;
+    cr_assert_eq(eb_store_stats_get(s, &st), EB_OK);
+    cr_assert_eq(st.scheduled, 1, "the row due far ahead fired or went");
+    eb_bus_destroy(bus);
+    t_store_done(&d, s);
+}
+
 /* The writer's last call into a draining bus must be over before the bus is
    freed (ASan found the writer in eb__bus_store_done after the free). */
 Test(store, destroying_a_bus_right_after_durable_publishes_is_safe)
