@@ -111,6 +111,61 @@ void eb__saga_id(const char *name, const void *key, size_t key_len, bool with_se
     id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
 }
 
+/* The 16-bit check of an instance tag: from (name, key, tag). */
+static void tag_check(const char *name, const void *key, size_t key_len, const uint8_t tag[6],
+                      uint8_t check[2])
+{
+    hash2 h = {0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL};
+    hash2_bytes(&h, name, strlen(name));
+    hash2_bytes(&h, key, key_len);
+    hash2_bytes(&h, tag, 6);
+    memcpy(check, &h.a, 2);
+}
+
+void eb__saga_tag(const char *name, const void *key, size_t key_len, const uint8_t start[16],
+                  uint8_t tag[EB__SAGA_TAG])
+{
+    hash2 h = {0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL};
+    hash2_bytes(&h, name, strlen(name));
+    hash2_bytes(&h, key, key_len);
+    hash2_bytes(&h, start, 16);
+    memcpy(tag, &h.a, 6);
+    tag_check(name, key, key_len, tag, tag + 6);
+}
+
+void eb__saga_command_id(const char *name, const void *key, size_t key_len,
+                         const uint8_t tag[EB__SAGA_TAG], uint64_t transition, uint32_t position,
+                         uint8_t id[16])
+{
+    hash2 h = {0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
+    unsigned char seq[18];
+    memcpy(seq, tag, 6);
+    memcpy(seq + 6, &transition, 8);
+    memcpy(seq + 14, &position, 4);
+    hash2_bytes(&h, name, strlen(name));
+    hash2_bytes(&h, key, key_len);
+    hash2_bytes(&h, seq, sizeof(seq));
+    memcpy(id, tag, 6);
+    memcpy(id + 6, &h.a, 8);
+    memcpy(id + 14, tag + 6, 2);
+    id[6] = (uint8_t)((id[6] & 0x0f) | 0x80);
+    id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
+}
+
+bool eb__saga_command_tag(const char *name, const void *key, size_t key_len, const uint8_t id[16],
+                          uint8_t tag[EB__SAGA_TAG])
+{
+    uint8_t check[2];
+    if ((id[6] & 0xf0) != 0x80 || (id[8] & 0xc0) != 0x80)
+        return false;
+    tag_check(name, key, key_len, id, check);
+    if (memcmp(check, id + 14, 2) != 0)
+        return false;
+    memcpy(tag, id, 6);
+    memcpy(tag + 6, check, 2);
+    return true;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Topic patterns                                                          */
 /* ---------------------------------------------------------------------- */
@@ -474,7 +529,7 @@ typedef struct ms_node {
     hkey k; /* first: a = saga name, b = key, both in data */
     uint64_t version;
     bool completed;
-    uint8_t event_id[16];
+    uint8_t event_id[16], start_id[16];
     unsigned char *outbox; /* malloc'ed; outbox_cap bytes, outbox_len used */
     size_t outbox_len, outbox_cap;
     size_t name_len, key_len, state_size;
@@ -554,6 +609,7 @@ static int ms_load(eb_saga_store *s, const char *saga, const void *key, size_t k
             rec->version = n->version;
             rec->completed = n->completed;
             memcpy(rec->event_id, n->event_id, 16);
+            memcpy(rec->start_id, n->start_id, 16);
             rec->outbox = outbox;
             rec->outbox_len = outbox != NULL ? n->outbox_len : 0;
         }
@@ -589,6 +645,7 @@ static int ms_create(eb_saga_store *s, const char *saga, const void *key, size_t
     n->version = rec->version;
     n->completed = rec->completed;
     memcpy(n->event_id, rec->event_id, 16);
+    memcpy(n->start_id, rec->start_id, 16);
     if (ms_set_outbox(n, rec) != EB_OK) {
         free(n);
         return EB_ENOMEM;
@@ -828,6 +885,9 @@ struct eb_saga_ctx {
     uint64_t number; /* the transition number once saved */
     bool is_new;
     bool complete;
+    const uint8_t *start; /* the record's start id; NULL if it has none */
+    bool tagged;          /* tag was computed from start (on the first command) */
+    uint8_t tag[EB__SAGA_TAG];
     qbuf q;
 };
 
@@ -846,7 +906,15 @@ static int saga_queue(eb_saga_ctx *sc, int64_t delay_ns, const char *topic, cons
                       size_t len, const void *key, size_t key_len)
 {
     uint8_t id[16];
-    eb__saga_id(sc->saga->name, sc->key, sc->key_len, true, sc->number, (uint32_t)sc->q.n, id);
+    if (sc->start != NULL && !sc->tagged) {
+        eb__saga_tag(sc->saga->name, sc->key, sc->key_len, sc->start, sc->tag);
+        sc->tagged = true;
+    }
+    if (sc->start != NULL)
+        eb__saga_command_id(sc->saga->name, sc->key, sc->key_len, sc->tag, sc->number,
+                            (uint32_t)sc->q.n, id);
+    else
+        eb__saga_id(sc->saga->name, sc->key, sc->key_len, true, sc->number, (uint32_t)sc->q.n, id);
     return qbuf_push(&sc->q, id, delay_ns, topic, payload, len, key, key_len);
 }
 
@@ -912,6 +980,29 @@ static bool is_own_event(const eb_saga *s, const eb_event *ev)
         return false;
     eb__saga_id(s->name, k, kl, false, 0, 0, inst);
     return memcmp(corr, inst, 16) == 0;
+}
+
+static bool is_zero16(const uint8_t b[16])
+{
+    static const uint8_t zero[16];
+    return memcmp(b, zero, 16) == 0;
+}
+
+/* Whether an event of the saga's own (is_own_event) was sent by an earlier
+   instance of its key than the one whose start id is start: a timeout or
+   an event its removed predecessor queued. Its causation id is then a
+   command id of this key with another tag. A record without a start id
+   (written before start ids) cannot tell, nor can ids of such records: those
+   events reach the instance, as they always did. */
+static bool from_predecessor(const eb_saga *s, const eb_event *ev, const void *key, size_t key_len,
+                             const uint8_t start[16])
+{
+    uint8_t cause[16], tag[EB__SAGA_TAG], now[EB__SAGA_TAG];
+    if (is_zero16(start) || !eb_event_causation_id(ev, cause) ||
+        !eb__saga_command_tag(s->name, key, key_len, cause, tag))
+        return false;
+    eb__saga_tag(s->name, key, key_len, start, now);
+    return memcmp(tag, now, EB__SAGA_TAG) != 0;
 }
 
 EB_API void eb_saga_instance_id(const eb_saga_ctx *sc, uint8_t id[16])
@@ -1030,6 +1121,11 @@ static int on_saga_event(const eb_event *ev, void *arg)
         rc = saga_fail(s, rc);
         goto out;
     } else if (rc == EB_OK) {
+        if (own && !recovery && from_predecessor(s, ev, key, key_len, rec.start_id)) {
+            count(&s->ignored, 1);
+            rc = EB_OK;
+            goto out;
+        }
         bool redelivered = memcmp(rec.event_id, evid, 16) == 0;
         /* An outbox still in the store was saved but not (known to be)
            published. The same event again means our publish failed: send
@@ -1080,11 +1176,13 @@ static int on_saga_event(const eb_event *ev, void *arg)
         if (s->init != NULL)
             s->init(state, ev, s->ctx);
         rec.version = 0;
+        memcpy(rec.start_id, evid, 16);
         sc.is_new = true;
     }
     free(rec.outbox);
     rec.outbox = NULL;
     rec.outbox_len = 0;
+    sc.start = is_zero16(rec.start_id) ? NULL : rec.start_id;
 
     uint64_t loaded = rec.version;
     sc.number = loaded + 1;

@@ -32,8 +32,31 @@ bool eb__topic_match(const char *pattern, const char *topic);
 int eb__cover_pattern(const char *const *patterns, size_t n, char *out);
 
 /* 16-byte id (UUID version 8 layout) derived from the saga name, the
-   instance key and, if with_seq, a transition number and a position. */
+   instance key and, if with_seq, a transition number and a position: the
+   instance id (the correlation id of all its instances), and the command
+   ids of an instance whose record has no start id. */
 void eb__saga_id(const char *name, const void *key, size_t key_len, bool with_seq,
                  uint64_t transition, uint32_t position, uint8_t id[16]);
+
+/*
+ * The ids of an instance with a start id (the id of the event that created
+ * it), so that the instances one key has over time differ. Its tag
+ * (EB__SAGA_TAG bytes): 48 bits from (name, key, start id), then a 16-bit
+ * check from (name, key, those 48 bits). Its command ids: bytes 0-5 the
+ * tag's 48 bits, bytes 14-15 its check, the rest from (name, key, tag,
+ * transition, position) with the version 8 and variant bits.
+ * eb__saga_command_tag reads the tag back out of an id that carries the
+ * check of (name, key): false for any other id (a bus event id, a random
+ * command id, an id of another key or of a record without a start id; a
+ * foreign id passes with odds 2^-16).
+ */
+#define EB__SAGA_TAG 8
+void eb__saga_tag(const char *name, const void *key, size_t key_len, const uint8_t start[16],
+                  uint8_t tag[EB__SAGA_TAG]);
+void eb__saga_command_id(const char *name, const void *key, size_t key_len,
+                         const uint8_t tag[EB__SAGA_TAG], uint64_t transition, uint32_t position,
+                         uint8_t id[16]);
+bool eb__saga_command_tag(const char *name, const void *key, size_t key_len, const uint8_t id[16],
+                          uint8_t tag[EB__SAGA_TAG]);
 
 #endif /* EB_SAGA_H */

@@ -119,8 +119,12 @@ static const char SCHEMA_V1[] =
     " completed INTEGER NOT NULL, state BLOB NOT NULL, event_id BLOB NOT NULL, outbox BLOB,"
     " updated INTEGER NOT NULL, PRIMARY KEY(saga, key)) WITHOUT ROWID;";
 
+/* Version 2: a saga record keeps the id of the event that created its
+   instance (eb_saga_record.start_id); NULL in the rows of version 1. */
+static const char SCHEMA_V2[] = "ALTER TABLE eb_sagas ADD COLUMN start_id BLOB;";
+
 /* Migrations: MIGRATIONS[v] takes a file from version v to v + 1. */
-static const char *const MIGRATIONS[EB_STORE_SCHEMA_VERSION] = {SCHEMA_V1};
+static const char *const MIGRATIONS[EB_STORE_SCHEMA_VERSION] = {SCHEMA_V1, SCHEMA_V2};
 
 /* The writer's statements, prepared once. */
 enum {
@@ -206,7 +210,7 @@ static const char *const RSQL[R_COUNT] = {
                       " attempts, failed FROM eb_deadletters ORDER BY id LIMIT ?1",
     [R_SAGAS] = "SELECT saga, key, version, completed, length(state), outbox IS NOT NULL,"
                 " updated FROM eb_sagas WHERE ?1 IS NULL OR saga = ?1 ORDER BY saga, key LIMIT ?2",
-    [R_SAGA_LOAD] = "SELECT version, completed, state, event_id, outbox FROM eb_sagas"
+    [R_SAGA_LOAD] = "SELECT version, completed, state, event_id, outbox, start_id FROM eb_sagas"
                     " WHERE saga = ?1 AND key = ?2",
     [R_SAGA_PENDING] = "SELECT key, version, completed, outbox FROM eb_sagas"
                        " WHERE saga = ?1 AND outbox IS NOT NULL ORDER BY key",
@@ -2030,8 +2034,11 @@ static int check_locked(eb_store *s, bool locked, bool *need_lock)
     }
     if (ver == EB_STORE_SCHEMA_VERSION)
         return EB_OK;
+    if (s->opts.read_only && ver >= 1)
+        return EB_OK; /* read as it is: what a reader reads is in every
+                         version; the next writable open migrates it */
     if (s->opts.read_only)
-        return EB_ECORRUPT; /* an empty file, or one we would have to migrate */
+        return EB_ECORRUPT; /* an empty file */
     if (s->opts.no_create && app == 0) {
         /* An SQLite file with nothing in it is an empty file: no_create
            leaves it as it is (the schema was written into it). */
@@ -2600,7 +2607,7 @@ static const char *const OSQL[O_COUNT] = {
     [O_DL_DEL_ONE] = "DELETE FROM eb_deadletters WHERE id = ?1",
     [O_DL_DEL_ALL] = "DELETE FROM eb_deadletters",
     [O_SAGA_CREATE] = "INSERT INTO eb_sagas(saga, key, version, completed, state, event_id,"
-                      " outbox, updated) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                      " outbox, updated, start_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [O_SAGA_SAVE] = "UPDATE eb_sagas SET version = ?4, completed = ?5, state = ?6,"
                     " event_id = ?7, outbox = ?8, updated = ?9"
                     " WHERE saga = ?1 AND key = ?2 AND version = ?3 AND length(state) = ?10",
@@ -3056,6 +3063,7 @@ static int saga_run(eb_store *s, job *j)
         sqlite3_bind_blob(st, 6, r->event_id, 16, SQLITE_STATIC);
         bind_blob(st, 7, r->outbox_len ? r->outbox : NULL, r->outbox_len);
         sqlite3_bind_int64(st, 8, now_ns());
+        sqlite3_bind_blob(st, 9, r->start_id, 16, SQLITE_STATIC);
         break;
     case 1:
         sqlite3_bind_int64(st, 3, (sqlite3_int64)g->expected);
@@ -3153,6 +3161,8 @@ static int saga_load(eb_saga_store *st, const char *saga, const void *key, size_
         const void *state = col_blob(q, 2, &sl);
         const void *outbox = col_blob(q, 4, &ol);
         const void *eid = col_blob(q, 3, &il);
+        size_t stl;
+        const void *start = col_blob(q, 5, &stl);
         if (sl != rec->state_size) {
             rc = EB_EINVAL;
         } else {
@@ -3170,6 +3180,9 @@ static int saga_load(eb_saga_store *st, const char *saga, const void *key, size_
                 memset(rec->event_id, 0, 16);
                 if (eid != NULL && il == 16)
                     memcpy(rec->event_id, eid, 16);
+                memset(rec->start_id, 0, 16); /* NULL in rows of schema 1 */
+                if (start != NULL && stl == 16)
+                    memcpy(rec->start_id, start, 16);
                 rec->outbox = ob;
                 rec->outbox_len = ob ? ol : 0;
             }

@@ -407,6 +407,7 @@ typedef struct t_saga_fwd {
     eb_saga_store store; /* first: the functions get &store */
     eb_saga_store *real;
     atomic_int fail_remove;
+    bool drop_start; /* keeps no start id, as a store written before them */
 } t_saga_fwd;
 
 static inline eb_saga_store *t_fwd_real(eb_saga_store *s)
@@ -423,7 +424,11 @@ static inline int t_fwd_load(eb_saga_store *s, const char *g, const void *k, siz
 static inline int t_fwd_create(eb_saga_store *s, const char *g, const void *k, size_t kl,
                                const eb_saga_record *r)
 {
-    return t_fwd_real(s)->create(t_fwd_real(s), g, k, kl, r);
+    if (!((t_saga_fwd *)s)->drop_start)
+        return t_fwd_real(s)->create(t_fwd_real(s), g, k, kl, r);
+    eb_saga_record bare = *r;
+    memset(bare.start_id, 0, sizeof bare.start_id);
+    return t_fwd_real(s)->create(t_fwd_real(s), g, k, kl, &bare);
 }
 
 static inline int t_fwd_save(eb_saga_store *s, const char *g, const void *k, size_t kl, uint64_t v,
@@ -446,6 +451,92 @@ static inline void t_saga_fwd_init(t_saga_fwd *f, eb_saga_store *real)
     f->store = (eb_saga_store){
         .load = t_fwd_load, .create = t_fwd_create, .save = t_fwd_save, .remove = t_fwd_remove};
     f->real = real;
+}
+
+/* ---- one saga key, two instances (test_saga, test_store) ------------- */
+
+/* Saga "inc" (topics inc.#, start inc.start, EB_SAGA_REMOVE): a start
+   event's first payload byte is its token, kept in the state; its
+   transition schedules inc.timeout (delay_ns, the token as payload) and
+   publishes cmd.inc (the token, keyed by the instance), and token 'A'
+   completes at once. A timeout completes the instance and counts whether
+   its token is another instance's. */
+typedef struct t_inc {
+    int64_t delay_ns;
+    atomic_uint timeouts, foreign;
+    atomic_uint cmds;
+    uint8_t ids[2][16]; /* command ids of cmd.inc 'A' and 'B' (SERIAL observer) */
+} t_inc;
+
+static inline int t_inc_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    t_inc *t = ctx;
+    size_t n, kl;
+    const char *p = eb_event_payload(ev, &n);
+    const void *k = eb_saga_key(sc, &kl);
+    char tok = n > 0 ? p[0] : 0;
+    if (strcmp(eb_event_topic(ev), "inc.timeout") == 0) {
+        atomic_fetch_add(&t->timeouts, 1);
+        if (tok != *(char *)state)
+            atomic_fetch_add(&t->foreign, 1);
+        eb_saga_complete(sc);
+        return EB_OK;
+    }
+    *(char *)state = tok;
+    int rc = eb_saga_schedule_timeout(sc, t->delay_ns, "inc.timeout", &tok, 1);
+    if (rc == EB_OK)
+        rc = eb_saga_publish(sc, "cmd.inc", &tok, 1, k, kl);
+    if (tok == 'A')
+        eb_saga_complete(sc);
+    return rc;
+}
+
+static inline int t_inc_on_cmd(const eb_event *ev, void *ctx)
+{
+    t_inc *t = ctx;
+    size_t n;
+    const char *p = eb_event_payload(ev, &n);
+    if (n == 1 && (p[0] == 'A' || p[0] == 'B'))
+        eb_command_id(ev, t->ids[p[0] - 'A']);
+    atomic_fetch_add(&t->cmds, 1);
+    return EB_OK;
+}
+
+/* Starts instance 'A' of key K (it completes and is removed, its timeout
+   still pending), then instance 'B' of K before A's timeout fires, and
+   waits until B's transitions and the saga's ignored count show both
+   timeouts handled. */
+static inline void t_inc_run(eb_bus *bus, eb_saga_store *store, unsigned flags, t_inc *t,
+                             eb_saga_stats *st)
+{
+    eb_subscription *cmd = t_sub(bus, "cmd.inc", t_inc_on_cmd, t, EB_DELIVERY_SERIAL, 0);
+    const char *topics[] = {"inc.#"}, *starts[] = {"inc.start"};
+    eb_saga_def def = {.name = "inc",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = starts,
+                       .n_start_topics = 1,
+                       .state_size = 1,
+                       .transition = t_inc_transition,
+                       .ctx = t};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.store = store;
+    so.publish_flags = flags;
+    eb_saga *g = NULL;
+    cr_assert_eq(eb_saga_register(bus, &def, &so, &g), EB_OK);
+    eb_publish_options po = t_bounded_opts();
+    po.key = "K";
+    po.key_len = 1;
+    cr_assert_eq(eb_publish_wait(bus, "inc.start", "A", 1, &po, NULL), EB_OK);
+    cr_assert_eq(eb_publish_wait(bus, "inc.start", "B", 1, &po, NULL), EB_OK);
+    bool ok;
+    T_WAIT_FOR(ok, eb_saga_stats_get(g, st) == EB_OK && st->completed >= 2 &&
+                       st->transitions + st->ignored >= 4);
+    cr_assert(ok, "the timeouts did not come back");
+    cr_assert(t_wait_ge(&t->cmds, 2));
+    cr_assert_eq(eb_saga_unregister(g), EB_OK);
+    cr_assert_eq(eb_unsubscribe(cmd), EB_OK);
 }
 
 #endif /* EB_TESTS_COMMON_H */

@@ -202,8 +202,17 @@ Test(saga, failed_save_sends_nothing_and_the_retried_event_succeeds)
     cr_expect_eq(atomic_load(&fs.failed), 2);
     cr_expect_eq(atomic_load(&fs.cmds_at_failure), 0, "a command left before the save");
     cr_expect_eq(atomic_load(&c.transitions), 3);
-    uint8_t want[16];
-    eb__saga_id("pbd", "k1", 2, true, 1, 0, want);
+    /* The command id comes from the instance (its key and the id of the
+       event that created it, kept in the record) and the transition. */
+    uint32_t state = 0;
+    eb_saga_record rec = {.state = &state, .state_size = sizeof(state)};
+    cr_assert_eq(fs.inner->load(fs.inner, "pbd", "k1", 2, &rec), EB_OK);
+    free(rec.outbox);
+    static const uint8_t zero[16];
+    cr_expect(memcmp(rec.start_id, zero, 16) != 0, "the record keeps its start id");
+    uint8_t want[16], tag[EB__SAGA_TAG];
+    eb__saga_tag("pbd", "k1", 2, rec.start_id, tag);
+    eb__saga_command_id("pbd", "k1", 2, tag, 1, 0, want);
     cr_expect(memcmp(c.last_id, want, 16) == 0, "command id is derived from the transition");
     eb__saga_id("pbd", "k1", 2, false, 0, 0, want);
     cr_expect(memcmp(c.last_corr, want, 16) == 0, "correlation id is the instance id");
@@ -214,7 +223,7 @@ Test(saga, failed_save_sends_nothing_and_the_retried_event_succeeds)
     cr_assert(t_wait_ge(&c.cmds, 2));
     cr_expect_eq(atomic_load(&fs.failed), 3);
     cr_expect_eq(atomic_load(&fs.cmds_at_failure), 1, "a command left before the save");
-    eb__saga_id("pbd", "k1", 2, true, 2, 0, want);
+    eb__saga_command_id("pbd", "k1", 2, tag, 2, 0, want);
     cr_expect(memcmp(c.last_id, want, 16) == 0);
 
     /* The command can reach its subscriber before the saga marks the
@@ -226,8 +235,6 @@ Test(saga, failed_save_sends_nothing_and_the_retried_event_succeeds)
     cr_expect_eq(st.failures, 3);
     cr_expect_eq(st.started, 1);
 
-    uint32_t state = 0;
-    eb_saga_record rec = {.state = &state, .state_size = sizeof(state)};
     cr_assert_eq(fs.inner->load(fs.inner, "pbd", "k1", 2, &rec), EB_OK);
     cr_expect_eq(rec.version, 2);
     cr_expect_eq(state, 2);
@@ -1280,6 +1287,83 @@ Test(saga, a_start_event_after_a_failed_remove_creates_the_next_instance)
     cr_assert_eq(st.ignored, 0);
     cr_assert_eq(eb_saga_unregister(g), EB_OK);
     cr_assert_eq(eb_unsubscribe(sub), EB_OK);
+    eb_bus_destroy(bus);
+    eb_saga_store_destroy(real);
+}
+
+/* A command id of an instance with a start id carries its tag, and only
+   such ids of this saga and key give one back. */
+Test(saga, command_ids_carry_their_instance_tag_and_no_other_id_passes_for_one)
+{
+    uint8_t s1[16], s2[16];
+    for (int i = 0; i < 16; i++) {
+        s1[i] = (uint8_t)(i + 1);
+        s2[i] = (uint8_t)(i + 2);
+    }
+    uint8_t t1[EB__SAGA_TAG], t2[EB__SAGA_TAG], got[EB__SAGA_TAG];
+    eb__saga_tag("inc", "K", 1, s1, t1);
+    eb__saga_tag("inc", "K", 1, s2, t2);
+    cr_assert(memcmp(t1, t2, EB__SAGA_TAG) != 0);
+    uint8_t a[16], b[16], c[16], other[16];
+    eb__saga_command_id("inc", "K", 1, t1, 1, 0, a);
+    eb__saga_command_id("inc", "K", 1, t1, 1, 1, b);
+    eb__saga_command_id("inc", "K", 1, t1, 2, 0, c);
+    cr_assert(memcmp(a, b, 16) != 0 && memcmp(a, c, 16) != 0 && memcmp(b, c, 16) != 0);
+    cr_assert_eq(a[6] >> 4, 8, "UUID version 8");
+    cr_assert_eq(a[8] >> 6, 2, "RFC 9562 variant");
+    cr_assert(eb__saga_command_tag("inc", "K", 1, a, got));
+    cr_assert(memcmp(got, t1, EB__SAGA_TAG) == 0);
+    cr_assert(eb__saga_command_tag("inc", "K", 1, c, got));
+    cr_assert(memcmp(got, t1, EB__SAGA_TAG) == 0);
+    cr_assert_not(eb__saga_command_tag("inc", "K2", 2, a, got), "another key");
+    cr_assert_not(eb__saga_command_tag("other", "K", 1, a, got), "another saga");
+    eb__saga_id("inc", "K", 1, true, 1, 0, other); /* a record without a start id */
+    cr_assert_not(eb__saga_command_tag("inc", "K", 1, other, got));
+    memcpy(other, a, 16);
+    other[6] = (uint8_t)((other[6] & 0x0f) | 0x70); /* a bus event id's version */
+    cr_assert_not(eb__saga_command_tag("inc", "K", 1, other, got));
+}
+
+/* EB_SAGA_REMOVE: instance A of a key completes and is removed while its
+   timeout is pending; instance B of the same key starts before it fires.
+   A's timeout is ignored (it used to reach B, carrying A's ids), B gets
+   its own, and the two send their first commands with different ids (they
+   used to repeat: ids came from the key and the transition number). */
+Test(saga, a_new_instance_of_a_key_ignores_the_timeouts_of_the_one_before)
+{
+    eb_bus *bus = t_bus_new(2);
+    eb_saga_store *store = NULL;
+    cr_assert_eq(eb_saga_memory_store_create(&store), EB_OK);
+    t_inc t = {.delay_ns = 300 * T_MS};
+    eb_saga_stats st;
+    t_inc_run(bus, store, 0, &t, &st);
+    cr_expect_eq(atomic_load(&t.foreign), 0, "B got A's timeout");
+    cr_expect_eq(atomic_load(&t.timeouts), 1);
+    cr_expect_eq(st.ignored, 1, "A's timeout was not ignored");
+    cr_expect_eq(st.started, 2);
+    cr_expect(memcmp(t.ids[0], t.ids[1], 16) != 0, "A and B sent the same command id");
+    eb_bus_destroy(bus);
+    eb_saga_store_destroy(store);
+}
+
+/* A store that keeps no start id (a custom store written before them)
+   cannot tell the instances of a key apart: A's timeout reaches B, as it
+   did before start ids. Only the transition that creates an instance knows
+   its start id without the store, so the first commands still differ. */
+Test(saga, a_store_that_keeps_no_start_id_cannot_tell_the_instances_of_a_key_apart)
+{
+    eb_bus *bus = t_bus_new(2);
+    eb_saga_store *real = NULL;
+    cr_assert_eq(eb_saga_memory_store_create(&real), EB_OK);
+    t_saga_fwd wrapper;
+    t_saga_fwd_init(&wrapper, real);
+    wrapper.drop_start = true;
+    t_inc t = {.delay_ns = 300 * T_MS};
+    eb_saga_stats st;
+    t_inc_run(bus, &wrapper.store, 0, &t, &st);
+    cr_expect_eq(atomic_load(&t.foreign), 1);
+    cr_expect_eq(st.started, 2);
+    cr_expect(memcmp(t.ids[0], t.ids[1], 16) != 0);
     eb_bus_destroy(bus);
     eb_saga_store_destroy(real);
 }

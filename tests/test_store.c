@@ -1634,6 +1634,164 @@ Test(store, replies_to_commands_a_saga_recovers_at_registration_reach_it)
     t_store_done(&d, s);
 }
 
+/* ---- saga instances of one key, and schema migrations ----------------------- */
+
+/* As saga::a_new_instance_of_a_key_ignores_the_timeouts_of_the_one_before,
+   on the SQLite saga store with durable publishes: the start id is kept in
+   the file, and the removed instance's timeout waits in eb_scheduled. */
+Test(store, a_new_saga_instance_ignores_the_durable_timeouts_of_the_one_before)
+{
+    t_dir d;
+    eb_store *s = t_store_new(&d);
+    eb_bus *bus = t_bus_store(s, 2);
+    eb_saga_store *ss = NULL;
+    cr_assert_eq(eb_saga_sqlite_store_create(s, &ss), EB_OK);
+    t_inc t = {.delay_ns = 300 * T_MS};
+    eb_saga_stats st;
+    t_inc_run(bus, ss, EB_PUBLISH_DURABLE, &t, &st);
+    cr_expect_eq(atomic_load(&t.foreign), 0, "B got A's timeout");
+    cr_expect_eq(atomic_load(&t.timeouts), 1);
+    cr_expect_eq(st.ignored, 1, "A's timeout was not ignored");
+    cr_expect(memcmp(t.ids[0], t.ids[1], 16) != 0, "A and B sent the same command id");
+    eb_bus_destroy(bus);
+    eb_saga_store_destroy(ss);
+    t_store_done(&d, s);
+}
+
+/* The saga of tests/fixtures/store-v1.sql: o-1 sends payment.charge, the
+   others schedule order.timeout; a timeout completes its instance. */
+typedef struct mv_saga {
+    atomic_uint timeouts, cmds;
+    uint8_t last_cmd[16]; /* SERIAL observer */
+    char timed_out[8];    /* the key of the last timeout */
+} mv_saga;
+
+static int mv_transition(eb_saga_ctx *sc, const eb_event *ev, void *state, void *ctx)
+{
+    (void)state;
+    mv_saga *m = ctx;
+    size_t kl;
+    const void *k = eb_saga_key(sc, &kl);
+    if (strcmp(eb_event_topic(ev), "order.timeout") == 0) {
+        snprintf(m->timed_out, sizeof m->timed_out, "%.*s", (int)kl, (const char *)k);
+        atomic_fetch_add(&m->timeouts, 1);
+        eb_saga_complete(sc);
+        return EB_OK;
+    }
+    if (kl == 3 && memcmp(k, "o-1", 3) == 0)
+        return eb_saga_send(sc, "payment.charge", "o-1", 3, "p-1", 3);
+    return eb_saga_schedule_timeout(sc, 2 * T_SEC, "order.timeout", k, kl);
+}
+
+static int mv_on_cmd(const eb_event *ev, void *ctx)
+{
+    mv_saga *m = ctx;
+    eb_command_id(ev, m->last_cmd);
+    atomic_fetch_add(&m->cmds, 1);
+    return EB_OK;
+}
+
+static int mv_user_version(const char *path)
+{
+    sqlite3 *db;
+    sqlite3_stmt *q;
+    cr_assert_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    int v = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return v;
+}
+
+/* A file written by the library at schema version 1 (tests/fixtures):
+   read as it is by a read-only open, migrated by a writable one, and its
+   sagas go on: the pending outbox is recovered with the command id it was
+   saved with, and the timeout the old instance scheduled reaches it (a
+   record without a start id takes its own events, as before). A new
+   instance gets a start id. */
+Test(store, a_version_1_file_is_migrated_and_its_sagas_go_on)
+{
+    t_dir d;
+    t_dir_new(&d);
+    char sql[8192];
+    size_t n = t_read_file(EB_TEST_FIXTURES "/store-v1.sql", sql, sizeof sql - 1);
+    cr_assert_lt(n, sizeof sql - 1);
+    sql[n] = '\0';
+    t_sql(d.path, sql);
+    /* The timeout falls due shortly after the saga is registered. */
+    char due[96];
+    snprintf(due, sizeof due, "UPDATE eb_scheduled SET due = %lld",
+             (long long)(t_realtime_ns() + 1 * T_SEC));
+    t_sql(d.path, due);
+
+    eb_store_options o;
+    eb_store_options_init(&o);
+    o.read_only = true;
+    eb_store *s = NULL;
+    cr_assert_eq(eb_store_open(d.path, &o, &s), EB_OK);
+    eb_store_stats ss;
+    cr_assert_eq(eb_store_stats_get(s, &ss), EB_OK);
+    cr_expect_eq(ss.events, 4);
+    cr_expect_eq(ss.sagas, 2);
+    cr_expect_eq(ss.scheduled, 1);
+    eb_store_close(s);
+    cr_assert_eq(mv_user_version(d.path), 1, "a read-only open migrated the file");
+
+    s = t_store_open(d.path);
+    cr_assert_eq(mv_user_version(d.path), EB_STORE_SCHEMA_VERSION);
+    eb_bus *bus = t_bus_store(s, 2);
+    mv_saga m = {0};
+    eb_subscription *cmd = t_sub(bus, "payment.charge", mv_on_cmd, &m, EB_DELIVERY_SERIAL, 0);
+    eb_saga_store *sstore = NULL;
+    cr_assert_eq(eb_saga_sqlite_store_create(s, &sstore), EB_OK);
+    const char *topics[] = {"order.#"}, *starts[] = {"order.placed"};
+    eb_saga_def def = {.name = "order",
+                       .topics = topics,
+                       .n_topics = 1,
+                       .start_topics = starts,
+                       .n_start_topics = 1,
+                       .state_size = 8,
+                       .transition = mv_transition,
+                       .ctx = &m};
+    eb_saga_options so;
+    eb_saga_options_init(&so);
+    so.store = sstore;
+    so.publish_flags = EB_PUBLISH_DURABLE;
+    eb_saga *g = NULL;
+    cr_assert_eq(eb_saga_register(bus, &def, &so, &g), EB_OK);
+    eb_saga_stats gs;
+    cr_assert_eq(eb_saga_stats_get(g, &gs), EB_OK);
+    cr_expect_eq(gs.redispatched, 1, "o-1's pending outbox was not recovered");
+    cr_assert(t_wait_ge(&m.cmds, 1));
+    static const uint8_t saved_id[16] = {0x30, 0x69, 0xc9, 0x1c, 0x57, 0x60, 0x8d, 0x1d,
+                                         0xb2, 0x13, 0x6f, 0xbd, 0xa2, 0x61, 0xc9, 0x28};
+    cr_expect(memcmp(m.last_cmd, saved_id, 16) == 0, "the recovered command has another id");
+    cr_assert(t_wait_ge(&m.timeouts, 1), "o-2's timeout did not reach it");
+    cr_expect_str_eq(m.timed_out, "o-2");
+
+    /* A new instance: its record gets a start id; the old ones have none. */
+    eb_publish_options po = t_bounded_opts();
+    po.key = "o-3";
+    po.key_len = 3;
+    cr_assert_eq(eb_publish_wait(bus, "order.placed", NULL, 0, &po, NULL), EB_OK);
+    static const uint8_t zero[16];
+    uint8_t state[8];
+    eb_saga_record rec = {.state = state, .state_size = sizeof state};
+    cr_assert_eq(sstore->load(sstore, "order", "o-3", 3, &rec), EB_OK);
+    free(rec.outbox);
+    cr_expect(memcmp(rec.start_id, zero, 16) != 0, "a new instance has no start id");
+    cr_assert_eq(sstore->load(sstore, "order", "o-1", 3, &rec), EB_OK);
+    free(rec.outbox);
+    cr_expect(memcmp(rec.start_id, zero, 16) == 0);
+
+    cr_assert_eq(eb_saga_unregister(g), EB_OK);
+    cr_assert_eq(eb_unsubscribe(cmd), EB_OK);
+    eb_bus_destroy(bus);
+    eb_saga_store_destroy(sstore);
+    t_store_done(&d, s);
+}
+
 Test(store, refusals_of_attaching_and_of_untrackable_durable_calls)
 {
     t_dir d;

@@ -640,13 +640,11 @@ EB_API void eb_event_release(const eb_event *ev);
  *  - At least once: if the save succeeded but publishing failed, the retried
  *    event does not run the transition again; it publishes the stored
  *    commands again, with the same ids. Command ids are derived from (saga
- *    name, instance key, transition number, position), so a redelivered
- *    transition produces the same ids; handlers deduplicate by
- *    eb_command_id. With EB_SAGA_REMOVE, a new instance for a key that had
- *    one numbers its transitions from 1 again, so its command ids repeat
- *    the removed instance's: deduplicate per instance (forget a key's ids
- *    once its instance completed), or use EB_SAGA_ARCHIVE, where a key
- *    has one instance for good.
+ *    name, instance key, start id, transition number, position), the start
+ *    id being the id of the event that created the instance, so a
+ *    redelivered transition produces the same ids and the instances a key
+ *    has over time (EB_SAGA_REMOVE) send different ones; handlers
+ *    deduplicate by eb_command_id.
  *  - One instance per key: a start event for a key that has an instance
  *    is handled by that instance, so duplicate start events create it once.
  *
@@ -822,12 +820,15 @@ EB_API int eb_saga_publish(eb_saga_ctx *sc, const char *topic, const void *paylo
  * saga knows its own timeouts by their correlation id, the instance id: no
  * key function is asked, and one never starts an instance). A
  * timeout cannot be cancelled: the transition that receives it decides from
- * the state whether it still matters (an instance that was removed or
- * archived ignores it; but with EB_SAGA_REMOVE a later instance of the
- * same key gets the timeouts its removed predecessor had scheduled, as they
- * carry the same ids: tell them apart from the state, e.g. with a token
- * in both the state and the timeout's payload, or use EB_SAGA_ARCHIVE).
- * A timeout is published with the saga's
+ * the state whether it still matters. An instance that was removed or
+ * archived ignores it, and with EB_SAGA_REMOVE a later instance of the
+ * same key ignores the timeouts (and the events with its key) a removed
+ * predecessor queued: their command ids carry the predecessor's start id.
+ * Only a store that keeps no start id (eb_saga_record) cannot tell them
+ * apart; its instances get them. (Replies an aggregate emits to a
+ * predecessor's command carry the command's event id as causation, not its
+ * command id: a later instance that reacts to them tells them apart from
+ * the state.) A timeout is published with the saga's
  * publish_flags: durable when they are (it waits in the store and fires
  * once, also after a restart), else not (see delay_ns).
  * Errors: EB_EINVAL (NULL sc or topic, delay_ns <= 0, payload NULL with
@@ -856,8 +857,10 @@ EB_API void eb_saga_instance_id(const eb_saga_ctx *sc, uint8_t id[16]);
 /*
  * The id of a command: its causation id, which eb_saga_send, eb_saga_publish,
  * eb_saga_schedule_timeout and eb_command_send set to the command's own id
- * (derived from saga name, instance key, transition number and position for
- * saga commands, so a redelivered transition sends the same ids). Returns
+ * (derived from saga name, instance key, the instance's start id,
+ * transition number and position for saga commands, so a redelivered
+ * transition sends the same ids; from the first four only for an instance
+ * whose store keeps no start id, see eb_saga_record). Returns
  * false (id zeroed) if the event carries no causation id.
  * Thread-safe: yes, while the event is valid.
  */
@@ -870,6 +873,11 @@ EB_API bool eb_command_id(const eb_event *ev, uint8_t id[16]);
  * the commands the transition that wrote this version queued (an opaque
  * byte string the helper writes and reads; NULL/0 if none or already
  * dispatched); event_id is the id of the event whose transition wrote it.
+ * start_id is the id of the event whose transition created the instance:
+ * it tells the instances one key has over time apart (see
+ * eb_saga_schedule_timeout). A store sets it at create and leaves it at
+ * save. All zero: unknown (a record of a library before it, or a store
+ * that does not keep it); the instance then gets the ids it had before.
  */
 typedef struct eb_saga_record {
     void *state;
@@ -879,6 +887,7 @@ typedef struct eb_saga_record {
     uint8_t event_id[16];
     void *outbox;
     size_t outbox_len;
+    uint8_t start_id[16];
 } eb_saga_record;
 
 /*
@@ -890,17 +899,19 @@ typedef struct eb_saga_record {
  */
 struct eb_saga_store {
     /* Copies the record's state into rec->state (rec->state_size bytes, as
-       allocated by the caller) and fills version, completed, event_id and
-       outbox: a malloc'ed copy the caller frees with free(), or NULL.
+       allocated by the caller) and fills version, completed, event_id,
+       start_id (zero if not kept) and outbox: a malloc'ed copy the caller
+       frees with free(), or NULL.
        Errors: EB_ENOENT (no such record), EB_EINVAL (another state size). */
     int (*load)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
                 eb_saga_record *rec);
-    /* Inserts rec (state, version, completed, event_id, outbox copied).
+    /* Inserts rec (state, version, completed, event_id, outbox and
+       start_id copied).
        Errors: EB_EEXIST (a record with that key exists), EB_ENOMEM. */
     int (*create)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
                   const eb_saga_record *rec);
     /* Replaces the record if its version is still expected_version (state
-       and outbox in one step). Errors: EB_ECONFLICT (another version),
+       and outbox in one step; start_id stays as created). Errors: EB_ECONFLICT (another version),
        EB_ENOENT, EB_EINVAL (another state size), EB_ENOMEM. */
     int (*save)(eb_saga_store *store, const char *saga, const void *key, size_t key_len,
                 uint64_t expected_version, const eb_saga_record *rec);

@@ -48,8 +48,9 @@
 extern "C" {
 #endif
 
-/* The schema version this library writes (PRAGMA user_version). */
-#define EB_STORE_SCHEMA_VERSION 1
+/* The schema version this library writes (PRAGMA user_version). 1: the
+   first; 2: saga records keep their start id (eb_saga_record). */
+#define EB_STORE_SCHEMA_VERSION 2
 
 typedef enum eb_store_sync {
     EB_STORE_SYNC_FULL = 0, /* fsync at every commit: survives power loss (default) */
@@ -61,7 +62,9 @@ typedef struct eb_store_options {
     eb_store_sync synchronous;
     unsigned busy_timeout_ms; /* wait for another process's lock; 0: 5000 */
     bool read_only;           /* open an existing file for reading only: no writer
-                                 thread; write calls return EB_ENOTSUP. WAL
+                                 thread; write calls return EB_ENOTSUP. A file
+                                 of an older schema is read as it is (the
+                                 next writable open migrates it). WAL
                                  mode: SQLite may have to create the file's
                                  -shm beside it, so in a directory the process
                                  cannot write the open can fail (EB_EIO) */
@@ -94,8 +97,9 @@ EB_API void eb_store_options_init(eb_store_options *opts);
 
 /*
  * Opens (or creates, mode 0600) the store file at path, migrates an older
- * schema, and starts the writer thread (named "eb-store"). On EB_OK *out
- * owns the store.
+ * schema (in one transaction; a library older than the file then refuses
+ * it with EB_ENOTSUP), and starts the writer thread (named "eb-store"). On
+ * EB_OK *out owns the store.
  * Errors: EB_EINVAL (NULL path or out, an option out of range), EB_ENOENT
  * (missing or empty file with read_only or no_create), EB_ECORRUPT (not an SQLite
  * file, not an eventbus store, or damaged), EB_ENOTSUP (a newer schema
