@@ -111,58 +111,47 @@ void eb__saga_id(const char *name, const void *key, size_t key_len, bool with_se
     id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
 }
 
-/* The 16-bit check of an instance tag: from (name, key, tag). */
-static void tag_check(const char *name, const void *key, size_t key_len, const uint8_t tag[6],
-                      uint8_t check[2])
-{
-    hash2 h = {0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL};
-    hash2_bytes(&h, name, strlen(name));
-    hash2_bytes(&h, key, key_len);
-    hash2_bytes(&h, tag, 6);
-    memcpy(check, &h.a, 2);
-}
-
-void eb__saga_tag(const char *name, const void *key, size_t key_len, const uint8_t start[16],
-                  uint8_t tag[EB__SAGA_TAG])
+void eb__saga_tag_init(eb__saga_tag *t, const char *name, const void *key, size_t key_len,
+                       const uint8_t start[16])
 {
     hash2 h = {0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL};
     hash2_bytes(&h, name, strlen(name));
     hash2_bytes(&h, key, key_len);
-    hash2_bytes(&h, start, 16);
-    memcpy(tag, &h.a, 6);
-    tag_check(name, key, key_len, tag, tag + 6);
+    uint64_t s0, s1;
+    memcpy(&s0, start, 8);
+    memcpy(&s1, start + 8, 8);
+    t->a = h.a;
+    t->b = h.b;
+    t->tag = mix64(s0 ^ mix64(s1 ^ h.a)) & 0xffffffffffffULL;
+    t->check = (uint16_t)mix64(t->tag ^ h.b);
 }
 
-void eb__saga_command_id(const char *name, const void *key, size_t key_len,
-                         const uint8_t tag[EB__SAGA_TAG], uint64_t transition, uint32_t position,
+void eb__saga_command_id(const eb__saga_tag *t, uint64_t transition, uint32_t position,
                          uint8_t id[16])
 {
-    hash2 h = {0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
-    unsigned char seq[18];
-    memcpy(seq, tag, 6);
-    memcpy(seq + 6, &transition, 8);
-    memcpy(seq + 14, &position, 4);
-    hash2_bytes(&h, name, strlen(name));
-    hash2_bytes(&h, key, key_len);
-    hash2_bytes(&h, seq, sizeof(seq));
-    memcpy(id, tag, 6);
-    memcpy(id + 6, &h.a, 8);
-    memcpy(id + 14, tag + 6, 2);
+    uint64_t x = mix64(t->a ^ mix64(t->tag ^ mix64(transition ^ ((uint64_t)position << 40) ^
+                                                   0x243f6a8885a308d3ULL)));
+    uint64_t tag = t->tag; /* little-endian bytes 0-5, like the check's 14-15 */
+    for (int i = 0; i < 6; i++)
+        id[i] = (uint8_t)(tag >> (8 * i));
+    memcpy(id + 6, &x, 8);
+    id[14] = (uint8_t)t->check;
+    id[15] = (uint8_t)(t->check >> 8);
     id[6] = (uint8_t)((id[6] & 0x0f) | 0x80);
     id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
 }
 
-bool eb__saga_command_tag(const char *name, const void *key, size_t key_len, const uint8_t id[16],
-                          uint8_t tag[EB__SAGA_TAG])
+bool eb__saga_tag_of(const eb__saga_tag *t, const uint8_t id[16], uint64_t *tag)
 {
-    uint8_t check[2];
     if ((id[6] & 0xf0) != 0x80 || (id[8] & 0xc0) != 0x80)
         return false;
-    tag_check(name, key, key_len, id, check);
-    if (memcmp(check, id + 14, 2) != 0)
+    uint64_t v = 0;
+    for (int i = 0; i < 6; i++)
+        v |= (uint64_t)id[i] << (8 * i);
+    uint16_t check = (uint16_t)mix64(v ^ t->b);
+    if (id[14] != (uint8_t)check || id[15] != (uint8_t)(check >> 8))
         return false;
-    memcpy(tag, id, 6);
-    memcpy(tag + 6, check, 2);
+    *tag = v;
     return true;
 }
 
@@ -887,7 +876,7 @@ struct eb_saga_ctx {
     bool complete;
     const uint8_t *start; /* the record's start id; NULL if it has none */
     bool tagged;          /* tag was computed from start (on the first command) */
-    uint8_t tag[EB__SAGA_TAG];
+    eb__saga_tag tag;
     qbuf q;
 };
 
@@ -907,12 +896,11 @@ static int saga_queue(eb_saga_ctx *sc, int64_t delay_ns, const char *topic, cons
 {
     uint8_t id[16];
     if (sc->start != NULL && !sc->tagged) {
-        eb__saga_tag(sc->saga->name, sc->key, sc->key_len, sc->start, sc->tag);
+        eb__saga_tag_init(&sc->tag, sc->saga->name, sc->key, sc->key_len, sc->start);
         sc->tagged = true;
     }
     if (sc->start != NULL)
-        eb__saga_command_id(sc->saga->name, sc->key, sc->key_len, sc->tag, sc->number,
-                            (uint32_t)sc->q.n, id);
+        eb__saga_command_id(&sc->tag, sc->number, (uint32_t)sc->q.n, id);
     else
         eb__saga_id(sc->saga->name, sc->key, sc->key_len, true, sc->number, (uint32_t)sc->q.n, id);
     return qbuf_push(&sc->q, id, delay_ns, topic, payload, len, key, key_len);
@@ -997,12 +985,14 @@ static bool is_zero16(const uint8_t b[16])
 static bool from_predecessor(const eb_saga *s, const eb_event *ev, const void *key, size_t key_len,
                              const uint8_t start[16])
 {
-    uint8_t cause[16], tag[EB__SAGA_TAG], now[EB__SAGA_TAG];
-    if (is_zero16(start) || !eb_event_causation_id(ev, cause) ||
-        !eb__saga_command_tag(s->name, key, key_len, cause, tag))
+    uint8_t cause[16];
+    /* Most own events are replies, caused by a bus event id (version 7). */
+    if (!eb_event_causation_id(ev, cause) || (cause[6] & 0xf0) != 0x80 || is_zero16(start))
         return false;
-    eb__saga_tag(s->name, key, key_len, start, now);
-    return memcmp(tag, now, EB__SAGA_TAG) != 0;
+    eb__saga_tag now;
+    eb__saga_tag_init(&now, s->name, key, key_len, start);
+    uint64_t tag;
+    return eb__saga_tag_of(&now, cause, &tag) && tag != now.tag;
 }
 
 EB_API void eb_saga_instance_id(const eb_saga_ctx *sc, uint8_t id[16])

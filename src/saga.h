@@ -40,23 +40,26 @@ void eb__saga_id(const char *name, const void *key, size_t key_len, bool with_se
 
 /*
  * The ids of an instance with a start id (the id of the event that created
- * it), so that the instances one key has over time differ. Its tag
- * (EB__SAGA_TAG bytes): 48 bits from (name, key, start id), then a 16-bit
- * check from (name, key, those 48 bits). Its command ids: bytes 0-5 the
- * tag's 48 bits, bytes 14-15 its check, the rest from (name, key, tag,
- * transition, position) with the version 8 and variant bits.
- * eb__saga_command_tag reads the tag back out of an id that carries the
- * check of (name, key): false for any other id (a bus event id, a random
- * command id, an id of another key or of a record without a start id; a
- * foreign id passes with odds 2^-16).
+ * it), so that the instances one key has over time differ. (name, key) is
+ * hashed once (a, b); the instance's tag is 48 bits from a and the start
+ * id, its check 16 bits from b and the tag. Its command ids: bytes 0-5 the
+ * tag, bytes 14-15 the check, bytes 6-13 from (a, tag, transition,
+ * position) with the version 8 and variant bits.
  */
-#define EB__SAGA_TAG 8
-void eb__saga_tag(const char *name, const void *key, size_t key_len, const uint8_t start[16],
-                  uint8_t tag[EB__SAGA_TAG]);
-void eb__saga_command_id(const char *name, const void *key, size_t key_len,
-                         const uint8_t tag[EB__SAGA_TAG], uint64_t transition, uint32_t position,
+typedef struct eb__saga_tag {
+    uint64_t a, b; /* (name, key) */
+    uint64_t tag;  /* 48 bits */
+    uint16_t check;
+} eb__saga_tag;
+
+void eb__saga_tag_init(eb__saga_tag *t, const char *name, const void *key, size_t key_len,
+                       const uint8_t start[16]);
+void eb__saga_command_id(const eb__saga_tag *t, uint64_t transition, uint32_t position,
                          uint8_t id[16]);
-bool eb__saga_command_tag(const char *name, const void *key, size_t key_len, const uint8_t id[16],
-                          uint8_t tag[EB__SAGA_TAG]);
+/* Reads the tag out of a command id of t's (name, key) (one with its
+   check): false for any other id (a bus event id, a random command id, an
+   id of another key or of a record without a start id; a foreign id passes
+   with odds 2^-16). */
+bool eb__saga_tag_of(const eb__saga_tag *t, const uint8_t id[16], uint64_t *tag);
 
 #endif /* EB_SAGA_H */

@@ -210,9 +210,10 @@ Test(saga, failed_save_sends_nothing_and_the_retried_event_succeeds)
     free(rec.outbox);
     static const uint8_t zero[16];
     cr_expect(memcmp(rec.start_id, zero, 16) != 0, "the record keeps its start id");
-    uint8_t want[16], tag[EB__SAGA_TAG];
-    eb__saga_tag("pbd", "k1", 2, rec.start_id, tag);
-    eb__saga_command_id("pbd", "k1", 2, tag, 1, 0, want);
+    uint8_t want[16];
+    eb__saga_tag tag;
+    eb__saga_tag_init(&tag, "pbd", "k1", 2, rec.start_id);
+    eb__saga_command_id(&tag, 1, 0, want);
     cr_expect(memcmp(c.last_id, want, 16) == 0, "command id is derived from the transition");
     eb__saga_id("pbd", "k1", 2, false, 0, 0, want);
     cr_expect(memcmp(c.last_corr, want, 16) == 0, "correlation id is the instance id");
@@ -223,7 +224,7 @@ Test(saga, failed_save_sends_nothing_and_the_retried_event_succeeds)
     cr_assert(t_wait_ge(&c.cmds, 2));
     cr_expect_eq(atomic_load(&fs.failed), 3);
     cr_expect_eq(atomic_load(&fs.cmds_at_failure), 1, "a command left before the save");
-    eb__saga_command_id("pbd", "k1", 2, tag, 2, 0, want);
+    eb__saga_command_id(&tag, 2, 0, want);
     cr_expect(memcmp(c.last_id, want, 16) == 0);
 
     /* The command can reach its subscriber before the saga marks the
@@ -1300,28 +1301,31 @@ Test(saga, command_ids_carry_their_instance_tag_and_no_other_id_passes_for_one)
         s1[i] = (uint8_t)(i + 1);
         s2[i] = (uint8_t)(i + 2);
     }
-    uint8_t t1[EB__SAGA_TAG], t2[EB__SAGA_TAG], got[EB__SAGA_TAG];
-    eb__saga_tag("inc", "K", 1, s1, t1);
-    eb__saga_tag("inc", "K", 1, s2, t2);
-    cr_assert(memcmp(t1, t2, EB__SAGA_TAG) != 0);
+    eb__saga_tag t1, t2, k2, other_saga;
+    eb__saga_tag_init(&t1, "inc", "K", 1, s1);
+    eb__saga_tag_init(&t2, "inc", "K", 1, s2);
+    eb__saga_tag_init(&k2, "inc", "K2", 2, s1);
+    eb__saga_tag_init(&other_saga, "other", "K", 1, s1);
+    cr_assert_neq(t1.tag, t2.tag);
     uint8_t a[16], b[16], c[16], other[16];
-    eb__saga_command_id("inc", "K", 1, t1, 1, 0, a);
-    eb__saga_command_id("inc", "K", 1, t1, 1, 1, b);
-    eb__saga_command_id("inc", "K", 1, t1, 2, 0, c);
+    eb__saga_command_id(&t1, 1, 0, a);
+    eb__saga_command_id(&t1, 1, 1, b);
+    eb__saga_command_id(&t1, 2, 0, c);
     cr_assert(memcmp(a, b, 16) != 0 && memcmp(a, c, 16) != 0 && memcmp(b, c, 16) != 0);
     cr_assert_eq(a[6] >> 4, 8, "UUID version 8");
     cr_assert_eq(a[8] >> 6, 2, "RFC 9562 variant");
-    cr_assert(eb__saga_command_tag("inc", "K", 1, a, got));
-    cr_assert(memcmp(got, t1, EB__SAGA_TAG) == 0);
-    cr_assert(eb__saga_command_tag("inc", "K", 1, c, got));
-    cr_assert(memcmp(got, t1, EB__SAGA_TAG) == 0);
-    cr_assert_not(eb__saga_command_tag("inc", "K2", 2, a, got), "another key");
-    cr_assert_not(eb__saga_command_tag("other", "K", 1, a, got), "another saga");
+    uint64_t got = 0;
+    cr_assert(eb__saga_tag_of(&t2, a, &got), "an id of the key, whatever its instance");
+    cr_assert_eq(got, t1.tag);
+    cr_assert(eb__saga_tag_of(&t1, c, &got));
+    cr_assert_eq(got, t1.tag);
+    cr_assert_not(eb__saga_tag_of(&k2, a, &got), "another key");
+    cr_assert_not(eb__saga_tag_of(&other_saga, a, &got), "another saga");
     eb__saga_id("inc", "K", 1, true, 1, 0, other); /* a record without a start id */
-    cr_assert_not(eb__saga_command_tag("inc", "K", 1, other, got));
+    cr_assert_not(eb__saga_tag_of(&t1, other, &got));
     memcpy(other, a, 16);
     other[6] = (uint8_t)((other[6] & 0x0f) | 0x70); /* a bus event id's version */
-    cr_assert_not(eb__saga_command_tag("inc", "K", 1, other, got));
+    cr_assert_not(eb__saga_tag_of(&t1, other, &got));
 }
 
 /* EB_SAGA_REMOVE: instance A of a key completes and is removed while its
